@@ -1,0 +1,1 @@
+"""Datasets (resolved through dataset-paths.json) and the SimCLR augmentations."""

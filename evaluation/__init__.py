@@ -1,0 +1,1 @@
+"""Evaluation protocols for frozen SimCLR representations (linear evaluation, transfer)."""

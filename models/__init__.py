@@ -1,0 +1,1 @@
+"""Encoders, projection head, NT-Xent loss and the SimCLR module that joins them."""

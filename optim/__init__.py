@@ -1,0 +1,1 @@
+"""LARS and learning-rate schedules."""

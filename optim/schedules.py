@@ -1,0 +1,34 @@
+"""Learning-rate schedules as pure functions of the step (Chen et al. 2020, Sec. B.1: linear warmup
+for 10 epochs, then cosine decay without restarts), following the official TF code: during warmup
+``lr = base * step / warmup_steps`` (so step 0 has lr 0), then ``base * 0.5 * (1 + cos(pi * t))``
+with t the fraction of the post-warmup steps done."""
+from __future__ import annotations
+
+import math
+
+
+def warmup_cosine(step: int, base_lr: float, total_steps: int, warmup_steps: int) -> float:
+    """Linear warmup from 0 to ``base_lr`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / decay_steps)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def warmup_constant(step: int, base_lr: float, total_steps: int, warmup_steps: int) -> float:
+    """Linear warmup to ``base_lr``, then constant."""
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps
+    return base_lr
+
+
+def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:
+    """The learning-rate scaling rule of Sec. B.1: linear ``base*B/256``, square root ``base*sqrt(B)``, or none."""
+    if rule == "linear":
+        return base_lr * batch_size / 256
+    if rule == "sqrt":
+        return base_lr * math.sqrt(batch_size)
+    if rule == "none":
+        return base_lr
+    raise ValueError(f"unknown lr scaling rule {rule!r}: use linear, sqrt or none")

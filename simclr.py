@@ -1,0 +1,321 @@
+"""SimCLR pretraining (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations").
+
+    python simclr.py --dataset cifar10 --arch resnet18 --num-epochs 1000 --cosine-anneal --filename output.pth
+    python simclr.py --num-epochs 1000 --cosine-anneal --filename output.pth --test-freq 0 --num-workers 32 --dataset imagenet
+
+Writes ``checkpoint/<filename>`` (model, optimizer, epoch/step, args, git commit) after every
+``--save-freq`` epochs, and a CSV log of loss, learning rate, throughput and kNN accuracy beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from data.augment import eval_transform, simclr_augmentation
+from data.datasets import DATASETS, ArrayImages, dataset_info, load_split
+from data.paths import DEFAULT_PATHS_FILE
+from data.sampler import EpochSampler
+from data.views import Transformed, TwoViews
+from evaluation.features import extract_features
+from evaluation.knn import knn_accuracy
+from models.loss import NTXentLoss
+from models.resnet import ARCHS, STEMS
+from models.simclr import SimCLR
+from optim.lars import LARS
+from optim.schedules import scaled_lr, warmup_constant, warmup_cosine
+from utils.checkpoint import checkpoint_path, find_checkpoint, git_commit, load_checkpoint, save_checkpoint
+from utils.csvlog import CSVLog
+from utils.errors import UserError, run_cli
+
+# Defaults that differ between the paper's CIFAR-10 recipe (Appendix B.9 and the official
+# single-GPU command) and its ImageNet recipe (Sec. B.1). STL-10 (96px ImageNet-like photos)
+# takes the CIFAR optimisation and the ImageNet augmentation: our choice, not the paper's.
+RECIPES = {
+    "cifar": dict(base_lr=1.0, weight_decay=1e-4, temperature=0.5, jitter_strength=0.5, blur=False),
+    "stl": dict(base_lr=1.0, weight_decay=1e-4, temperature=0.5, jitter_strength=1.0, blur=True),
+    "imagenet": dict(base_lr=0.3, weight_decay=1e-6, temperature=0.1, jitter_strength=1.0, blur=True),
+}
+LOG_FIELDS = ["epoch", "step", "lr", "loss", "images_per_s", "knn_top1"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="SimCLR pretraining", formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dataset", "-d", default="cifar10", choices=list(DATASETS),
+                   help="dataset name, resolved through --dataset-paths (default: cifar10)")
+    p.add_argument("--dataset-paths", default=DEFAULT_PATHS_FILE,
+                   help="JSON file mapping dataset names to folders (default: the repository's dataset-paths.json)")
+    p.add_argument("--arch", default="resnet50", choices=list(ARCHS), help="encoder (default: resnet50)")
+    p.add_argument("--stem", default=None, choices=STEMS,
+                   help="ResNet stem (default: cifar for CIFAR, stl for STL-10, imagenet for ImageNet)")
+    p.add_argument("--width-multiplier", type=int, default=1,
+                   help="scale every ResNet width, e.g. 2 for ResNet-50 (2x) (default: 1)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="crop side in pixels (default: 32 CIFAR, 96 STL-10, 224 ImageNet)")
+    p.add_argument("--batch-size", type=int, default=512, help="images per step; each gives 2 views (default: 512)")
+    p.add_argument("--num-epochs", type=int, default=100, help="total epochs of the run (default: 100)")
+    p.add_argument("--base-lr", type=float, default=None,
+                   help="learning rate before scaling by --lr-scaling\n(default: 1.0 CIFAR/STL, 0.3 ImageNet)")
+    p.add_argument("--lr-scaling", default="linear", choices=["linear", "sqrt", "none"],
+                   help="linear: lr = base_lr*B/256; sqrt: lr = base_lr*sqrt(B); none: lr = base_lr (default: linear)")
+    p.add_argument("--optimizer", default="lars", choices=["lars", "sgd"], help="(default: lars)")
+    p.add_argument("--momentum", type=float, default=0.9, help="(default: 0.9)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="on weights with ndim > 1 only (default: 1e-4 CIFAR/STL, 1e-6 ImageNet)")
+    p.add_argument("--trust-coefficient", type=float, default=1e-3, help="LARS eta (default: 1e-3)")
+    p.add_argument("--temperature", type=float, default=None, help="NT-Xent temperature (default: 0.5 CIFAR/STL, 0.1 ImageNet)")
+    p.add_argument("--cosine-anneal", action="store_true",
+                   help="cosine decay to 0 after warmup (default: off, constant lr after warmup)")
+    p.add_argument("--warmup-epochs", type=float, default=10, help="linear warmup length in epochs (default: 10)")
+    p.add_argument("--jitter-strength", type=float, default=None,
+                   help="colour distortion strength s (default: 0.5 CIFAR, 1.0 STL-10/ImageNet)")
+    p.add_argument("--blur", action=argparse.BooleanOptionalAction, default=None,
+                   help="Gaussian blur with p=0.5 (default: off CIFAR, on STL-10/ImageNet)")
+    p.add_argument("--proj-dim", type=int, default=128, help="projection output size (default: 128)")
+    p.add_argument("--proj-hidden-dim", type=int, default=None,
+                   help="projection hidden size (default: the encoder's feature size, 2048 for ResNet-50)")
+    p.add_argument("--proj-layers", type=int, default=2, help="linear layers in the head; 3 is SimCLRv2 (default: 2)")
+    p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
+    p.add_argument("--test-freq", type=int, default=10,
+                   help="kNN accuracy (k=200, t=0.1) on the test set every N epochs; 0 disables (default: 10)")
+    p.add_argument("--knn-k", type=int, default=200, help="neighbours of the kNN monitor (default: 200)")
+    p.add_argument("--filename", default="ckpt.pth",
+                   help="checkpoint file; a bare name goes into ./checkpoint/ (default: ckpt.pth)")
+    p.add_argument("--save-freq", type=int, default=1, help="write the checkpoint every N epochs and at the end (default: 1)")
+    p.add_argument("--resume", "-r", nargs="?", const=True, default=None,
+                   help="resume from --filename, or from the checkpoint given here")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentations (default: 0)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: all visible GPUs (DataParallel when several), else the CPU (default: auto)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="bf16 autocast for the network, loss in fp32; auto: bf16 on GPU and on CPUs with\n"
+                        "native bf16 (avx512_bf16/amx), else fp32 (default: auto)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on with bf16, off with fp32)")
+    p.add_argument("--log-freq", type=int, default=10,
+                   help="read the loss back from the device every N steps; a CSV row each time (default: 10)")
+    return p
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill dataset-dependent defaults and reject values that cannot train."""
+    info = dataset_info(args.dataset)
+    args.stem = args.stem or info.stem
+    args.image_size = args.image_size or info.image_size
+    recipe = RECIPES[info.stem]
+    for key, value in recipe.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    checks = [
+        (args.num_epochs >= 1, f"--num-epochs must be at least 1, got {args.num_epochs}"),
+        (args.batch_size >= 2, f"--batch-size must be at least 2 (NT-Xent needs negatives), got {args.batch_size}"),
+        (args.base_lr > 0, f"--base-lr must be > 0, got {args.base_lr}"),
+        (args.temperature > 0, f"--temperature must be > 0, got {args.temperature}"),
+        (args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
+        (args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}"),
+        (args.save_freq >= 1 and args.log_freq >= 1, "--save-freq and --log-freq must be at least 1"),
+        (args.test_freq >= 0, "--test-freq must be >= 0 (0 disables the kNN monitor)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    args.lr = scaled_lr(args.base_lr, args.batch_size, args.lr_scaling)
+    return args
+
+
+def select_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but torch sees no GPU: use --device cpu, or install a CUDA "
+                            "build of torch")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (there bf16 autocast is about 2x faster than fp32)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """LARS (or SGD); weight decay on weights with ndim > 1 only, the same rule as LARS's adaptation."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if args.optimizer == "lars":
+        return LARS(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                    trust_coefficient=args.trust_coefficient)
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": args.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
+
+
+def model_signature(args) -> dict:
+    """What a checkpoint's weights depend on; a resumed run must match it."""
+    keys = ["arch", "stem", "width_multiplier", "proj_dim", "proj_hidden_dim", "proj_layers"]
+    return {k: (args[k] if isinstance(args, dict) else getattr(args, k)) for k in keys}
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    lr_at, epoch: int, step: int, args: argparse.Namespace, device: torch.device,
+                    log: CSVLog) -> tuple[int, float]:
+    """One pass over ``loader``; returns the global step after it and the epoch's mean loss."""
+    model.train()
+    autocast = args.precision == "bf16"
+    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.num_epochs}", dynamic_ncols=True, leave=False)
+    pending, pending_n, total, count = None, 0, 0.0, 0
+    tick = time.perf_counter()
+    for x1, x2 in bar:
+        lr = lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x = torch.cat([x1, x2]).to(device, non_blocking=True).contiguous(memory_format=memory_format)  # (2N,3,H,W)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            z1, z2 = model(x).chunk(2)  # z: (N, proj_dim) each
+        loss = criterion(z1, z2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        pending = loss.detach() if pending is None else pending + loss.detach()
+        pending_n += 1
+        if pending_n == args.log_freq:
+            total, count = _flush(pending, pending_n, total, count, epoch, step, lr, tick, x1.shape[0], log, bar)
+            pending, pending_n, tick = None, 0, time.perf_counter()
+    if pending_n:
+        total, count = _flush(pending, pending_n, total, count, epoch, step, lr, tick, x1.shape[0], log, bar)
+    bar.close()
+    return step, total / max(count, 1)
+
+
+def _flush(pending, n, total, count, epoch, step, lr, tick, batch, log, bar):
+    """Read the summed loss of the last n steps back from the device (one sync), log it, stop if not finite."""
+    loss = pending.item() / n
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"loss is {loss} at epoch {epoch + 1}, step {step}")
+    images_per_s = n * batch / (time.perf_counter() - tick)
+    log.write(epoch=epoch + 1, step=step, lr=lr, loss=loss, images_per_s=images_per_s)
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{images_per_s:.0f}")
+    return total + loss * n, count + n
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def knn_monitor(backbone: nn.Module, train_set, test_set, device: torch.device, args) -> float:
+    """kNN top-1 (%) of the test set against the training set, on features without augmentation."""
+    def features(images, desc):
+        data = Transformed(images, eval_transform(args.image_size, args.mean, args.std, args.native_size))
+        return extract_features(backbone, data, device, batch_size=512, num_workers=args.num_workers,
+                                autocast_dtype=torch.bfloat16 if args.precision == "bf16" else None, desc=desc)
+    x_train, y_train = features(train_set, "kNN: train features")
+    x_test, y_test = features(test_set, "kNN: test features")
+    return knn_accuracy(x_train.to(device), y_train, x_test, y_test, len(train_set.classes), k=args.knn_k)
+
+
+def main(args: argparse.Namespace) -> dict:
+    args = resolve_args(args)
+    device = select_device(args.device)
+    if args.precision == "auto":
+        args.precision = "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
+    if args.channels_last is None:
+        args.channels_last = args.precision == "bf16"
+    info = dataset_info(args.dataset)
+    args.mean, args.std = list(info.mean), list(info.std)
+    torch.manual_seed(args.seed)
+
+    pretrain = load_split(args.dataset, "pretrain", args.dataset_paths)
+    if len(pretrain) < args.batch_size:
+        raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({len(pretrain)} images): "
+                        f"use --batch-size {len(pretrain)} or less")
+    args.native_size = pretrain.images.shape[1] if isinstance(pretrain, ArrayImages) else None
+    transform = simclr_augmentation(args.image_size, args.jitter_strength, args.blur, info.mean, info.std)
+    sampler = EpochSampler(len(pretrain), seed=args.seed)
+    loader = DataLoader(TwoViews(pretrain, transform, seed=args.seed), batch_size=args.batch_size, sampler=sampler,
+                        num_workers=args.num_workers, drop_last=True, pin_memory=device.type == "cuda",
+                        persistent_workers=args.num_workers > 0)
+    steps_per_epoch = len(pretrain) // args.batch_size
+    total_steps = steps_per_epoch * args.num_epochs
+    warmup_steps = round(args.warmup_epochs * steps_per_epoch)
+    schedule = warmup_cosine if args.cosine_anneal else warmup_constant
+
+    def lr_at(step: int) -> float:
+        return schedule(step, args.lr, total_steps, warmup_steps)
+
+    model = SimCLR(args.arch, args.stem, args.proj_dim, args.proj_hidden_dim, args.proj_layers,
+                   args.width_multiplier).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, args)
+    criterion = NTXentLoss(args.temperature)
+
+    path = checkpoint_path(args.filename)
+    start_epoch, step = 0, 0
+    if args.resume:
+        resume_from = find_checkpoint(args.filename if args.resume is True else args.resume)
+        state = load_checkpoint(resume_from)
+        saved = state.get("args", {})
+        if model_signature(saved) != model_signature(args):
+            raise UserError(f"{resume_from} holds a different model ({model_signature(saved)}) than asked for "
+                            f"({model_signature(args)}): pass the same --arch/--stem/--proj-* options")
+        if saved.get("optimizer") != args.optimizer:
+            raise UserError(f"{resume_from} was trained with --optimizer {saved.get('optimizer')}: resume with it")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step = state["epoch"], state["step"]
+        print(f"resumed from {resume_from}: epoch {start_epoch}, step {step}")
+        if start_epoch >= args.num_epochs:
+            print(f"nothing to do: the checkpoint has {start_epoch} epochs and --num-epochs is {args.num_epochs}")
+
+    log_path = os.path.splitext(path)[0] + ".csv"
+    log = CSVLog(log_path, LOG_FIELDS, keep_until_step=step if args.resume else 0)
+    net = nn.DataParallel(model) if device.type == "cuda" and torch.cuda.device_count() > 1 else model
+    knn_sets = None
+    if args.test_freq > 0:
+        knn_sets = (load_split(args.dataset, "train", args.dataset_paths),
+                    load_split(args.dataset, "test", args.dataset_paths))
+
+    print(f"{args.dataset}: {len(pretrain)} images, {steps_per_epoch} steps/epoch of {args.batch_size}; "
+          f"{args.arch} ({args.stem} stem) on {device}, {args.precision}; lr {args.lr:.4g} "
+          f"({args.lr_scaling} scaling of {args.base_lr}); checkpoint {path}, log {log_path}")
+
+    def checkpoint(epoch: int) -> None:
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                         "step": step, "args": vars(args), "git_commit": git_commit(),
+                         "classes": list(pretrain.classes)}, path)
+
+    result = {"checkpoint": path, "log": log_path, "losses": [], "knn": []}
+    for epoch in range(start_epoch, args.num_epochs):
+        sampler.set_epoch(epoch)
+        try:
+            step, mean_loss = train_one_epoch(net, loader, criterion, optimizer, lr_at, epoch, step, args, device, log)
+        except NonFiniteLoss as e:
+            raise UserError(f"{e}; stopped without saving, the last good checkpoint {path} is untouched "
+                            f"(try a lower --base-lr or --precision fp32)") from None
+        result["losses"].append(mean_loss)
+        message = f"epoch {epoch + 1}/{args.num_epochs}: loss {mean_loss:.4f}, lr {lr_at(step):.4g}"
+        if knn_sets and ((epoch + 1) % args.test_freq == 0 or epoch + 1 == args.num_epochs):
+            acc = knn_monitor(model.backbone, *knn_sets, device, args)
+            log.write(epoch=epoch + 1, step=step, knn_top1=acc)
+            result["knn"].append(acc)
+            message += f", kNN top-1 {acc:.2f}%"
+        print(message, flush=True)
+        if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.num_epochs:
+            checkpoint(epoch + 1)
+    log.close()
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))

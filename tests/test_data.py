@@ -1,0 +1,208 @@
+"""Dataset lookup and loading in every layout, on tiny files written here, and the augmentation."""
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from data.augment import blur_kernel_size, simclr_augmentation
+from data.datasets import DATASETS, load_split, load_train_test
+from data.paths import load_paths, resolve
+from data.sampler import EpochSampler
+from data.views import TwoViews
+from tests.tiny_data import (write_cifar10_pickles, write_cifar100_pickles, write_image_folder, write_paths,
+                             write_stl_binary)
+from utils.errors import UserError
+
+
+def test_relative_paths_resolve_against_the_json_file(tmp_path):
+    (tmp_path / "sub" / "data").mkdir(parents=True)
+    paths = write_paths(str(tmp_path / "sub" / "p.json"), {"cifar10": "data", "imagenet": "/abs/x"})
+    assert load_paths(paths) == {"cifar10": str(tmp_path / "sub" / "data"), "imagenet": "/abs/x"}
+    assert resolve("cifar10", paths) == str(tmp_path / "sub" / "data")
+
+
+def test_repo_paths_file_points_at_the_bundled_sample(repo_root):
+    assert resolve("cifar10-sample") == os.path.join(repo_root, "samples", "cifar10-sample")
+    train, test = load_train_test("cifar10-sample")
+    assert train.images.shape == (500, 32, 32, 3) and test.images.shape == (200, 32, 32, 3)
+    assert np.bincount(train.labels).tolist() == [50] * 10
+
+
+def test_cifar10_normalisation_matches_the_data():
+    """The sample's pixel statistics agree with the constants; the common wrong std (0.2023) would not."""
+    x = load_split("cifar10-sample", "train").images.reshape(-1, 3) / 255.0
+    info = DATASETS["cifar10"]
+    np.testing.assert_allclose(x.mean(0), info.mean, atol=0.015)
+    np.testing.assert_allclose(x.std(0), info.std, atol=0.015)
+
+
+def test_image_folder_layout(tmp_path):
+    written = write_image_folder(str(tmp_path / "d"), classes=("a", "b", "c"), per_class=3)
+    paths = write_paths(str(tmp_path / "p.json"), {"cifar10": "d"})
+    train, test = load_train_test("cifar10", paths)
+    np.testing.assert_array_equal(train.images, written["train"][0])
+    np.testing.assert_array_equal(train.labels, written["train"][1])
+    assert train.classes == ["a", "b", "c"]
+    np.testing.assert_array_equal(test.images, written["test"][0])
+
+
+def test_imagenet_reads_from_disk_with_val_split(tmp_path):
+    written = write_image_folder(str(tmp_path / "in"), per_class=2, size=12, splits=("train", "val"))
+    paths = write_paths(str(tmp_path / "p.json"), {"imagenet": "in"})
+    val = load_split("imagenet", "test", paths)
+    assert len(val) == 4 and val.classes == ["cat", "dog"]
+    np.testing.assert_array_equal(np.asarray(val.image(3)), written["val"][0][3])
+
+
+def test_cifar10_native_pickles(tmp_path):
+    images, labels = write_cifar10_pickles(str(tmp_path))
+    paths = write_paths(str(tmp_path / "p.json"), {"cifar10": "."})
+    train, test = load_train_test("cifar10", paths)
+    np.testing.assert_array_equal(train.images, images)
+    np.testing.assert_array_equal(train.labels, labels)
+    assert len(test) == 4 and train.classes[3] == "c3"
+
+
+def test_cifar100_native_pickles(tmp_path):
+    images, labels = write_cifar100_pickles(str(tmp_path))
+    paths = write_paths(str(tmp_path / "p.json"), {"cifar100": "."})
+    train = load_split("cifar100", "train", paths)
+    np.testing.assert_array_equal(train.images, images)
+    np.testing.assert_array_equal(train.labels, labels)
+    assert len(train.classes) == 100
+
+
+def test_stl10_binary_with_unlabeled_for_pretraining(tmp_path):
+    written = write_stl_binary(str(tmp_path))
+    paths = write_paths(str(tmp_path / "p.json"), {"stl10": "."})
+    pre = load_split("stl10", "pretrain", paths)
+    assert len(pre) == 6
+    np.testing.assert_array_equal(pre.images[:3], written["train"][0])
+    np.testing.assert_array_equal(pre.images[3:], written["unlabeled"][0])
+    assert pre.labels[3:].tolist() == [-1] * 3
+    test = load_split("stl10", "test", paths)
+    np.testing.assert_array_equal(test.labels, written["test"][1])
+    assert test.classes[0] == "k0"
+
+
+# ---- bad input: each names the problem -------------------------------------------------------
+
+def test_unknown_dataset_key(tmp_path):
+    paths = write_paths(str(tmp_path / "p.json"), {"cifar10": "."})
+    with pytest.raises(UserError, match="'imagenet' has no entry"):
+        load_split("imagenet", "train", paths)
+    with pytest.raises(UserError, match="unknown dataset 'mnist'"):
+        load_split("mnist", "train", paths)
+
+
+def test_paths_file_missing_or_not_json(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_paths(str(tmp_path / "nope.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{'cifar10': ")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_paths(str(bad))
+    bad.write_text("[1, 2]")
+    with pytest.raises(UserError, match="JSON object"):
+        load_paths(str(bad))
+
+
+def test_missing_and_empty_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "noclasses" / "train").mkdir(parents=True)
+    paths = write_paths(str(tmp_path / "p.json"), {"cifar10": "missing", "cifar100": "empty", "stl10": "noclasses"})
+    with pytest.raises(UserError, match="not found"):
+        load_split("cifar10", "train", paths)
+    with pytest.raises(UserError, match="is empty"):
+        load_split("cifar100", "train", paths)
+    with pytest.raises(UserError, match="no class folders"):
+        load_split("stl10", "train", paths)
+
+
+def test_corrupt_image_is_named(tmp_path):
+    write_image_folder(str(tmp_path / "d"), per_class=2, fmt="jpg")
+    bad = tmp_path / "d" / "train" / "dog" / "0003.jpg"
+    bad.write_bytes(bad.read_bytes()[:20])  # truncated
+    paths = write_paths(str(tmp_path / "p.json"), {"cifar10": "d"})
+    with pytest.raises(UserError, match="0003.jpg"):
+        load_split("cifar10", "train", paths)
+
+
+def test_non_image_files_are_skipped_with_a_warning(tmp_path):
+    write_image_folder(str(tmp_path / "d"), per_class=2)
+    (tmp_path / "d" / "train" / "cat" / "notes.txt").write_text("hello")
+    paths = write_paths(str(tmp_path / "p.json"), {"cifar10": "d"})
+    with pytest.warns(UserWarning, match="notes.txt"):
+        assert len(load_split("cifar10", "train", paths)) == 4
+
+
+def test_train_and_test_classes_must_match(tmp_path):
+    write_image_folder(str(tmp_path / "d"), per_class=1)
+    os.rename(tmp_path / "d" / "test" / "dog", tmp_path / "d" / "test" / "wolf")
+    paths = write_paths(str(tmp_path / "p.json"), {"cifar10": "d"})
+    with pytest.raises(UserError, match="classes .* differ"):
+        load_train_test("cifar10", paths)
+
+
+def test_images_of_different_sizes_are_refused_in_memory(tmp_path):
+    write_image_folder(str(tmp_path / "d"), per_class=1, splits=("train",))
+    write_image_folder(str(tmp_path / "d"), classes=("eel",), per_class=1, size=9, splits=("train",))
+    paths = write_paths(str(tmp_path / "p.json"), {"cifar10": "d"})
+    with pytest.raises(UserError, match="differ in size"):
+        load_split("cifar10", "train", paths)
+
+
+def test_truncated_cifar_pickle(tmp_path):
+    write_cifar10_pickles(str(tmp_path))
+    f = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    f.write_bytes(f.read_bytes()[:100])
+    paths = write_paths(str(tmp_path / "p.json"), {"cifar10": "."})
+    with pytest.raises(UserError, match="data_batch_2"):
+        load_split("cifar10", "train", paths)
+
+
+# ---- sampler and views ------------------------------------------------------------------------
+
+def test_sampler_is_a_seeded_permutation_per_epoch_and_splits_across_ranks():
+    s = EpochSampler(10, seed=3)
+    s.set_epoch(0)
+    e0 = [i for _, i in s]
+    s.set_epoch(1)
+    e1 = list(s)
+    assert sorted(e0) == list(range(10)) and e0 != [i for _, i in e1] and e1[0][0] == 1
+    s.set_epoch(1, skip=4)
+    assert list(s) == e1[4:] and len(s) == 6
+    ranks = [EpochSampler(10, seed=3, num_replicas=3, rank=r) for r in range(3)]
+    parts = [[i for _, i in r] for r in ranks]
+    assert all(len(p) == 3 for p in parts) and len(set(sum(parts, []))) == 9
+
+
+def test_two_views_are_reproducible_and_independent_of_global_rng(tmp_path):
+    images = load_split("cifar10-sample", "train")
+    views = TwoViews(images, simclr_augmentation(32, 0.5, False, DATASETS["cifar10"].mean, DATASETS["cifar10"].std))
+    torch.manual_seed(0)
+    a1, a2 = views[(0, 7)]
+    state = torch.get_rng_state()
+    torch.manual_seed(123)
+    b1, b2 = views[(0, 7)]
+    assert torch.equal(a1, b1) and torch.equal(a2, b2)
+    assert not torch.equal(a1, a2)  # two different views
+    assert not torch.equal(views[(1, 7)][0], a1)  # another epoch, other views
+    torch.set_rng_state(state)
+    assert a1.shape == (3, 32, 32)
+
+
+def test_augmentation_pipeline_follows_appendix_a():
+    t = simclr_augmentation(224, 1.0, True, (0.5,) * 3, (0.5,) * 3).transforms
+    crop, flip, jitter, gray, blur = t[:5]
+    assert crop.scale == (0.08, 1.0) and crop.ratio == pytest.approx((3 / 4, 4 / 3))
+    assert crop.interpolation.value == "bicubic" and flip.p == 0.5 and gray.p == 0.2
+    cj = jitter.transforms[0]
+    assert jitter.p == 0.8 and cj.brightness == pytest.approx((0.2, 1.8)) and cj.hue == pytest.approx((-0.2, 0.2))
+    assert blur.p == 0.5 and blur.transforms[0].kernel_size == (23, 23) and blur.transforms[0].sigma == (0.1, 2.0)
+    half = simclr_augmentation(32, 0.5, False, (0.5,) * 3, (0.5,) * 3).transforms
+    assert half[2].transforms[0].saturation == pytest.approx((0.6, 1.4))
+    assert not any("Blur" in type(op).__name__ for op in half)
+    assert blur_kernel_size(32) == 3 and blur_kernel_size(96) == 9 and math.isclose(blur_kernel_size(224) / 224, 0.1, abs_tol=0.01)

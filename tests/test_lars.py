@@ -1,0 +1,75 @@
+"""LARS step by step against the official TF formula, written independently in NumPy."""
+import numpy as np
+import pytest
+import torch
+
+from optim.lars import LARS
+
+
+def reference_lars(ws, grads_per_step, lr, m, wd, eta):
+    """NumPy version of the TF LARS update for a list of parameters over several steps."""
+    ws = [w.astype(np.float64).copy() for w in ws]
+    vs = [np.zeros_like(w) for w in ws]
+    for grads in grads_per_step:
+        for i, (w, g) in enumerate(zip(ws, grads)):
+            g = g.astype(np.float64)
+            if w.ndim > 1:
+                g = g + wd * w
+                wn, gn = np.linalg.norm(w), np.linalg.norm(g)
+                trust = eta * wn / gn if wn > 0 and gn > 0 else 1.0
+                g = trust * g
+            vs[i] = m * vs[i] + lr * g
+            ws[i] = w - vs[i]
+    return ws
+
+
+@pytest.mark.parametrize("wd", [0.0, 1e-4, 0.1])
+def test_matches_formula_over_steps(wd):
+    rng = np.random.default_rng(0)
+    shapes = [(4, 3, 3, 3), (5, 7), (7,), (7,)]  # conv, linear, BN weight, bias
+    ws = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    ws.append(np.zeros((3, 2), np.float32))  # zero weight: trust ratio 1
+    grads = [[rng.standard_normal(w.shape).astype(np.float32) for w in ws] for _ in range(4)]
+    params = [torch.nn.Parameter(torch.from_numpy(w.copy())) for w in ws]
+    opt = LARS(params, lr=0.7, momentum=0.9, weight_decay=wd, trust_coefficient=1e-3)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = torch.from_numpy(g.copy())
+        opt.step()
+    expected = reference_lars(ws, grads, 0.7, 0.9, wd, 1e-3)
+    for p, e in zip(params, expected):
+        np.testing.assert_allclose(p.detach().numpy(), e, rtol=1e-5, atol=1e-7)
+
+
+def test_one_dim_params_get_plain_momentum_sgd_without_decay():
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    opt = LARS([p], lr=0.1, momentum=0.9, weight_decay=0.5)
+    p.grad = torch.tensor([1.0, 1.0, 1.0])
+    opt.step()
+    torch.testing.assert_close(p.detach(), torch.tensor([0.9, -2.1, 2.9]))
+    p.grad = torch.tensor([1.0, 1.0, 1.0])
+    opt.step()  # v = 0.9 * 0.1 + 0.1 = 0.19
+    torch.testing.assert_close(p.detach(), torch.tensor([0.71, -2.29, 2.71]))
+
+
+def test_trust_ratio_makes_update_scale_free():
+    w = torch.randn(8, 8)
+    g = torch.randn(8, 8)
+    steps = []
+    for scale in (1.0, 1000.0):
+        p = torch.nn.Parameter(w.clone())
+        opt = LARS([p], lr=1.0, momentum=0.0, weight_decay=0.0, trust_coefficient=1e-3)
+        p.grad = g * scale
+        opt.step()
+        steps.append((w - p.detach()).norm().item())
+    # |update| = lr * eta * |w| whatever the gradient's scale
+    assert steps[0] == pytest.approx(1e-3 * w.norm().item(), rel=1e-5)
+    assert steps[1] == pytest.approx(steps[0], rel=1e-5)
+
+
+def test_rejects_bad_hyperparameters():
+    p = [torch.nn.Parameter(torch.ones(2, 2))]
+    with pytest.raises(ValueError):
+        LARS(p, lr=0.0)
+    with pytest.raises(ValueError):
+        LARS(p, lr=0.1, weight_decay=-1)

@@ -1,0 +1,107 @@
+"""NT-Xent against a NumPy loop reference and closed forms."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.loss import NTXentLoss
+
+
+def reference_loss(z1: np.ndarray, z2: np.ndarray, t: float) -> float:
+    """Eq. 1 of the paper written as loops: l(i, j) = -log exp(s_ij/t) / sum_{k != i} exp(s_ik/t)."""
+    z = np.concatenate([z1, z2]).astype(np.float64)
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    n2 = len(z)
+    n = n2 // 2
+    total = 0.0
+    for i in range(n2):
+        j = (i + n) % n2
+        denom = sum(math.exp(z[i] @ z[k] / t) for k in range(n2) if k != i)
+        total += -math.log(math.exp(z[i] @ z[j] / t) / denom)
+    return total / n2
+
+
+def loop_loss_torch(z1, z2, t):
+    """The same loops in torch, differentiable, as a gradient reference."""
+    z = torch.cat([z1, z2])
+    z = z / z.norm(dim=1, keepdim=True)
+    n2, n = z.shape[0], z1.shape[0]
+    terms = []
+    for i in range(n2):
+        j = (i + n) % n2
+        others = torch.stack([z[i] @ z[k] / t for k in range(n2) if k != i])
+        terms.append(-(z[i] @ z[j] / t - torch.logsumexp(others, 0)))
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("n,d,t", [(1, 3, 0.5), (4, 8, 0.5), (7, 16, 0.1), (16, 5, 1.0)])
+def test_matches_numpy_loop(n, d, t):
+    g = torch.Generator().manual_seed(n * 100 + d)
+    z1, z2 = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    got = NTXentLoss(t)(z1, z2).item()
+    assert got == pytest.approx(reference_loss(z1.numpy(), z2.numpy(), t), rel=1e-5, abs=1e-6)
+
+
+def test_gradients_match_loop_reference():
+    g = torch.Generator().manual_seed(0)
+    z1 = torch.randn(6, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(6, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    NTXentLoss(0.3)(z1, z2).backward()
+    got = (z1.grad.clone(), z2.grad.clone())
+    z1.grad = z2.grad = None
+    loop_loss_torch(z1, z2, 0.3).backward()
+    torch.testing.assert_close(got[0], z1.grad.float(), rtol=1e-4, atol=1e-6, check_dtype=False)
+    torch.testing.assert_close(got[1], z2.grad.float(), rtol=1e-4, atol=1e-6, check_dtype=False)
+
+
+def test_orthogonal_embeddings_give_log_2n_minus_1():
+    n = 8
+    eye = torch.eye(2 * n)  # 2N mutually orthogonal unit vectors
+    assert NTXentLoss(0.5)(eye[:n], eye[n:]).item() == pytest.approx(math.log(2 * n - 1), rel=1e-6)
+
+
+def test_identical_embeddings_give_log_2n_minus_1():
+    n = 5
+    z = torch.randn(1, 7).repeat(n, 1)
+    assert NTXentLoss(0.1)(z, z).item() == pytest.approx(math.log(2 * n - 1), rel=1e-5)
+
+
+def test_aligned_positives_orthogonal_negatives_closed_form():
+    n, t = 6, 0.2
+    z = torch.eye(n) * 3.0  # positives identical, negatives orthogonal; scale must not matter
+    expected = -math.log(math.exp(1 / t) / (math.exp(1 / t) + 2 * n - 2))
+    assert NTXentLoss(t)(z, z).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_swapping_views_and_permuting_pairs_leave_it_unchanged():
+    z1, z2 = torch.randn(9, 4), torch.randn(9, 4)
+    loss = NTXentLoss(0.5)
+    perm = torch.randperm(9)
+    assert loss(z2, z1).item() == pytest.approx(loss(z1, z2).item(), rel=1e-6)
+    assert loss(z1[perm], z2[perm]).item() == pytest.approx(loss(z1, z2).item(), rel=1e-6)
+
+
+def test_float32_under_autocast():
+    z1, z2 = torch.randn(8, 16).bfloat16(), torch.randn(8, 16).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = NTXentLoss(0.5)(z1, z2)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(reference_loss(z1.float().numpy(), z2.float().numpy(), 0.5), rel=1e-5)
+
+
+def test_depends_only_on_inputs_short_last_batch():
+    loss = NTXentLoss(0.5)
+    z1, z2 = torch.randn(3, 4), torch.randn(3, 4)
+    assert loss(z1, z2).item() == pytest.approx(reference_loss(z1.numpy(), z2.numpy(), 0.5), rel=1e-5)
+    with pytest.raises(ValueError):
+        loss(z1, z2[:2])
+    with pytest.raises(ValueError):
+        NTXentLoss(0.0)
+
+
+def test_scale_invariance_of_cosine():
+    z1, z2 = torch.randn(4, 6), torch.randn(4, 6)
+    assert NTXentLoss(0.5)(5 * z1, 0.1 * z2).item() == pytest.approx(NTXentLoss(0.5)(z1, z2).item(), rel=1e-5)
+    assert F.normalize(z1).norm(dim=1).allclose(torch.ones(4))

@@ -1,0 +1,33 @@
+import math
+
+import pytest
+
+from optim.schedules import scaled_lr, warmup_constant, warmup_cosine
+
+
+def test_warmup_cosine_values():
+    base, total, warm = 2.0, 110, 10
+    assert warmup_cosine(0, base, total, warm) == 0.0
+    assert warmup_cosine(5, base, total, warm) == pytest.approx(1.0)
+    assert warmup_cosine(10, base, total, warm) == pytest.approx(2.0)  # peak right after warmup
+    assert warmup_cosine(60, base, total, warm) == pytest.approx(1.0)  # half way through the decay
+    assert warmup_cosine(35, base, total, warm) == pytest.approx(1.0 + math.cos(math.pi / 4))
+    assert warmup_cosine(110, base, total, warm) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine(500, base, total, warm) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_monotone_and_no_warmup():
+    values = [warmup_cosine(s, 1.0, 50, 0) for s in range(51)]
+    assert values[0] == 1.0 and all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_warmup_constant():
+    assert [warmup_constant(s, 0.4, 100, 4) for s in (0, 1, 2, 4, 99)] == pytest.approx([0, 0.1, 0.2, 0.4, 0.4])
+
+
+def test_lr_scaling_rules():
+    assert scaled_lr(0.3, 4096, "linear") == pytest.approx(4.8)
+    assert scaled_lr(0.075, 4096, "sqrt") == pytest.approx(4.8)  # the paper: both agree at 4096
+    assert scaled_lr(1.0, 512, "none") == 1.0
+    with pytest.raises(ValueError):
+        scaled_lr(1.0, 512, "cubic")

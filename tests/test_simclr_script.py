@@ -1,0 +1,106 @@
+"""simclr.py end to end on tiny data: training, checkpoints, exact resume, and bad input."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import simclr
+from tests.tiny_data import write_image_folder, write_paths
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
+
+TINY = ["--arch", "resnet18", "--batch-size", "8", "--num-workers", "0", "--precision", "fp32",
+        "--warmup-epochs", "1", "--cosine-anneal", "--log-freq", "1", "--proj-dim", "16"]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    write_image_folder(str(tmp_path / "d"), classes=("a", "b", "c", "d"), per_class=5, size=8)
+    return str(tmp_path), write_paths(str(tmp_path / "paths.json"), {"cifar10": "d"})
+
+
+def run(argv):
+    return simclr.main(simclr.get_args_parser().parse_args(argv))
+
+
+def test_tiny_run_writes_checkpoint_and_log(tiny):
+    root, paths = tiny
+    ckpt = os.path.join(root, "run.pth")
+    result = run(TINY + ["--dataset-paths", paths, "--num-epochs", "2", "--filename", ckpt, "--test-freq", "1",
+                         "--knn-k", "5"])
+    state = load_checkpoint(ckpt)  # weights_only=True
+    assert state["epoch"] == 2 and state["step"] == 4  # 20 images // 8 = 2 steps per epoch
+    assert state["args"]["arch"] == "resnet18" and state["args"]["lr"] == pytest.approx(1.0 * 8 / 256)
+    assert state["args"]["temperature"] == 0.5 and state["git_commit"]
+    assert set(state["model"]) == set(simclr.SimCLR("resnet18", "cifar", 16).state_dict())
+    assert "momentum_buffer" in next(iter(state["optimizer"]["state"].values()))
+    lines = open(os.path.join(root, "run.csv")).read().splitlines()
+    assert lines[0] == ",".join(simclr.LOG_FIELDS) and len(lines) == 1 + 4 + 2  # 4 steps, 2 kNN rows
+    assert len(result["knn"]) == 2 and all(0 <= a <= 100 for a in result["knn"])
+    assert not [f for f in os.listdir(root) if ".tmp" in f]  # atomic write left no temp file
+
+
+def test_resume_continues_exactly(tiny):
+    root, paths = tiny
+    full, part = os.path.join(root, "full.pth"), os.path.join(root, "part.pth")
+    common = TINY + ["--dataset-paths", paths, "--test-freq", "0", "--seed", "1"]
+    run(common + ["--num-epochs", "3", "--filename", full])
+    run(common + ["--num-epochs", "1", "--filename", part])
+    run(common + ["--num-epochs", "3", "--filename", part, "--resume"])
+    a, b = load_checkpoint(full), load_checkpoint(part)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 6)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert open(full.replace(".pth", ".csv")).read().count("\n") == open(part.replace(".pth", ".csv")).read().count("\n")
+
+
+def test_resume_refuses_a_different_model(tiny):
+    root, paths = tiny
+    ckpt = os.path.join(root, "r.pth")
+    run(TINY + ["--dataset-paths", paths, "--num-epochs", "1", "--filename", ckpt, "--test-freq", "0"])
+    with pytest.raises(UserError, match="different model"):
+        run(TINY[:1] + ["resnet34"] + TINY[2:] + ["--dataset-paths", paths, "--num-epochs", "2", "--filename", ckpt,
+                                                  "--resume", "--test-freq", "0"])
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny):
+    root, paths = tiny
+    ckpt = os.path.join(root, "nan.pth")
+    base = TINY + ["--dataset-paths", paths, "--filename", ckpt, "--test-freq", "0"]
+    run(base + ["--num-epochs", "1"])
+    before = open(ckpt, "rb").read()
+    with pytest.raises(UserError, match="not finite|loss is (nan|inf)"):
+        run(base + ["--num-epochs", "3", "--resume", "--base-lr", "1e30",
+                    "--lr-scaling", "none", "--warmup-epochs", "0"])
+    assert open(ckpt, "rb").read() == before
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--batch-size", "64"], "larger than the dataset"),
+    (["--num-epochs", "0"], "--num-epochs must be at least 1"),
+    (["--base-lr", "-1"], "--base-lr must be > 0"),
+    (["--temperature", "0"], "--temperature must be > 0"),
+])
+def test_bad_options(tiny, extra, message):
+    _, paths = tiny
+    with pytest.raises(UserError, match=message):
+        run(TINY + ["--dataset-paths", paths, "--num-epochs", "1", "--test-freq", "0"] + extra)
+
+
+def test_cli_prints_one_line_error_without_traceback(tmp_path, repo_root):
+    paths = write_paths(str(tmp_path / "p.json"), {"cifar10": "does-not-exist"})
+    proc = subprocess.run([sys.executable, os.path.join(repo_root, "simclr.py"), "--dataset-paths", paths,
+                           "--device", "cpu"], capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: dataset folder for 'cifar10' not found") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_asking_for_a_missing_gpu(tiny):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    _, paths = tiny
+    with pytest.raises(UserError, match="no GPU"):
+        run(TINY + ["--dataset-paths", paths, "--device", "cuda"])

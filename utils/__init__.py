@@ -1,0 +1,1 @@
+"""Small helpers shared by the scripts: user-facing errors, checkpoints, logs."""

@@ -1,0 +1,21 @@
+"""Errors that the scripts report as one line (problem and fix), with no traceback and exit code 2."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment; the message names the problem and the fix."""
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run ``main()``; print a UserError as ``error: ...`` on stderr and exit with status 2."""
+    try:
+        main()
+    except UserError as e:
+        msg = str(e)
+        if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep the last line only
+            msg = msg.strip().splitlines()[-1].split("UserError: ", 1)[-1]
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
