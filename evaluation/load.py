@@ -1,0 +1,44 @@
+"""Load a frozen backbone from a simclr.py checkpoint or from a plain backbone state_dict."""
+from __future__ import annotations
+
+import torch
+
+from models.resnet import ResNetBackbone, build_backbone
+from utils.checkpoint import find_checkpoint, load_checkpoint
+from utils.errors import UserError
+
+
+def backbone_state(state: dict) -> dict[str, torch.Tensor]:
+    """The backbone's tensors from a simclr.py checkpoint, a SimCLR state_dict or a backbone state_dict."""
+    weights = state.get("model", state)
+    if any(k.startswith("backbone.") for k in weights):
+        return {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
+    return {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}
+
+
+def load_backbone(filename: str, arch: str | None = None, stem: str | None = None,
+                  width_multiplier: int | None = None) -> tuple[ResNetBackbone, dict]:
+    """Build the backbone the checkpoint was trained with (options override) and load its weights strictly.
+
+    Returns (backbone, args stored in the checkpoint or {}). A key missing from the file or left over
+    in it is an error naming the keys: a linear evaluation of a half-loaded network is worthless."""
+    path = find_checkpoint(filename)
+    state = load_checkpoint(path)
+    saved = state.get("args", {}) if "model" in state else {}
+    arch = arch or saved.get("arch")
+    stem = stem or saved.get("stem")
+    if arch is None or stem is None:
+        raise UserError(f"{path} is a plain state_dict without the run's args: pass --arch and --stem")
+    backbone = build_backbone(arch, stem, width_multiplier or saved.get("width_multiplier", 1))
+    weights = backbone_state(state)
+    result = backbone.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(f"{path} does not match {arch} with the {stem} stem: missing keys "
+                        f"{result.missing_keys[:4]}, unexpected keys {result.unexpected_keys[:4]}; "
+                        f"check --arch/--stem")
+    return backbone, saved
+
+
+def state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Whether two state_dicts hold bit-identical tensors under the same keys."""
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)

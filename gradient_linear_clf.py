@@ -1,0 +1,141 @@
+"""Linear evaluation by SGD on a frozen backbone, the paper's ImageNet protocol (Chen et al. 2020, App. B.6).
+
+    python gradient_linear_clf.py --load-from output.pth --nesterov --num-workers 32
+
+A linear layer on the frozen features h, trained with momentum SGD (Nesterov with --nesterov),
+batch 4096, lr = 0.1 x B/256, cosine decay, no weight decay, 90 epochs, random resized crop +
+flip only; the test set is resized and centre-cropped. The backbone stays in eval mode (its BN
+statistics do not move) and is checked to be bit-identical to the checkpoint after training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from data.augment import eval_transform, train_linear_transform
+from data.datasets import DATASETS, ArrayImages, dataset_info, load_train_test
+from data.paths import DEFAULT_PATHS_FILE
+from data.views import Transformed
+from evaluation.load import load_backbone, state_equal
+from models.resnet import ARCHS, STEMS
+from optim.schedules import warmup_cosine
+from utils.checkpoint import find_checkpoint
+from utils.errors import UserError, run_cli
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Linear evaluation with SGD on a frozen SimCLR backbone")
+    p.add_argument("--load-from", required=True, help="checkpoint of simclr.py (or a backbone state_dict)")
+    p.add_argument("--dataset", default=None, choices=list(DATASETS),
+                   help="(default: the one the checkpoint was trained on)")
+    p.add_argument("--dataset-paths", default=DEFAULT_PATHS_FILE, help="(default: the repository's dataset-paths.json)")
+    p.add_argument("--arch", default=None, choices=list(ARCHS), help="override the checkpoint's arch")
+    p.add_argument("--stem", default=None, choices=STEMS, help="override the checkpoint's stem")
+    p.add_argument("--image-size", type=int, default=None, help="crop side (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=4096, help="(default: 4096)")
+    p.add_argument("--num-epochs", type=int, default=90, help="(default: 90)")
+    p.add_argument("--base-lr", type=float, default=0.1, help="lr = base_lr x batch/256 (default: 0.1)")
+    p.add_argument("--momentum", type=float, default=0.9, help="(default: 0.9)")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (the paper's setting)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="(default: 0; the official code uses 1e-6 on ImageNet)")
+    p.add_argument("--num-workers", type=int, default=2, help="(default: 2)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="autocast of the frozen backbone (default: fp32)")
+    p.add_argument("--output", default=None, help="JSON result file (default: <checkpoint>.sgd-<dataset>.json)")
+    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
+    return p
+
+
+@torch.no_grad()
+def evaluate(backbone: nn.Module, classifier: nn.Module, loader: DataLoader, device: torch.device,
+             autocast: bool) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (%)."""
+    classifier.eval()
+    correct1 = correct5 = total = 0
+    for x, y in tqdm(loader, desc="test", leave=False):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            h = backbone(x)
+        top = classifier(h.float()).topk(min(5, classifier.out_features), dim=1).indices  # (B, 5)
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(dim=1).sum().item()
+        total += len(y)
+    return 100.0 * correct1 / total, 100.0 * correct5 / total
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.num_epochs < 1 or args.base_lr <= 0:
+        raise UserError("--num-epochs must be >= 1 and --base-lr > 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no GPU: use --device cpu")
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    torch.manual_seed(args.seed)
+    ckpt = find_checkpoint(args.load_from)
+    backbone, saved = load_backbone(ckpt, args.arch, args.stem)
+    reference = {k: v.clone() for k, v in backbone.state_dict().items()}
+    dataset = args.dataset or saved.get("dataset")
+    if dataset is None:
+        raise UserError(f"{ckpt} does not say which dataset it was trained on: pass --dataset")
+    info = dataset_info(dataset)
+    size = args.image_size or (saved.get("image_size") if dataset == saved.get("dataset") else None) or info.image_size
+    train, test = load_train_test(dataset, args.dataset_paths)
+    if args.batch_size > len(train):
+        raise UserError(f"--batch-size {args.batch_size} is larger than the training set ({len(train)} images): "
+                        f"use --batch-size {len(train)} or less")
+    native = train.images.shape[1] if isinstance(train, ArrayImages) else None
+    train_loader = DataLoader(Transformed(train, train_linear_transform(size, info.mean, info.std)),
+                              batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.num_workers,
+                              pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
+    test_loader = DataLoader(Transformed(test, eval_transform(size, info.mean, info.std, native)),
+                             batch_size=min(args.batch_size, 1024), num_workers=args.num_workers)
+
+    backbone = backbone.to(device).eval().requires_grad_(False)  # frozen: eval-mode BN, no gradients
+    classifier = nn.Linear(backbone.num_features, len(train.classes)).to(device)
+    lr = args.base_lr * args.batch_size / 256
+    optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=args.momentum, nesterov=args.nesterov,
+                                weight_decay=args.weight_decay)
+    steps = args.num_epochs * len(train_loader)
+    autocast = args.precision == "bf16"
+    step = 0
+    for epoch in range(args.num_epochs):
+        classifier.train()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.num_epochs}", leave=False)
+        for x, y in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = warmup_cosine(step, lr, steps, 0)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                h = backbone(x)  # h: (B, D), no graph through the frozen backbone
+            loss = F.cross_entropy(classifier(h.float()), y)
+            if not math.isfinite(loss.item()):
+                raise UserError(f"loss is {loss.item()} at epoch {epoch + 1}: lower --base-lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        print(f"epoch {epoch + 1}/{args.num_epochs}: loss {loss.item():.4f}", flush=True)
+    top1, top5 = evaluate(backbone, classifier, test_loader, device, autocast)
+    if not state_equal(backbone.state_dict(), reference):
+        raise RuntimeError("the frozen backbone changed during linear evaluation: this is a bug, please report it")
+    summary = {"checkpoint": ckpt, "dataset": dataset, "epochs": args.num_epochs, "batch_size": args.batch_size,
+               "lr": lr, "nesterov": args.nesterov, "top1": top1, "top5": top5}
+    print(f"test top-1 {top1:.2f}%, top-5 {top5:.2f}% ({len(test)} images); backbone unchanged")
+    output = args.output or f"{os.path.splitext(ckpt)[0]}.sgd-{dataset}.json"
+    with open(output, "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"wrote {output}")
+    return {**summary, "backbone_state": backbone.state_dict(), "classifier": classifier}
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))

@@ -1,0 +1,127 @@
+"""Linear evaluation by L-BFGS logistic regression on frozen features (Chen et al. 2020, App. B.5/B.8).
+
+    python lbfgs_linear_clf.py --load-from output.pth
+
+Extracts features h of the frozen backbone once (eval mode, no augmentation), standardises them,
+picks the l2 strength among 45 log-spaced values in [1e-6, 1e5] on a validation split held out of
+the training set (10%, stratified, seeded), refits on the whole training set with it and scores
+the test set once. Prints the sweep and writes it to a JSON file beside the checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+
+from data.augment import eval_transform
+from data.datasets import DATASETS, ArrayImages, dataset_info, load_train_test
+from data.paths import DEFAULT_PATHS_FILE
+from data.views import Transformed
+from evaluation.features import extract_features
+from evaluation.load import load_backbone
+from evaluation.logreg import l2_sweep
+from models.resnet import ARCHS, STEMS, build_backbone
+from utils.checkpoint import find_checkpoint
+from utils.errors import UserError, run_cli
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Linear evaluation with L-BFGS on frozen SimCLR features")
+    p.add_argument("--load-from", required=True,
+                   help="checkpoint of simclr.py (or a backbone state_dict); a bare name is also looked up in ./checkpoint/")
+    p.add_argument("--dataset", default=None, choices=list(DATASETS),
+                   help="dataset to evaluate on (default: the one the checkpoint was trained on)")
+    p.add_argument("--dataset-paths", default=DEFAULT_PATHS_FILE, help="(default: the repository's dataset-paths.json)")
+    p.add_argument("--arch", default=None, choices=list(ARCHS), help="override the checkpoint's arch (needed for a plain state_dict)")
+    p.add_argument("--stem", default=None, choices=STEMS, help="override the checkpoint's stem")
+    p.add_argument("--random-init", action="store_true",
+                   help="evaluate the same backbone at random initialisation instead (baseline)")
+    p.add_argument("--image-size", type=int, default=None, help="input side (default: the checkpoint's, else the dataset's)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out part of train for picking l2 (default: 0.1)")
+    p.add_argument("--l2-min", type=float, default=1e-6, help="(default: 1e-6)")
+    p.add_argument("--l2-max", type=float, default=1e5, help="(default: 1e5)")
+    p.add_argument("--l2-num", type=int, default=45, help="log-spaced l2 values to try (default: 45)")
+    p.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations per fit (default: 500)")
+    p.add_argument("--batch-size", type=int, default=512, help="feature extraction batch (default: 512)")
+    p.add_argument("--num-workers", type=int, default=2, help="(default: 2)")
+    p.add_argument("--cache-features", action="store_true",
+                   help="save the features next to the checkpoint and reuse them while the checkpoint is unchanged")
+    p.add_argument("--output", default=None, help="JSON result file (default: <checkpoint>.lbfgs-<dataset>.json)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split (default: 0)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
+    return p
+
+
+def frozen_features(args: argparse.Namespace, device: torch.device):
+    """(x_train, y_train, x_test, y_test, classes, eval setup): features of the frozen backbone, cached if asked."""
+    ckpt = find_checkpoint(args.load_from)
+    backbone, saved = load_backbone(ckpt, args.arch, args.stem)
+    dataset = args.dataset or saved.get("dataset")
+    if dataset is None:
+        raise UserError(f"{ckpt} does not say which dataset it was trained on: pass --dataset")
+    info = dataset_info(dataset)
+    size = args.image_size or (saved.get("image_size") if dataset == saved.get("dataset") else None) or info.image_size
+    if args.random_init:  # the same network at initialisation: the baseline a representation must beat
+        torch.manual_seed(args.seed)
+        backbone = build_backbone(args.arch or saved.get("arch"), backbone.stem, backbone.width_multiplier)
+    tag = f"{dataset}-{size}{'-random' if args.random_init else ''}"
+    cache = f"{os.path.splitext(ckpt)[0]}.features-{tag}.pt"
+    stamp = [os.path.getsize(ckpt), os.path.getmtime(ckpt)]
+    if args.cache_features and os.path.isfile(cache):
+        cached = torch.load(cache, weights_only=True)
+        if cached["stamp"] == stamp:
+            print(f"features from {cache}")
+            return cached["x_train"], cached["y_train"], cached["x_test"], cached["y_test"], cached["classes"], dataset
+    train, test = load_train_test(dataset, args.dataset_paths)
+    native = train.images.shape[1] if isinstance(train, ArrayImages) else None
+    transform = eval_transform(size, info.mean, info.std, native)
+    backbone = backbone.to(device)
+    x_train, y_train = extract_features(backbone, Transformed(train, transform), device, args.batch_size,
+                                        args.num_workers, desc="train features")
+    x_test, y_test = extract_features(backbone, Transformed(test, transform), device, args.batch_size,
+                                      args.num_workers, desc="test features")
+    if args.cache_features:
+        torch.save({"stamp": stamp, "x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
+                    "classes": list(train.classes)}, cache)
+    return x_train, y_train, x_test, y_test, list(train.classes), dataset
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.l2_num < 1 or not 0 < args.l2_min <= args.l2_max:
+        raise UserError("need 0 < --l2-min <= --l2-max and --l2-num >= 1")
+    if not 0 < args.val_fraction < 1:
+        raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no GPU: use --device cpu")
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    x_train, y_train, x_test, y_test, classes, dataset = frozen_features(args, device)
+    labelled = y_train >= 0
+    x_train, y_train = x_train[labelled], y_train[labelled]
+    grid = np.logspace(np.log10(args.l2_min), np.log10(args.l2_max), args.l2_num).tolist()
+    result = l2_sweep(x_train.to(device), y_train.to(device), x_test.to(device), y_test.to(device), len(classes),
+                      l2_grid=grid, val_fraction=args.val_fraction, seed=args.seed, max_iter=args.max_iter)
+
+    print(f"{'l2':>10}  val acc (%)   [{result.num_fit} fit / {result.num_val} validation images]")
+    for l2, acc in zip(result.l2_grid, result.val_acc):
+        print(f"{l2:10.3g}  {100 * acc:6.2f}{'  <- chosen' if l2 == result.best_l2 else ''}")
+    summary = {
+        "checkpoint": find_checkpoint(args.load_from), "dataset": dataset, "random_init": args.random_init,
+        "feature_dim": int(x_train.shape[1]), "num_train": result.num_train, "num_test": result.num_test,
+        "l2_grid": result.l2_grid, "val_acc": [100 * a for a in result.val_acc], "best_l2": result.best_l2,
+        "train_acc": 100 * result.train_acc, "test_acc": 100 * result.test_acc,
+    }
+    print(f"chosen l2 {result.best_l2:.3g} (on validation); refit on all {result.num_train} training images: "
+          f"train accuracy {summary['train_acc']:.2f}%, test accuracy {summary['test_acc']:.2f}%")
+    output = args.output or (f"{os.path.splitext(summary['checkpoint'])[0]}.lbfgs-{dataset}"
+                             f"{'-random' if args.random_init else ''}.json")
+    with open(output, "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"wrote {output}")
+    return summary
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))

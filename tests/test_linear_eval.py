@@ -1,0 +1,104 @@
+"""Linear evaluation scripts and the kNN monitor on a tiny pretraining checkpoint."""
+import json
+import os
+
+import pytest
+import torch
+
+import gradient_linear_clf
+import lbfgs_linear_clf
+import simclr
+from evaluation.knn import knn_predict
+from evaluation.load import backbone_state, load_backbone
+from models.resnet import resnet18
+from tests.tiny_data import write_image_folder, write_paths
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lin")
+    write_image_folder(str(root / "d"), classes=("a", "b", "c"), per_class=10, size=8)
+    paths = write_paths(str(root / "paths.json"), {"cifar10": "d"})
+    ckpt = str(root / "pre.pth")
+    simclr.main(simclr.get_args_parser().parse_args(
+        ["--dataset-paths", paths, "--arch", "resnet18", "--batch-size", "10", "--num-workers", "0",
+         "--precision", "fp32", "--num-epochs", "1", "--test-freq", "0", "--proj-dim", "8", "--filename", ckpt]))
+    return ckpt, paths
+
+
+def test_knn_matches_plain_loop():
+    g = torch.Generator().manual_seed(0)
+    train, test = torch.randn(40, 6, generator=g), torch.randn(15, 6, generator=g)
+    labels = torch.randint(0, 4, (40,), generator=g)
+    k, t = 7, 0.1
+    expected = []
+    for q in test:
+        sims = [float(torch.dot(q / q.norm(), x / x.norm())) for x in train]
+        top = sorted(range(40), key=lambda i: -sims[i])[:k]
+        votes = [0.0] * 4
+        for i in top:
+            votes[int(labels[i])] += torch.exp(torch.tensor(sims[i] / t)).item()
+        expected.append(max(range(4), key=lambda c: votes[c]))
+    assert knn_predict(train, labels, test, 4, k=k, temperature=t, chunk_size=4).tolist() == expected
+
+
+def test_lbfgs_script_end_to_end(pretrained, tmp_path):
+    ckpt, paths = pretrained
+    out = str(tmp_path / "r.json")
+    summary = lbfgs_linear_clf.main(lbfgs_linear_clf.get_args_parser().parse_args(
+        ["--load-from", ckpt, "--dataset-paths", paths, "--l2-num", "5", "--num-workers", "0", "--val-fraction",
+         "0.2", "--output", out, "--cache-features"]))
+    saved = json.load(open(out))
+    assert saved["test_acc"] == summary["test_acc"] and len(saved["val_acc"]) == 5
+    assert saved["best_l2"] in saved["l2_grid"] and saved["num_train"] == 30 and saved["feature_dim"] == 512
+    # the cached features give the same result
+    again = lbfgs_linear_clf.main(lbfgs_linear_clf.get_args_parser().parse_args(
+        ["--load-from", ckpt, "--dataset-paths", paths, "--l2-num", "5", "--num-workers", "0", "--val-fraction",
+         "0.2", "--output", out, "--cache-features"]))
+    assert again["test_acc"] == summary["test_acc"] and again["val_acc"] == summary["val_acc"]
+
+
+def test_gradient_script_keeps_backbone_frozen(pretrained, tmp_path):
+    ckpt, paths = pretrained
+    result = gradient_linear_clf.main(gradient_linear_clf.get_args_parser().parse_args(
+        ["--load-from", ckpt, "--dataset-paths", paths, "--batch-size", "10", "--num-epochs", "2", "--nesterov",
+         "--num-workers", "0", "--output", str(tmp_path / "g.json")]))
+    original = backbone_state(load_checkpoint(ckpt))
+    assert result["backbone_state"].keys() == original.keys()
+    assert all(torch.equal(result["backbone_state"][k], original[k]) for k in original)  # BN stats included
+    assert 0 <= result["top1"] <= result["top5"] <= 100
+    assert result["classifier"].weight.shape == (3, 512)
+
+
+def test_loading_reports_missing_and_unexpected_keys(pretrained, tmp_path):
+    ckpt, _ = pretrained
+    state = load_checkpoint(ckpt)
+    backbone, saved = load_backbone(ckpt)
+    assert saved["arch"] == "resnet18" and backbone.stem == "cifar"
+    plain = str(tmp_path / "plain.pth")
+    torch.save(backbone_state(state), plain)
+    with pytest.raises(UserError, match="--arch and --stem"):
+        load_backbone(plain)
+    assert load_backbone(plain, "resnet18", "cifar")[0].conv1.weight.shape == (64, 3, 3, 3)
+    with pytest.raises(UserError, match="missing keys"):
+        load_backbone(plain, "resnet34", "cifar")
+    broken = backbone_state(state)
+    del broken["layer1.0.conv1.weight"]
+    torch.save(broken, plain)
+    with pytest.raises(UserError, match="layer1.0.conv1.weight"):
+        load_backbone(plain, "resnet18", "cifar")
+    full = resnet18(stem="cifar").state_dict()
+    full["fc.weight"] = torch.zeros(10, 512)
+    torch.save(full, plain)
+    with pytest.raises(UserError, match="unexpected keys \\['fc.weight'\\]"):
+        load_backbone(plain, "resnet18", "cifar")
+
+
+def test_random_init_baseline_differs(pretrained, tmp_path):
+    ckpt, paths = pretrained
+    args = ["--load-from", ckpt, "--dataset-paths", paths, "--l2-num", "3", "--num-workers", "0",
+            "--val-fraction", "0.2"]
+    rnd = lbfgs_linear_clf.main(lbfgs_linear_clf.get_args_parser().parse_args(args + ["--random-init"]))
+    assert rnd["random_init"] and os.path.isfile(ckpt.replace(".pth", ".lbfgs-cifar10-random.json"))
