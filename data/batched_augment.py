@@ -68,16 +68,12 @@ __all__ = [
     "SATURATION",
     "HUE",
 ]
+from data.augment import blur_kernel_size  # one definition for both pipelines
 
 # Colour-jitter op ids, numbered as torchvision's ColorJitter (fn_idx = torch.randperm(4)).
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 
 _NUM_CROP_TRIES = 10  # torchvision RandomResizedCrop.get_params
-
-
-def blur_kernel_size(size: int) -> int:
-    """Odd Gaussian-blur kernel of about 10% of the side: 2 * (size // 10 // 2) + 1 (3 for 32, 23 for 224)."""
-    return 2 * (size // 10 // 2) + 1
 
 
 # --------------------------------------------------------------------------------------------
