@@ -11,6 +11,7 @@ ImageNet-sized trees are read from disk by the DataLoader workers. Nothing is ev
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import warnings
@@ -127,15 +128,45 @@ def scan_image_folder(split_dir: str) -> tuple[list[tuple[str, int]], list[str]]
     return samples, classes
 
 
+CACHE_DIR = os.environ.get("SIMCLR_CACHE", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                          ".cache", "decoded"))
+
+
+def _cache_key(samples: list[tuple[str, int]]) -> str:
+    """Changes when any file is added, removed, renamed, resized or touched."""
+    h = hashlib.sha1()
+    for path, label in samples:
+        st = os.stat(path)
+        h.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
 def decode_all(samples: list[tuple[str, int]], classes: list[str], threads: int = 4) -> ArrayImages:
-    """Decode every image once into one uint8 array; all images must share one size."""
+    """Decode every image once into one uint8 array; all images must share one size.
+
+    The array is cached in ``.cache/decoded/`` (or $SIMCLR_CACHE), so later runs start in a second."""
+    cache = os.path.join(CACHE_DIR, _cache_key(samples) + ".npy")
+    labels = np.array([y for _, y in samples])
+    if os.path.isfile(cache):
+        try:
+            return ArrayImages(np.load(cache), labels, classes)
+        except (OSError, ValueError):
+            pass  # unreadable cache: decode again and overwrite it
     with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding
         arrays = list(pool.map(lambda s: np.asarray(read_image(s[0])), samples))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise UserError(f"images differ in size ({sorted(shapes)[:3]}...) in {os.path.dirname(samples[0][0])}/..: "
                         f"resize them to one size first")
-    return ArrayImages(np.stack(arrays), np.array([y for _, y in samples]), classes)
+    images = np.stack(arrays)
+    try:
+        os.makedirs(CACHE_DIR, exist_ok=True)
+        tmp = f"{cache}.tmp{os.getpid()}.npy"
+        np.save(tmp, images)
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only checkout still works, only slower to start
+    return ArrayImages(images, labels, classes)
 
 
 def _unpickle(path: str) -> dict:

@@ -206,3 +206,19 @@ def test_augmentation_pipeline_follows_appendix_a():
     assert half[2].transforms[0].saturation == pytest.approx((0.6, 1.4))
     assert not any("Blur" in type(op).__name__ for op in half)
     assert blur_kernel_size(32) == 3 and blur_kernel_size(96) == 9 and math.isclose(blur_kernel_size(224) / 224, 0.1, abs_tol=0.01)
+
+
+def test_decoded_images_are_cached_and_invalidated(tmp_path, monkeypatch):
+    import data.datasets as ds
+    monkeypatch.setattr(ds, "CACHE_DIR", str(tmp_path / "cache"))
+    write_image_folder(str(tmp_path / "d"), per_class=2)
+    paths = write_paths(str(tmp_path / "p.json"), {"cifar10": "d"})
+    first = load_split("cifar10", "train", paths)
+    assert len(os.listdir(tmp_path / "cache")) == 1
+    monkeypatch.setattr(ds, "read_image", lambda path: pytest.fail("decoded again despite the cache"))
+    np.testing.assert_array_equal(load_split("cifar10", "train", paths).images, first.images)
+    monkeypatch.undo()
+    monkeypatch.setattr(ds, "CACHE_DIR", str(tmp_path / "cache"))
+    write_image_folder(str(tmp_path / "d"), per_class=2, seed=9)  # same names, new pixels
+    changed = load_split("cifar10", "train", paths)
+    assert not np.array_equal(changed.images, first.images) and len(os.listdir(tmp_path / "cache")) == 2
