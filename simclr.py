@@ -5,6 +5,26 @@
 
 Writes ``checkpoint/<filename>`` (model, optimizer, epoch/step, args, git commit) after every
 ``--save-freq`` epochs, and a CSV log of loss, learning rate, throughput and kNN accuracy beside it.
+
+Several GPUs, one or several machines: launch with torchrun (one process per GPU)::
+
+    torchrun --nproc_per_node=8 simclr.py --dataset imagenet --batch-size 4096 ...
+    torchrun --nnodes=2 --node_rank=0 --master_addr=HOST --master_port=29500 --nproc_per_node=8 simclr.py ...
+
+Then the model is wrapped in DistributedDataParallel, ``--batch-size`` is the global batch (each of
+the W processes takes B/W images of it, a different slice of the same seeded permutation), the
+learning rate is scaled by the global batch, BatchNorm is synchronised across processes
+(``--sync-bn``, the paper's global BN) and NT-Xent is computed on the embeddings gathered from all
+processes with ``utils.distributed.gather_with_grad``, so a step is the step of one process on the
+global batch (and a run can resume with another number of processes). Only rank 0 prints, logs,
+writes checkpoints and runs the kNN monitor. Without torchrun, all visible GPUs of the machine are
+used through DataParallel (BN statistics per GPU).
+
+``--chunk-size N`` (gradient caching, Gao et al. 2021; ``training/gradcache.py``) computes the
+loss over the full batch with the activation memory of N pairs per process, for a second forward
+pass. BN statistics are then those of each chunk (as per-device BN without synchronisation, or
+per-GPU BN under DataParallel); DDP + SyncBN over several GPUs is the exact alternative when
+they exist.
 """
 from __future__ import annotations
 
@@ -15,6 +35,7 @@ import time
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -30,8 +51,11 @@ from models.resnet import ARCHS, STEMS
 from models.simclr import SimCLR
 from optim.lars import LARS
 from optim.schedules import scaled_lr, warmup_constant, warmup_cosine
+from training.gradcache import gradcache_step
 from utils.checkpoint import checkpoint_path, find_checkpoint, git_commit, load_checkpoint, save_checkpoint
 from utils.csvlog import CSVLog
+from utils.distributed import (DistInfo, barrier, cleanup_distributed, convert_sync_batchnorm, gather_pairs,
+                               gather_with_grad, init_distributed, select_device)  # noqa: F401 (select_device)
 from utils.errors import UserError, run_cli
 
 # Defaults that differ between the paper's CIFAR-10 recipe (Appendix B.9 and the official
@@ -58,7 +82,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="scale every ResNet width, e.g. 2 for ResNet-50 (2x) (default: 1)")
     p.add_argument("--image-size", type=int, default=None,
                    help="crop side in pixels (default: 32 CIFAR, 96 STL-10, 224 ImageNet)")
-    p.add_argument("--batch-size", type=int, default=512, help="images per step; each gives 2 views (default: 512)")
+    p.add_argument("--batch-size", type=int, default=512,
+                   help="images per step, over all processes under torchrun (each takes B/W); each gives 2 views\n"
+                        "(default: 512)")
     p.add_argument("--num-epochs", type=int, default=100, help="total epochs of the run (default: 100)")
     p.add_argument("--base-lr", type=float, default=None,
                    help="learning rate before scaling by --lr-scaling\n(default: 1.0 CIFAR/STL, 0.3 ImageNet)")
@@ -92,7 +118,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="resume from --filename, or from the checkpoint given here")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentations (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: all visible GPUs (DataParallel when several), else the CPU (default: auto)")
+                   help="auto: all visible GPUs (DataParallel when several), else the CPU; under torchrun one GPU\n"
+                        "per process (DistributedDataParallel, nccl), or CPU processes with gloo (default: auto)")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="synchronise BatchNorm statistics over all torchrun processes (the paper's global BN)\n"
+                        "(default: on under torchrun with several processes; no effect without torchrun)")
+    p.add_argument("--chunk-size", type=int, default=0,
+                   help="gradient caching: embed, then back-propagate, N pairs at a time per process (2N images\n"
+                        "per forward), with the loss still over the whole batch; memory of N pairs, ~1.3x compute.\n"
+                        "BN statistics are per chunk (like per-device BN without sync); DDP + SyncBN over\n"
+                        "several GPUs is the exact alternative when they exist. 0: off (default: 0)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="bf16 autocast for the network, loss in fp32; auto: bf16 on GPU and on CPUs with\n"
                         "native bf16 (avx512_bf16/amx), else fp32 (default: auto)")
@@ -121,21 +156,13 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         (args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}"),
         (args.save_freq >= 1 and args.log_freq >= 1, "--save-freq and --log-freq must be at least 1"),
         (args.test_freq >= 0, "--test-freq must be >= 0 (0 disables the kNN monitor)"),
+        (args.chunk_size >= 0, f"--chunk-size must be >= 0 (0 disables gradient caching), got {args.chunk_size}"),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
     args.lr = scaled_lr(args.base_lr, args.batch_size, args.lr_scaling)
     return args
-
-
-def select_device(choice: str) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but torch sees no GPU: use --device cpu, or install a CUDA "
-                            "build of torch")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def cpu_has_bf16() -> bool:
@@ -165,35 +192,52 @@ def model_signature(args) -> dict:
     return {k: (args[k] if isinstance(args, dict) else getattr(args, k)) for k in keys}
 
 
+def compute_gradients(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, criterion: nn.Module,
+                      args: argparse.Namespace, device: torch.device, gather=None) -> torch.Tensor:
+    """Accumulate the gradient of NT-Xent on one batch (x1, x2: (N, 3, H, W) views of this process);
+    return the loss, detached. ``gather`` (under DDP) collects the embeddings of all processes first;
+    with ``--chunk-size`` smaller than N, gradient caching (training.gradcache)."""
+    autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
+    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
+    if 0 < args.chunk_size < x1.shape[0]:
+        return gradcache_step(model, x1, x2, criterion, args.chunk_size, autocast_dtype=autocast_dtype,
+                              gather=gather, device=device, memory_format=memory_format)
+    x = torch.cat([x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)])  # (2N, 3, H, W)
+    x = x.contiguous(memory_format=memory_format)
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        z1, z2 = model(x).chunk(2)  # z: (N, proj_dim) each
+    if gather is not None:
+        z1, z2 = gather_pairs(z1, z2, gather)  # (W*N, proj_dim) each: the global batch's negatives
+    loss = criterion(z1, z2)
+    loss.backward()
+    return loss.detach()
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    lr_at, epoch: int, step: int, args: argparse.Namespace, device: torch.device,
+                    lr_at, epoch: int, step: int, args: argparse.Namespace, dist_info: DistInfo,
                     log: CSVLog) -> tuple[int, float]:
     """One pass over ``loader``; returns the global step after it and the epoch's mean loss."""
     model.train()
-    autocast = args.precision == "bf16"
-    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.num_epochs}", dynamic_ncols=True, leave=False)
+    gather = gather_with_grad if dist_info.world_size > 1 else None
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.num_epochs}", dynamic_ncols=True, leave=False,
+               disable=not dist_info.is_main)
     pending, pending_n, total, count = None, 0, 0.0, 0
     tick = time.perf_counter()
     for x1, x2 in bar:
         lr = lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x = torch.cat([x1, x2]).to(device, non_blocking=True).contiguous(memory_format=memory_format)  # (2N,3,H,W)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            z1, z2 = model(x).chunk(2)  # z: (N, proj_dim) each
-        loss = criterion(z1, z2)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = compute_gradients(model, x1, x2, criterion, args, dist_info.device, gather)
         optimizer.step()
         step += 1
-        pending = loss.detach() if pending is None else pending + loss.detach()
+        pending = loss if pending is None else pending + loss
         pending_n += 1
         if pending_n == args.log_freq:
-            total, count = _flush(pending, pending_n, total, count, epoch, step, lr, tick, x1.shape[0], log, bar)
+            total, count = _flush(pending, pending_n, total, count, epoch, step, lr, tick, args.batch_size, log, bar)
             pending, pending_n, tick = None, 0, time.perf_counter()
     if pending_n:
-        total, count = _flush(pending, pending_n, total, count, epoch, step, lr, tick, x1.shape[0], log, bar)
+        total, count = _flush(pending, pending_n, total, count, epoch, step, lr, tick, args.batch_size, log, bar)
     bar.close()
     return step, total / max(count, 1)
 
@@ -213,6 +257,16 @@ class NonFiniteLoss(UserError):
     pass
 
 
+class NullLog:
+    """The CSV log of the ranks other than 0: writes nothing."""
+
+    def write(self, **row) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def knn_monitor(backbone: nn.Module, train_set, test_set, device: torch.device, args) -> float:
     """kNN top-1 (%) of the test set against the training set, on features without augmentation."""
     def features(images, desc):
@@ -225,12 +279,30 @@ def knn_monitor(backbone: nn.Module, train_set, test_set, device: torch.device, 
 
 
 def main(args: argparse.Namespace) -> dict:
+    """Pretrain; under torchrun every process runs this, in its process group (destroyed at the end)."""
     args = resolve_args(args)
-    device = select_device(args.device)
+    dist_info = init_distributed(device=args.device)
+    try:
+        return train(args, dist_info)
+    finally:
+        if dist_info.distributed:
+            cleanup_distributed()
+
+
+def train(args: argparse.Namespace, dist_info: DistInfo) -> dict:
+    device, world, is_main = dist_info.device, dist_info.world_size, dist_info.is_main
+    say = print if is_main else (lambda *a, **k: None)
+    if args.batch_size % world:
+        raise UserError(f"--batch-size {args.batch_size} is the global batch and must be divisible by the number of "
+                        f"processes ({world}): use --batch-size {args.batch_size // world * world or world}")
     if args.precision == "auto":
         args.precision = "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
     if args.channels_last is None:
         args.channels_last = args.precision == "bf16"
+    ddp = dist_info.distributed
+    if args.sync_bn is None:
+        args.sync_bn = ddp and world > 1
+    args.world_size = world
     info = dataset_info(args.dataset)
     args.mean, args.std = list(info.mean), list(info.std)
     torch.manual_seed(args.seed)
@@ -241,11 +313,12 @@ def main(args: argparse.Namespace) -> dict:
                         f"use --batch-size {len(pretrain)} or less")
     args.native_size = pretrain.images.shape[1] if isinstance(pretrain, ArrayImages) else None
     transform = simclr_augmentation(args.image_size, args.jitter_strength, args.blur, info.mean, info.std)
-    sampler = EpochSampler(len(pretrain), seed=args.seed)
-    loader = DataLoader(TwoViews(pretrain, transform, seed=args.seed), batch_size=args.batch_size, sampler=sampler,
-                        num_workers=args.num_workers, drop_last=True, pin_memory=device.type == "cuda",
-                        persistent_workers=args.num_workers > 0)
-    steps_per_epoch = len(pretrain) // args.batch_size
+    # Each rank takes every W-th image of the same seeded permutation; its views are keyed by (epoch, image).
+    sampler = EpochSampler(len(pretrain), seed=args.seed, num_replicas=world, rank=dist_info.rank)
+    loader = DataLoader(TwoViews(pretrain, transform, seed=args.seed), batch_size=args.batch_size // world,
+                        sampler=sampler, num_workers=args.num_workers, drop_last=True,
+                        pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
+    steps_per_epoch = len(pretrain) // args.batch_size  # = len(loader) on every rank
     total_steps = steps_per_epoch * args.num_epochs
     warmup_steps = round(args.warmup_epochs * steps_per_epoch)
     schedule = warmup_cosine if args.cosine_anneal else warmup_constant
@@ -254,7 +327,10 @@ def main(args: argparse.Namespace) -> dict:
         return schedule(step, args.lr, total_steps, warmup_steps)
 
     model = SimCLR(args.arch, args.stem, args.proj_dim, args.proj_hidden_dim, args.proj_layers,
-                   args.width_multiplier).to(device)
+                   args.width_multiplier)
+    if args.sync_bn and ddp:
+        model = convert_sync_batchnorm(model, device)  # same parameters and state_dict keys, new module types
+    model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args)
@@ -274,23 +350,34 @@ def main(args: argparse.Namespace) -> dict:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step = state["epoch"], state["step"]
-        print(f"resumed from {resume_from}: epoch {start_epoch}, step {step}")
+        say(f"resumed from {resume_from}: epoch {start_epoch}, step {step}")
         if start_epoch >= args.num_epochs:
-            print(f"nothing to do: the checkpoint has {start_epoch} epochs and --num-epochs is {args.num_epochs}")
+            say(f"nothing to do: the checkpoint has {start_epoch} epochs and --num-epochs is {args.num_epochs}")
 
     log_path = os.path.splitext(path)[0] + ".csv"
-    log = CSVLog(log_path, LOG_FIELDS, keep_until_step=step if args.resume else 0)
-    net = nn.DataParallel(model) if device.type == "cuda" and torch.cuda.device_count() > 1 else model
+    log = CSVLog(log_path, LOG_FIELDS, keep_until_step=step if args.resume else 0) if is_main else NullLog()
+    if ddp:
+        net = DistributedDataParallel(model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None)
+        parallel = f"DDP over {world} processes ({args.batch_size // world} images each), SyncBN {args.sync_bn}"
+    elif device.type == "cuda" and torch.cuda.device_count() > 1:
+        net, parallel = nn.DataParallel(model), f"DataParallel over {torch.cuda.device_count()} GPUs"
+    else:
+        net, parallel = model, "1 process"
+    if args.sync_bn and not ddp:
+        say("note: --sync-bn has no effect without torchrun (BN statistics are per device)")
+    if args.chunk_size:
+        parallel += f", gradient caching in chunks of {args.chunk_size} pairs"
     knn_sets = None
-    if args.test_freq > 0:
+    if args.test_freq > 0 and is_main:
         knn_sets = (load_split(args.dataset, "train", args.dataset_paths),
                     load_split(args.dataset, "test", args.dataset_paths))
 
-    print(f"{args.dataset}: {len(pretrain)} images, {steps_per_epoch} steps/epoch of {args.batch_size}; "
-          f"{args.arch} ({args.stem} stem) on {device}, {args.precision}; lr {args.lr:.4g} "
-          f"({args.lr_scaling} scaling of {args.base_lr}); checkpoint {path}, log {log_path}")
+    say(f"{args.dataset}: {len(pretrain)} images, {steps_per_epoch} steps/epoch of {args.batch_size}; "
+        f"{args.arch} ({args.stem} stem) on {device}, {args.precision}, {parallel}; lr {args.lr:.4g} "
+        f"({args.lr_scaling} scaling of {args.base_lr}); checkpoint {path}, log {log_path}")
 
     def checkpoint(epoch: int) -> None:
+        # The unwrapped model: keys stay backbone.*/head.* (SyncBN changes module types, not keys).
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                          "step": step, "args": vars(args), "git_commit": git_commit(),
                          "classes": list(pretrain.classes)}, path)
@@ -299,21 +386,25 @@ def main(args: argparse.Namespace) -> dict:
     for epoch in range(start_epoch, args.num_epochs):
         sampler.set_epoch(epoch)
         try:
-            step, mean_loss = train_one_epoch(net, loader, criterion, optimizer, lr_at, epoch, step, args, device, log)
+            step, mean_loss = train_one_epoch(net, loader, criterion, optimizer, lr_at, epoch, step, args,
+                                              dist_info, log)
         except NonFiniteLoss as e:
             raise UserError(f"{e}; stopped without saving, the last good checkpoint {path} is untouched "
                             f"(try a lower --base-lr or --precision fp32)") from None
         result["losses"].append(mean_loss)
         message = f"epoch {epoch + 1}/{args.num_epochs}: loss {mean_loss:.4f}, lr {lr_at(step):.4g}"
-        if knn_sets and ((epoch + 1) % args.test_freq == 0 or epoch + 1 == args.num_epochs):
-            acc = knn_monitor(model.backbone, *knn_sets, device, args)
-            log.write(epoch=epoch + 1, step=step, knn_top1=acc)
-            result["knn"].append(acc)
-            message += f", kNN top-1 {acc:.2f}%"
-        print(message, flush=True)
-        if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.num_epochs:
+        if args.test_freq > 0 and ((epoch + 1) % args.test_freq == 0 or epoch + 1 == args.num_epochs):
+            if is_main:
+                acc = knn_monitor(model.backbone, *knn_sets, device, args)
+                log.write(epoch=epoch + 1, step=step, knn_top1=acc)
+                result["knn"].append(acc)
+                message += f", kNN top-1 {acc:.2f}%"
+            barrier(dist_info)  # the other ranks wait for rank 0's kNN monitor
+        say(message, flush=True)
+        if is_main and ((epoch + 1) % args.save_freq == 0 or epoch + 1 == args.num_epochs):
             checkpoint(epoch + 1)
     log.close()
+    barrier(dist_info)  # no rank leaves before rank 0 has written the last checkpoint
     return result
 
 

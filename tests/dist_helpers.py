@@ -1,0 +1,80 @@
+"""Helpers of the multi-process tests: gloo process groups on the CPU, tiny networks and batches."""
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from models.head import ProjectionHead
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, fn, world: int, port: int, args: tuple) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from utils.distributed import cleanup_distributed, init_distributed
+    info = init_distributed(device="cpu")  # reads the variables torchrun would set
+    assert info.distributed and info.world_size == world and info.rank == rank
+    try:
+        fn(info, *args)
+    finally:
+        cleanup_distributed()
+
+
+def spawn(fn, world: int, *args) -> None:
+    """Run ``fn(dist_info, *args)`` in ``world`` fresh processes joined in a gloo process group on the CPU.
+
+    ``fn`` must be importable (module level); it returns results by writing files (e.g. torch.save)."""
+    mp.spawn(_entry, args=(fn, world, free_port(), args), nprocs=world, join=True)
+
+
+class TinyNet(nn.Module):
+    """conv-BN-ReLU x2, pooled, then the SimCLR projection head (Linear-BN-ReLU-Linear-BN): (B, 3, 8, 8) -> (B, 8).
+
+    ``bn=False`` replaces every BatchNorm by Identity; ``dropout`` adds a Dropout before the head."""
+
+    def __init__(self, bn: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        norm2d = nn.BatchNorm2d if bn else (lambda c: nn.Identity())
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=not bn), norm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=not bn), norm2d(16), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout))
+        self.head = ProjectionHead(16, 16, 8, 2)
+        if not bn:
+            for block in self.head.layers:
+                block[1] = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))  # (B, 8)
+
+
+def tiny_batch(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (n, 3, 8, 8) 'views' (random, row i of both is pair i)."""
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(n, 3, 8, 8, generator=g)
+    return x1, x1 + 0.3 * torch.randn(n, 3, 8, 8, generator=g)
+
+
+def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| (0 when both are 0)."""
+    den = b.norm().item()
+    return (a - b).norm().item() / den if den > 0 else (a - b).norm().item()
+
+
+def max_rel_err(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys(), (a.keys() ^ b.keys())
+    return max(rel_err(a[k], b[k]) for k in a)

@@ -1,0 +1,196 @@
+"""Multi-process training (utils/distributed.py, simclr.py under torchrun) on the CPU with gloo.
+
+A 2-process DDP step with SyncBN and gathered embeddings must equal the step of one process on
+the whole batch: same loss, same gradient for every parameter; the common wrong gathers must not.
+"""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+import simclr
+from models.loss import NTXentLoss
+from optim.lars import LARS
+from tests.dist_helpers import TinyNet, free_port, grads, max_rel_err, spawn, tiny_batch
+from tests.tiny_data import write_image_folder, write_paths
+from utils.checkpoint import load_checkpoint
+from utils.distributed import DistInfo, convert_sync_batchnorm, gather_pairs, gather_with_grad, init_distributed
+
+WORLD, PAIRS, STEPS = 2, 8, 3
+
+
+def plain_all_gather(x):
+    """The usual mistake: all_gather (no gradient) with this rank's rows put back in place."""
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.detach().contiguous())
+    out[dist.get_rank()] = x
+    return torch.cat(out)
+
+
+class _GatherNoReduce(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx, grad):  # slices without summing the other ranks' gradients
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+GATHERS = {"correct": gather_with_grad, "plain_all_gather": plain_all_gather, "no_all_reduce": _GatherNoReduce.apply}
+
+
+def step_loss(net, x1, x2, gather=None):
+    z1, z2 = net(torch.cat([x1, x2])).chunk(2)  # (n, 8) each
+    if gather is not None:
+        z1, z2 = gather_pairs(z1, z2, gather)
+    return NTXentLoss(0.5)(z1, z2)
+
+
+def _ddp_worker(info: DistInfo, out_dir: str) -> None:
+    rows = slice(info.rank * PAIRS // WORLD, (info.rank + 1) * PAIRS // WORLD)  # this rank's pairs
+    x1, x2 = tiny_batch(PAIRS)
+    out = {}
+    for name, gather in GATHERS.items():
+        torch.manual_seed(0)
+        model = convert_sync_batchnorm(TinyNet(), "cpu")
+        ddp = DistributedDataParallel(model)  # kept alive until backward: its reducer averages the gradients
+        loss = step_loss(ddp, x1[rows], x2[rows], gather)
+        loss.backward()
+        out[name] = {"loss": loss.item(), "grads": grads(model)}
+    torch.manual_seed(0)
+    model = convert_sync_batchnorm(TinyNet(), "cpu")
+    ddp = DistributedDataParallel(model)
+    opt = LARS(model.parameters(), lr=2.0, momentum=0.9, weight_decay=1e-4, trust_coefficient=0.02)
+    for s in range(STEPS):
+        x1, x2 = tiny_batch(PAIRS, seed=1 + s)
+        opt.zero_grad()
+        step_loss(ddp, x1[rows], x2[rows], gather_with_grad).backward()
+        opt.step()
+    out["state"] = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save(out, os.path.join(out_dir, f"rank{info.rank}.pt"))
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    out_dir = str(tmp_path_factory.mktemp("ddp"))
+    spawn(_ddp_worker, WORLD, out_dir)
+    return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
+
+
+def single_process_step():
+    torch.manual_seed(0)
+    model = TinyNet()
+    loss = step_loss(model, *tiny_batch(PAIRS))
+    loss.backward()
+    return loss.item(), grads(model)
+
+
+def test_ddp_step_with_syncbn_equals_one_process_on_the_global_batch(ddp_results):
+    loss, ref = single_process_step()
+    for r in ddp_results:
+        assert r["correct"]["loss"] == pytest.approx(loss, rel=1e-6)
+        assert max_rel_err(r["correct"]["grads"], ref) < 1e-5
+    for k in ref:  # DDP's averaged gradients are the same on every rank
+        assert torch.equal(ddp_results[0]["correct"]["grads"][k], ddp_results[1]["correct"]["grads"][k]), k
+
+
+@pytest.mark.parametrize("wrong", ["plain_all_gather", "no_all_reduce"])
+def test_a_wrong_gather_fails_the_comparison(ddp_results, wrong):
+    loss, ref = single_process_step()
+    r = ddp_results[0][wrong]
+    assert r["loss"] == pytest.approx(loss, rel=1e-6)  # the forward is right: only the gradients are off
+    assert max_rel_err(r["grads"], ref) > 0.3  # 1/world of the right gradient
+    assert max_rel_err({k: WORLD * g for k, g in r["grads"].items()}, ref) < 1e-5
+
+
+def test_parameters_stay_identical_across_ranks_and_follow_one_process(ddp_results):
+    a, b = ddp_results[0]["state"], ddp_results[1]["state"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    torch.manual_seed(0)
+    model = TinyNet()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = LARS(model.parameters(), lr=2.0, momentum=0.9, weight_decay=1e-4, trust_coefficient=0.02)
+    for s in range(STEPS):
+        opt.zero_grad()
+        step_loss(model, *tiny_batch(PAIRS, seed=1 + s)).backward()
+        opt.step()
+    ref = model.state_dict()
+    assert max(float((ref[k].float() - init[k].float()).abs().max()) for k in ref) > 1e-3  # training moved
+    floats = {k: v for k, v in ref.items() if v.is_floating_point()}  # weights and SyncBN running statistics
+    assert max_rel_err({k: a[k] for k in floats}, floats) < 1e-5
+    assert all(torch.equal(a[k], v) for k, v in ref.items() if k not in floats)  # num_batches_tracked
+
+
+def test_single_process_without_torchrun():
+    info = init_distributed(device="cpu")
+    assert (info.rank, info.world_size, info.is_main, info.distributed) == (0, 1, True, False)
+    x = torch.randn(3, 2, requires_grad=True)
+    assert gather_with_grad(x) is x
+
+
+TINY = ["--arch", "resnet18", "--batch-size", "8", "--num-workers", "0", "--precision", "fp32", "--device", "cpu",
+        "--warmup-epochs", "1", "--log-freq", "1", "--proj-dim", "16", "--seed", "3"]
+
+
+def torchrun(argv, cwd):
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", f"--master_port={free_port()}",
+           os.path.join(simclr.__file__)] + argv
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def csv_losses(path):
+    with open(path, newline="") as f:
+        return [float(r["loss"]) for r in csv.DictReader(f) if r["loss"]]
+
+
+def test_torchrun_two_processes_write_one_checkpoint_and_resume(tmp_path):
+    write_image_folder(str(tmp_path / "d"), classes=("a", "b", "c", "d"), per_class=5, size=8)
+    paths = write_paths(str(tmp_path / "paths.json"), {"cifar10": "d"})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ckpt = str(run_dir / "ddp.pth")
+    common = TINY + ["--dataset-paths", paths, "--filename", ckpt, "--test-freq", "1", "--knn-k", "5"]
+    out = torchrun(common + ["--num-epochs", "1"], str(tmp_path))
+    assert out.count("epoch 1/1: loss") == 1  # rank 0 alone prints
+    assert sorted(os.listdir(run_dir)) == ["ddp.csv", "ddp.pth"]  # one checkpoint, one log, no temp file
+    state = load_checkpoint(ckpt)
+    assert (state["epoch"], state["step"], state["args"]["world_size"], state["args"]["sync_bn"]) == (1, 2, 2, True)
+    assert set(state["model"]) == set(simclr.SimCLR("resnet18", "cifar", 16).state_dict())  # plain keys
+
+    out = torchrun(common + ["--num-epochs", "2", "--resume"], str(tmp_path))
+    assert out.count("resumed from") == 1 and out.count("epoch 2/2: loss") == 1
+    assert sorted(os.listdir(run_dir)) == ["ddp.csv", "ddp.pth"]
+    state = load_checkpoint(ckpt)
+    assert (state["epoch"], state["step"]) == (2, 4)
+    lines = open(ckpt.replace(".pth", ".csv")).read().splitlines()
+    assert len(lines) == 1 + 4 + 2  # 4 steps and 2 kNN rows, each written once
+
+    # The same run in one process: the global batches, their views and (with SyncBN) the steps are the same.
+    one = str(tmp_path / "one.pth")
+    simclr.main(simclr.get_args_parser().parse_args(TINY + ["--dataset-paths", paths, "--filename", one,
+                                                            "--test-freq", "0", "--num-epochs", "2"]))
+    assert csv_losses(one.replace(".pth", ".csv")) == pytest.approx(csv_losses(ckpt.replace(".pth", ".csv")), rel=1e-4)
+    ref = load_checkpoint(one)["model"]
+    for k, v in state["model"].items():
+        torch.testing.assert_close(v, ref[k], rtol=1e-3, atol=1e-5, msg=k)
+
+
+def test_global_batch_must_divide_among_processes(tmp_path):
+    write_image_folder(str(tmp_path / "d"), classes=("a", "b"), per_class=5, size=8)
+    paths = write_paths(str(tmp_path / "paths.json"), {"cifar10": "d"})
+    with pytest.raises(simclr.UserError, match="divisible by the number of processes"):
+        simclr.train(simclr.resolve_args(simclr.get_args_parser().parse_args(
+            TINY[:2] + ["--batch-size", "5"] + TINY[4:] + ["--dataset-paths", paths])), DistInfo(world_size=2))

@@ -1,0 +1,1 @@
+"""Training-step building blocks: gradient caching for large contrastive batches in small memory."""

@@ -1,0 +1,126 @@
+"""Gradient caching: NT-Xent over a large batch with the activation memory of a small chunk.
+
+Gao, Zhang, Han, Callan 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited
+Setup" (GradCache). The contrastive loss couples all images of a batch only through their
+embeddings z, which are small (B x 128), so one step splits into
+
+1. embed the batch chunk by chunk without autograd graphs (activations freed after each chunk);
+2. compute the loss on all embeddings (optionally gathered from all DDP ranks) and its gradient
+   dL/dz, which is exact: it sees every negative of the batch;
+3. run each chunk again with its graph and back-propagate the cached dL/dz of its rows; the
+   parameter gradients add up over chunks to dL/dtheta.
+
+Peak activation memory is that of one chunk, at the cost of a second forward pass (~1.3x the
+compute). Exact up to floating-point for networks whose output for an image does not depend on the
+other images of its forward batch. BatchNorm in training mode does: here its statistics are those of
+each chunk (each chunk forwards ``cat([x1_chunk, x2_chunk])``, the two views of its pairs, as one DDP
+rank without SyncBN would), so a step equals DDP without SyncBN with one chunk per process, not
+the full-batch step. Both passes of a chunk replay the same RNG state (CPU and CUDA, forked per
+chunk), and BN running statistics are updated once per chunk (saved before the first pass and
+restored after it).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from utils.distributed import gather_pairs
+
+
+class _RngState:
+    """The CPU RNG state and that of the GPUs a forward pass uses, to replay the pass's randomness."""
+
+    def __init__(self, cuda_devices: list[int]) -> None:
+        self.cuda_devices = cuda_devices
+        self.cpu = torch.get_rng_state()
+        self.cuda = [torch.cuda.get_rng_state(d) for d in cuda_devices]
+
+    @contextlib.contextmanager
+    def replay(self):
+        """Run the block from this state; the RNG state outside the block is left as it was."""
+        with torch.random.fork_rng(devices=self.cuda_devices):
+            torch.set_rng_state(self.cpu)
+            for d, state in zip(self.cuda_devices, self.cuda):
+                torch.cuda.set_rng_state(state, d)
+            yield
+
+
+def _cuda_devices(model: nn.Module, device: torch.device) -> list[int]:
+    if isinstance(model, nn.DataParallel):
+        return list(model.device_ids)
+    if device.type == "cuda":
+        return [device.index if device.index is not None else torch.cuda.current_device()]
+    return []
+
+
+def gradcache_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor,
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], chunk_size: int,
+                   autocast_dtype: torch.dtype | None = None,
+                   gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   device: torch.device | None = None,
+                   memory_format: torch.memory_format = torch.preserve_format) -> torch.Tensor:
+    """Accumulate into ``.grad`` the gradient of ``loss_fn(z1, z2)`` over the batch, ``chunk_size`` pairs at a time.
+
+    ``model`` maps (2c, 3, H, W) to (2c, d); it may be wrapped in DataParallel or
+    DistributedDataParallel (then gradients are all-reduced once, after the last chunk: the others
+    run under ``no_sync()``). ``x1``, ``x2`` (N, 3, H, W) are the two views (row i of both is pair i),
+    on any device; each chunk is moved to ``device`` (default: x1's). ``chunk_size`` need not divide
+    N (the last chunk is shorter). ``autocast_dtype`` (e.g. torch.bfloat16) runs the network under
+    autocast; the loss gets float32 embeddings. ``gather`` (e.g. ``utils.distributed.gather_with_grad``)
+    collects the embeddings of all ranks once, before the loss. Returns the loss, detached.
+
+    The caller zeroes the gradients before and steps the optimizer after, as around ``backward()``.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if x1.shape != x2.shape:
+        raise ValueError(f"x1 and x2 must have the same shape; got {tuple(x1.shape)} and {tuple(x2.shape)}")
+    n = x1.shape[0]
+    device = device or x1.device
+    chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
+    ddp = isinstance(model, DistributedDataParallel)
+    plain = model.module if ddp else model  # the first pass needs no DDP reducer nor buffer broadcast
+    cuda_devices = _cuda_devices(model, device)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None)
+
+    def inputs(a: int, b: int) -> torch.Tensor:
+        # (2c, 3, H, W): the chunk's pairs, view 1 then view 2; slices of pinned memory copy asynchronously
+        x = torch.cat([x1[a:b].to(device, non_blocking=True), x2[a:b].to(device, non_blocking=True)])
+        return x.contiguous(memory_format=memory_format)
+
+    # 1. Embeddings without graphs; BN running statistics put back afterwards (updated in step 3 only).
+    buffers = [t.detach().clone() for t in plain.buffers()]
+    rng, z1s, z2s = [], [], []
+    with torch.no_grad():
+        for a, b in chunks:
+            rng.append(_RngState(cuda_devices))
+            with autocast():
+                z = plain(inputs(a, b)).float()  # (2c, d)
+            z1s.append(z[:b - a])
+            z2s.append(z[b - a:])
+        for buf, saved in zip(plain.buffers(), buffers):
+            buf.copy_(saved)
+
+    # 2. The loss over the whole (global) batch, and its gradient with respect to this rank's embeddings.
+    z1 = torch.cat(z1s).requires_grad_()  # (N, d)
+    z2 = torch.cat(z2s).requires_grad_()
+    with torch.enable_grad():
+        g1, g2 = (z1, z2) if gather is None else gather_pairs(z1, z2, gather)  # (world*N, d) each
+        loss = loss_fn(g1, g2)
+        grad1, grad2 = torch.autograd.grad(loss, [z1, z2])  # (N, d) each
+    del z1s, z2s
+
+    # 3. Each chunk again, with its graph, back-propagating its rows of dL/dz.
+    for k, (a, b) in enumerate(chunks):
+        sync = model.no_sync() if ddp and k < len(chunks) - 1 else contextlib.nullcontext()
+        with sync, rng[k].replay(), torch.enable_grad():
+            with autocast():
+                z = model(inputs(a, b))  # (2c, d)
+            z.backward(torch.cat([grad1[a:b], grad2[a:b]]).to(z.dtype))
+    return loss.detach()
