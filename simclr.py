@@ -43,6 +43,8 @@ from data.augment import eval_transform, simclr_augmentation
 from data.datasets import DATASETS, ArrayImages, dataset_info, load_split
 from data.paths import DEFAULT_PATHS_FILE
 from data.sampler import EpochSampler
+from data.batched_augment import BatchedSimCLRAugment
+from data.device_views import DeviceTwoViews
 from data.views import Transformed, TwoViews
 from evaluation.features import extract_features
 from evaluation.knn import knn_accuracy
@@ -57,6 +59,7 @@ from utils.csvlog import CSVLog
 from utils.distributed import (DistInfo, barrier, cleanup_distributed, convert_sync_batchnorm, gather_pairs,
                                gather_with_grad, init_distributed, select_device)  # noqa: F401 (select_device)
 from utils.errors import UserError, run_cli
+from utils.interrupt import StopRequest
 
 # Defaults that differ between the paper's CIFAR-10 recipe (Appendix B.9 and the official
 # single-GPU command) and its ImageNet recipe (Sec. B.1). STL-10 (96px ImageNet-like photos)
@@ -108,12 +111,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="projection hidden size (default: the encoder's feature size, 2048 for ResNet-50)")
     p.add_argument("--proj-layers", type=int, default=2, help="linear layers in the head; 3 is SimCLRv2 (default: 2)")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
+    p.add_argument("--augment-on", default="auto", choices=["auto", "device", "workers"],
+                   help="device: datasets held in memory go to the GPU (or stay on the CPU) as uint8 and are\n"
+                        "augmented there in batches; workers: per-image torchvision in DataLoader workers.\n"
+                        "auto: device for CIFAR/STL/the sample, workers for ImageFolder trees (default: auto)")
     p.add_argument("--test-freq", type=int, default=10,
                    help="kNN accuracy (k=200, t=0.1) on the test set every N epochs; 0 disables (default: 10)")
     p.add_argument("--knn-k", type=int, default=200, help="neighbours of the kNN monitor (default: 200)")
     p.add_argument("--filename", default="ckpt.pth",
                    help="checkpoint file; a bare name goes into ./checkpoint/ (default: ckpt.pth)")
-    p.add_argument("--save-freq", type=int, default=1, help="write the checkpoint every N epochs and at the end (default: 1)")
+    p.add_argument("--save-freq", type=int, default=1,
+                   help="write the checkpoint every N epochs, at the end, and on SIGINT/SIGTERM (default: 1)")
     p.add_argument("--resume", "-r", nargs="?", const=True, default=None,
                    help="resume from --filename, or from the checkpoint given here")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentations (default: 0)")
@@ -213,16 +221,18 @@ def compute_gradients(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, crit
     return loss.detach()
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+def train_one_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     lr_at, epoch: int, step: int, args: argparse.Namespace, dist_info: DistInfo,
-                    log: CSVLog) -> tuple[int, float]:
-    """One pass over ``loader``; returns the global step after it and the epoch's mean loss."""
+                    log: CSVLog, stop: StopRequest | None = None) -> tuple[int, float, bool]:
+    """One pass over ``loader``; returns the global step after it, the epoch's mean loss, and whether
+    it stopped early on a stop request (SIGINT/SIGTERM), after finishing the step in progress."""
     model.train()
     gather = gather_with_grad if dist_info.world_size > 1 else None
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.num_epochs}", dynamic_ncols=True, leave=False,
                disable=not dist_info.is_main)
     pending, pending_n, total, count = None, 0, 0.0, 0
     tick = time.perf_counter()
+    stopped = False
     for x1, x2 in bar:
         lr = lr_at(step)
         for group in optimizer.param_groups:
@@ -236,10 +246,22 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
         if pending_n == args.log_freq:
             total, count = _flush(pending, pending_n, total, count, epoch, step, lr, tick, args.batch_size, log, bar)
             pending, pending_n, tick = None, 0, time.perf_counter()
+        if stop is not None and stop_agreed(stop, dist_info):
+            stopped = True
+            break
     if pending_n:
         total, count = _flush(pending, pending_n, total, count, epoch, step, lr, tick, args.batch_size, log, bar)
     bar.close()
-    return step, total / max(count, 1)
+    return step, total / max(count, 1), stopped
+
+
+def stop_agreed(stop: StopRequest, dist_info: DistInfo) -> bool:
+    """Whether to stop after this step; under DDP every rank stops at the same step (any rank's signal)."""
+    if not dist_info.distributed:
+        return stop.requested
+    flag = torch.tensor([float(stop.requested)], device=dist_info.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def _flush(pending, n, total, count, epoch, step, lr, tick, batch, log, bar):
@@ -312,12 +334,24 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> dict:
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({len(pretrain)} images): "
                         f"use --batch-size {len(pretrain)} or less")
     args.native_size = pretrain.images.shape[1] if isinstance(pretrain, ArrayImages) else None
-    transform = simclr_augmentation(args.image_size, args.jitter_strength, args.blur, info.mean, info.std)
-    # Each rank takes every W-th image of the same seeded permutation; its views are keyed by (epoch, image).
+    if args.augment_on == "auto":
+        args.augment_on = "device" if isinstance(pretrain, ArrayImages) else "workers"
+    if args.augment_on == "device" and not isinstance(pretrain, ArrayImages):
+        raise UserError(f"--augment-on device needs a dataset held in memory; {args.dataset} is read from disk: "
+                        f"use --augment-on workers")
+    # Each rank takes every W-th image of the same seeded permutation; its views are keyed by (epoch, image)
+    # (workers) or by (seed, rank, epoch, batch) (device), so a resumed run sees the same views.
     sampler = EpochSampler(len(pretrain), seed=args.seed, num_replicas=world, rank=dist_info.rank)
-    loader = DataLoader(TwoViews(pretrain, transform, seed=args.seed), batch_size=args.batch_size // world,
-                        sampler=sampler, num_workers=args.num_workers, drop_last=True,
-                        pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
+    if args.augment_on == "device":
+        augment = BatchedSimCLRAugment(args.image_size, args.jitter_strength, args.blur, mean=info.mean,
+                                       std=info.std).to(device)
+        loader = DeviceTwoViews(pretrain.images, augment, args.batch_size // world, sampler, device, seed=args.seed,
+                                rank=dist_info.rank)
+    else:
+        transform = simclr_augmentation(args.image_size, args.jitter_strength, args.blur, info.mean, info.std)
+        loader = DataLoader(TwoViews(pretrain, transform, seed=args.seed), batch_size=args.batch_size // world,
+                            sampler=sampler, num_workers=args.num_workers, drop_last=True,
+                            pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
     steps_per_epoch = len(pretrain) // args.batch_size  # = len(loader) on every rank
     total_steps = steps_per_epoch * args.num_epochs
     warmup_steps = round(args.warmup_epochs * steps_per_epoch)
@@ -337,7 +371,7 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> dict:
     criterion = NTXentLoss(args.temperature)
 
     path = checkpoint_path(args.filename)
-    start_epoch, step = 0, 0
+    start_epoch, step, skip_steps = 0, 0, 0
     if args.resume:
         resume_from = find_checkpoint(args.filename if args.resume is True else args.resume)
         state = load_checkpoint(resume_from)
@@ -350,7 +384,12 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> dict:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step = state["epoch"], state["step"]
-        say(f"resumed from {resume_from}: epoch {start_epoch}, step {step}")
+        skip_steps = step - start_epoch * steps_per_epoch  # > 0 when the run was stopped mid-epoch
+        if not 0 <= skip_steps < steps_per_epoch:
+            raise UserError(f"{resume_from} was written with {state['step'] // max(start_epoch, 1)} steps per epoch, "
+                            f"this run has {steps_per_epoch}: resume with the same --batch-size and dataset")
+        say(f"resumed from {resume_from}: epoch {start_epoch}, step {step}"
+            + (f" ({skip_steps} steps into epoch {start_epoch + 1})" if skip_steps else ""))
         if start_epoch >= args.num_epochs:
             say(f"nothing to do: the checkpoint has {start_epoch} epochs and --num-epochs is {args.num_epochs}")
 
@@ -374,35 +413,47 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> dict:
 
     say(f"{args.dataset}: {len(pretrain)} images, {steps_per_epoch} steps/epoch of {args.batch_size}; "
         f"{args.arch} ({args.stem} stem) on {device}, {args.precision}, {parallel}; lr {args.lr:.4g} "
-        f"({args.lr_scaling} scaling of {args.base_lr}); checkpoint {path}, log {log_path}")
+        f"({args.lr_scaling} scaling of {args.base_lr}); augmentation on {args.augment_on}; checkpoint {path}, "
+        f"log {log_path}")
 
     def checkpoint(epoch: int) -> None:
+        """``epoch``: epochs completed; ``step`` may be further on when a run was stopped mid-epoch."""
         # The unwrapped model: keys stay backbone.*/head.* (SyncBN changes module types, not keys).
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                          "step": step, "args": vars(args), "git_commit": git_commit(),
                          "classes": list(pretrain.classes)}, path)
 
     result = {"checkpoint": path, "log": log_path, "losses": [], "knn": []}
-    for epoch in range(start_epoch, args.num_epochs):
-        sampler.set_epoch(epoch)
-        try:
-            step, mean_loss = train_one_epoch(net, loader, criterion, optimizer, lr_at, epoch, step, args,
-                                              dist_info, log)
-        except NonFiniteLoss as e:
-            raise UserError(f"{e}; stopped without saving, the last good checkpoint {path} is untouched "
-                            f"(try a lower --base-lr or --precision fp32)") from None
-        result["losses"].append(mean_loss)
-        message = f"epoch {epoch + 1}/{args.num_epochs}: loss {mean_loss:.4f}, lr {lr_at(step):.4g}"
-        if args.test_freq > 0 and ((epoch + 1) % args.test_freq == 0 or epoch + 1 == args.num_epochs):
-            if is_main:
-                acc = knn_monitor(model.backbone, *knn_sets, device, args)
-                log.write(epoch=epoch + 1, step=step, knn_top1=acc)
-                result["knn"].append(acc)
-                message += f", kNN top-1 {acc:.2f}%"
-            barrier(dist_info)  # the other ranks wait for rank 0's kNN monitor
-        say(message, flush=True)
-        if is_main and ((epoch + 1) % args.save_freq == 0 or epoch + 1 == args.num_epochs):
-            checkpoint(epoch + 1)
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, args.num_epochs):
+            sampler.set_epoch(epoch, skip=skip_steps * (args.batch_size // world) if epoch == start_epoch else 0)
+            try:
+                step, mean_loss, stopped = train_one_epoch(net, loader, criterion, optimizer, lr_at, epoch, step,
+                                                           args, dist_info, log, stop)
+            except NonFiniteLoss as e:
+                raise UserError(f"{e}; stopped without saving, the last good checkpoint {path} is untouched "
+                                f"(try a lower --base-lr or --precision fp32)") from None
+            done = epoch + (0 if stopped else 1)  # epochs completed
+            if not stopped:
+                result["losses"].append(mean_loss)
+                message = f"epoch {done}/{args.num_epochs}: loss {mean_loss:.4f}, lr {lr_at(step):.4g}"
+                if args.test_freq > 0 and (done % args.test_freq == 0 or done == args.num_epochs):
+                    if is_main:
+                        acc = knn_monitor(model.backbone, *knn_sets, device, args)
+                        log.write(epoch=done, step=step, knn_top1=acc)
+                        result["knn"].append(acc)
+                        message += f", kNN top-1 {acc:.2f}%"
+                    barrier(dist_info)  # the other ranks wait for rank 0's kNN monitor
+                say(message, flush=True)
+            interrupted = stopped or stop_agreed(stop, dist_info)  # a signal during kNN or between epochs
+            if is_main and (interrupted or done % args.save_freq == 0 or done == args.num_epochs):
+                checkpoint(done)
+            if interrupted:
+                log.close()
+                barrier(dist_info)
+                say(f"stopped by {stop.signal_name or 'a signal'} after step {step} (epoch {epoch + 1}); checkpoint "
+                    f"{path} written. Resume with the same command plus --resume", flush=True)
+                raise SystemExit(130 if stop.signal_name == "SIGINT" else 143)
     log.close()
     barrier(dist_info)  # no rank leaves before rank 0 has written the last checkpoint
     return result

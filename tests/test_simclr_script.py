@@ -42,10 +42,11 @@ def test_tiny_run_writes_checkpoint_and_log(tiny):
     assert not [f for f in os.listdir(root) if ".tmp" in f]  # atomic write left no temp file
 
 
-def test_resume_continues_exactly(tiny):
+@pytest.mark.parametrize("augment_on", ["device", "workers"])
+def test_resume_continues_exactly(tiny, augment_on):
     root, paths = tiny
     full, part = os.path.join(root, "full.pth"), os.path.join(root, "part.pth")
-    common = TINY + ["--dataset-paths", paths, "--test-freq", "0", "--seed", "1"]
+    common = TINY + ["--dataset-paths", paths, "--test-freq", "0", "--seed", "1", "--augment-on", augment_on]
     run(common + ["--num-epochs", "3", "--filename", full])
     run(common + ["--num-epochs", "1", "--filename", part])
     run(common + ["--num-epochs", "3", "--filename", part, "--resume"])
@@ -104,3 +105,62 @@ def test_asking_for_a_missing_gpu(tiny):
     _, paths = tiny
     with pytest.raises(UserError, match="no GPU"):
         run(TINY + ["--dataset-paths", paths, "--device", "cuda"])
+
+
+class StopAfter(simclr.StopRequest):
+    """A stop request that arrives after ``n`` steps, as SIGTERM would."""
+    n = 3
+
+    def __init__(self):
+        super().__init__()
+        self.checks = 0
+
+    @property
+    def requested(self):
+        self.checks += 1
+        return self.checks > StopAfter.n
+
+    @requested.setter
+    def requested(self, value):
+        pass
+
+
+def test_interrupted_mid_epoch_resumes_exactly(tiny, monkeypatch):
+    root, paths = tiny
+    full, part = os.path.join(root, "full.pth"), os.path.join(root, "part.pth")
+    common = TINY + ["--dataset-paths", paths, "--test-freq", "0", "--num-epochs", "3", "--batch-size", "4"]
+    run(common + ["--filename", full])
+    monkeypatch.setattr(simclr, "StopRequest", StopAfter)
+    with pytest.raises(SystemExit) as stopped:
+        run(common + ["--filename", part])
+    assert stopped.value.code == 143
+    mid = load_checkpoint(part)
+    assert (mid["epoch"], mid["step"]) == (0, 4)  # 5 steps per epoch; stopped after the 4th step
+    monkeypatch.undo()
+    run(common + ["--filename", part, "--resume"])
+    a, b = load_checkpoint(full), load_checkpoint(part)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 15)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert open(full.replace(".pth", ".csv")).read() .count("\n") == open(part.replace(".pth", ".csv")).read().count("\n")
+
+
+def test_sigterm_saves_and_says_how_to_resume(tiny, repo_root):
+    import signal
+    import time
+    root, paths = tiny
+    ckpt = os.path.join(root, "sig.pth")
+    proc = subprocess.Popen([sys.executable, os.path.join(repo_root, "simclr.py")] + TINY +
+                            ["--dataset-paths", paths, "--num-epochs", "1000", "--test-freq", "0", "--filename", ckpt],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = ckpt.replace(".pth", ".csv")
+    deadline = time.time() + 120
+    while time.time() < deadline and (not os.path.isfile(log) or open(log).read().count("\n") < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Resume with the same command plus --resume" in out
+    state = load_checkpoint(ckpt)
+    assert state["step"] >= 2 and state["epoch"] < 1000

@@ -1,6 +1,7 @@
 """Errors that the scripts report as one line (problem and fix), with no traceback and exit code 2."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -17,5 +18,6 @@ def run_cli(main: Callable[[], object]) -> None:
         msg = str(e)
         if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep the last line only
             msg = msg.strip().splitlines()[-1].split("UserError: ", 1)[-1]
-        print(f"error: {msg}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # under torchrun every process reports; name the others
+        print(f"error: {msg}" if rank == "0" else f"error (rank {rank}): {msg}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,39 @@
+"""Two augmented views per image made in batches on the training device (no DataLoader workers).
+
+For datasets held in memory (CIFAR, STL-10, the sample): the uint8 images live on the device as one
+(N, 3, H, W) tensor; each step gathers its batch and runs data.batched_augment.BatchedSimCLRAugment
+twice with a generator seeded by (seed, rank, epoch, step), so views are reproducible and a resumed
+run sees exactly the views it would have seen.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from data.batched_augment import BatchedSimCLRAugment
+from data.sampler import EpochSampler
+from data.views import sample_seed
+
+
+class DeviceTwoViews:
+    """Iterable of (x1, x2) batches, each (B, 3, size, size) float32 normalised, on ``device``."""
+
+    def __init__(self, images: np.ndarray, augment: BatchedSimCLRAugment, batch_size: int, sampler: EpochSampler,
+                 device: torch.device, seed: int = 0, rank: int = 0) -> None:
+        # images: (N, H, W, 3) uint8 -> (N, 3, H, W) uint8 on the device, once
+        self.data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+        self.augment, self.batch_size, self.sampler = augment, batch_size, sampler
+        self.device, self.seed, self.rank = device, seed, rank
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size  # drop_last, as the DataLoader path
+
+    def __iter__(self):
+        keys = torch.tensor([i for _, i in self.sampler], dtype=torch.long)
+        first = self.sampler.skip // self.batch_size  # batches already done this epoch (mid-epoch resume)
+        generator = torch.Generator(device=self.device)
+        for b in range(len(self)):
+            idx = keys[b * self.batch_size:(b + 1) * self.batch_size].to(self.device, non_blocking=True)
+            batch = self.data[idx]  # (B, 3, H, W) uint8
+            generator.manual_seed(sample_seed(self.seed + 7919 * self.rank, self.sampler.epoch, first + b))
+            yield self.augment(batch, generator), self.augment(batch, generator)
