@@ -137,8 +137,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "BN statistics are per chunk (like per-device BN without sync); DDP + SyncBN over\n"
                         "several GPUs is the exact alternative when they exist. 0: off (default: 0)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="bf16 autocast for the network, loss in fp32; auto: bf16 on GPU and on CPUs with\n"
-                        "native bf16 (avx512_bf16/amx), else fp32 (default: auto)")
+                   help="bf16 autocast for the network, loss in fp32; auto: bf16 on GPU, fp32 on CPU (on our\n"
+                        "2-core CPU bf16 was slower: see README, Speed) (default: auto)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on with bf16, off with fp32)")
     p.add_argument("--log-freq", type=int, default=10,
@@ -171,16 +171,6 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             raise UserError(message)
     args.lr = scaled_lr(args.base_lr, args.batch_size, args.lr_scaling)
     return args
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (there bf16 autocast is about 2x faster than fp32)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
@@ -318,7 +308,7 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> dict:
         raise UserError(f"--batch-size {args.batch_size} is the global batch and must be divisible by the number of "
                         f"processes ({world}): use --batch-size {args.batch_size // world * world or world}")
     if args.precision == "auto":
-        args.precision = "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
+        args.precision = "bf16" if device.type == "cuda" else "fp32"
     if args.channels_last is None:
         args.channels_last = args.precision == "bf16"
     ddp = dist_info.distributed
