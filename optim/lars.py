@@ -8,7 +8,9 @@ For every parameter w with ``w.ndim > 1`` (convolution and linear weights)::
     w     <- w - v
 
 Parameters with ``w.ndim == 1`` (BN scales and shifts, biases) get neither weight decay nor
-the trust ratio: ``v <- momentum * v + lr * g``. One rule, by shape, no name matching.
+the trust ratio: ``v <- momentum * v + lr * g``. One rule, by shape, no name matching. A param
+group with ``adapt=False`` gets that plain momentum update for all its parameters (the official
+fine-tuning code excludes its supervised head from LARS this way).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ class LARS(Optimizer):
         if momentum < 0 or weight_decay < 0 or trust_coefficient <= 0:
             raise ValueError("momentum and weight_decay must be >= 0 and trust_coefficient > 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      trust_coefficient=trust_coefficient))
+                                      trust_coefficient=trust_coefficient, adapt=True))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -38,7 +40,7 @@ class LARS(Optimizer):
                 if p.grad is None:
                     continue
                 g = p.grad
-                if p.ndim > 1:
+                if p.ndim > 1 and group["adapt"]:
                     if wd != 0:
                         g = g.add(p, alpha=wd)
                     w_norm = torch.linalg.vector_norm(p)

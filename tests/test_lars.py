@@ -73,3 +73,18 @@ def test_rejects_bad_hyperparameters():
         LARS(p, lr=0.0)
     with pytest.raises(ValueError):
         LARS(p, lr=0.1, weight_decay=-1)
+
+
+def test_group_without_adaptation_gets_plain_momentum():
+    """As the official code's ``head_supervised``: plain momentum for the classifier, LARS for the rest."""
+    w, c = torch.nn.Parameter(torch.full((2, 3), 2.0)), torch.nn.Parameter(torch.zeros(4, 3))
+    opt = LARS([{"params": [w]}, {"params": [c], "adapt": False}], lr=0.5, momentum=0.9,
+               weight_decay=0.1, trust_coefficient=1e-3)
+    w.grad, c.grad = torch.ones(2, 3), torch.ones(4, 3)
+    for _ in range(2):
+        opt.step()
+    assert torch.allclose(c, torch.full((4, 3), -(0.5 + 0.5 * 1.9)))  # v1 = lr g, v2 = 0.9 v1 + lr g
+    # LARS: each step moves every weight by lr * eta * ||w|| / ||g|| * g = lr * eta * w (all entries equal)
+    v1 = 0.5 * 1e-3 * 2.0
+    v2 = 0.9 * v1 + 0.5 * 1e-3 * (2.0 - v1)
+    assert torch.allclose(w, torch.full((2, 3), 2.0 - v1 - v2), rtol=0, atol=1e-6)

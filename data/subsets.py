@@ -1,0 +1,136 @@
+"""Class-balanced labelled subsets for semi-supervised evaluation (Chen et al. 2020, Sec. 4.2, Table 7).
+
+The paper fine-tunes on 1% and 10% of ImageNet's labels (the official code ships fixed lists of
+images). Here a subset takes the same number of images from every class,
+``max(1, round(fraction * N / C))`` (N labelled images, C classes; capped at the smallest class),
+chosen by a seeded RNG, or every labelled image for fraction 1. It is written to a small JSON file
+(dataset, size, fraction, seed, indices and their labels) so that another run, or another method,
+trains on exactly the same images::
+
+    python -m data.subsets --dataset cifar10 --label-fraction 0.01 --seed 0 --output cifar10-1pct.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from data.paths import DEFAULT_PATHS_FILE
+from utils.errors import UserError, run_cli
+
+SUBSET_FORMAT = "simclr-label-subset-v1"
+
+
+def check_fraction(fraction: float) -> float:
+    if not 0.0 < fraction <= 1.0:
+        raise UserError(f"--label-fraction must be in (0, 1], e.g. 0.01 or 0.1; got {fraction}")
+    return float(fraction)
+
+
+def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a class-balanced subset of the labelled images (label >= 0).
+
+    Every class gets ``max(1, round(fraction * N / C))`` images, at most the size of the smallest
+    class, drawn without replacement by ``numpy.random.default_rng(seed)`` class by class in label
+    order; fraction 1 takes every labelled image (unbalanced if the dataset is)."""
+    check_fraction(fraction)
+    labels = np.asarray(labels).reshape(-1)
+    labelled = np.flatnonzero(labels >= 0)
+    if labelled.size == 0:
+        raise UserError("the training split has no labelled images: a label subset needs labels")
+    if fraction == 1.0:
+        return labelled.astype(np.int64)
+    classes, counts = np.unique(labels[labelled], return_counts=True)
+    per_class = max(1, round(fraction * labelled.size / classes.size))
+    per_class = min(per_class, int(counts.min()))
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def subset_record(dataset: str, labels: np.ndarray, fraction: float, seed: int, indices: np.ndarray) -> dict:
+    labels = np.asarray(labels)
+    return {"format": SUBSET_FORMAT, "dataset": dataset, "num_images": int(labels.size),
+            "num_classes": int(np.unique(labels[labels >= 0]).size), "fraction": float(fraction), "seed": int(seed),
+            "per_class": int(np.bincount(labels[indices]).max()) if indices.size else 0,
+            "indices": [int(i) for i in indices], "labels": [int(labels[i]) for i in indices]}
+
+
+def write_subset(path: str, record: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)
+
+
+def read_subset(path: str, dataset: str, labels: np.ndarray) -> dict:
+    """The record in ``path``, checked against the dataset it is used with (name, size, labels)."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"subset file {path} not found: check the path, or leave out --subset-file to draw "
+                        f"a new subset") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read subset file {path} ({type(e).__name__}): it is not a subset file of "
+                        f"this repository") from None
+    if not isinstance(record, dict) or record.get("format") != SUBSET_FORMAT:
+        raise UserError(f"{path} is not a label-subset file (written by data/subsets.py or finetune.py)")
+    labels = np.asarray(labels)
+    if record["dataset"] != dataset or record["num_images"] != labels.size:
+        raise UserError(f"{path} is a subset of {record['dataset']!r} with {record['num_images']} training images, "
+                        f"not of {dataset!r} with {labels.size}: use a subset file made for this dataset")
+    indices = np.asarray(record["indices"], dtype=np.int64)
+    if indices.size == 0 or indices.min() < 0 or indices.max() >= labels.size or np.unique(indices).size != indices.size:
+        raise UserError(f"{path} holds indices that are out of range or repeated: the file is damaged")
+    if not np.array_equal(labels[indices], np.asarray(record["labels"])):
+        raise UserError(f"the labels in {path} do not match those of {dataset!r} at its indices: the dataset "
+                        f"changed (other files or order) since the subset was drawn")
+    record["indices"] = indices
+    return record
+
+
+class IndexedImages:
+    """The images ``indices`` of an ArrayImages/FileImages dataset, with the same ``image``/``labels`` API."""
+
+    def __init__(self, images, indices) -> None:
+        self.base, self.indices = images, np.asarray(indices, dtype=np.int64)
+        self.labels = np.asarray(images.labels)[self.indices]
+        self.classes = images.classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def image(self, i: int):
+        return self.base.image(int(self.indices[i]))
+
+    def __getitem__(self, i: int):
+        return self.image(i), int(self.labels[i])
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    from data.datasets import DATASETS
+    p = argparse.ArgumentParser(description="Draw a class-balanced label subset and write it to a JSON file")
+    p.add_argument("--dataset", required=True, choices=list(DATASETS))
+    p.add_argument("--dataset-paths", default=DEFAULT_PATHS_FILE, help="(default: the repository's dataset-paths.json)")
+    p.add_argument("--label-fraction", type=float, required=True, help="fraction of the labels, in (0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.add_argument("--output", required=True, help="JSON file to write")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict:
+    from data.datasets import load_split
+    train = load_split(args.dataset, "train", args.dataset_paths)
+    indices = balanced_subset(train.labels, args.label_fraction, args.seed)
+    record = subset_record(args.dataset, train.labels, args.label_fraction, args.seed, indices)
+    write_subset(args.output, record)
+    print(f"{len(indices)} of {len(train)} images ({record['per_class']} per class) -> {args.output}")
+    return record
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))

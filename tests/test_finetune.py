@@ -1,0 +1,177 @@
+"""Label subsets and fine-tuning (finetune.py) on tiny data; the ResNet-50 (2x)/(4x) parameter counts."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import finetune
+import simclr
+from data.subsets import balanced_subset, read_subset, subset_record, write_subset
+from evaluation.load import backbone_state
+from models.resnet import resnet50
+from tests.tiny_data import write_image_folder, write_paths
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
+
+STEM_AND_BLOCKS = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A 1-epoch resnet18 checkpoint with SimCLRv2's 3-layer head, on 3 classes x 20 images of 8x8."""
+    root = tmp_path_factory.mktemp("ft")
+    write_image_folder(str(root / "d"), classes=("a", "b", "c"), per_class=20, size=8)
+    paths = write_paths(str(root / "paths.json"), {"cifar10": "d"})
+    ckpt = str(root / "pre.pth")
+    simclr.main(simclr.get_args_parser().parse_args(
+        ["--dataset-paths", paths, "--arch", "resnet18", "--batch-size", "20", "--num-workers", "0",
+         "--precision", "fp32", "--num-epochs", "1", "--test-freq", "0", "--proj-dim", "8", "--proj-layers", "3",
+         "--proj-hidden-dim", "16", "--image-size", "8", "--filename", ckpt]))
+    return ckpt, paths
+
+
+def run(ckpt, paths, tmp_path, *extra, name="r.json"):
+    args = (["--load-from", ckpt] if ckpt else []) + [
+        "--dataset-paths", paths, "--num-workers", "0", "--precision", "fp32", "--label-fraction", "0.5",
+        "--num-epochs", "2", "--output", str(tmp_path / name), *extra]
+    return finetune.main(finetune.get_args_parser().parse_args(args))
+
+
+# -------------------------------------------------------------------------------------------------- subsets
+def test_subset_is_balanced_and_seeded():
+    labels = np.array([0] * 30 + [1] * 20 + [2] * 50 + [-1] * 7)  # unbalanced, with unlabelled images
+    a = balanced_subset(labels, 0.1, seed=0)
+    assert np.bincount(labels[a]).tolist() == [3, 3, 3]  # round(0.1 * 100 / 3) per class
+    assert a.tolist() == sorted(set(a.tolist())) and (labels[a] >= 0).all()
+    assert np.array_equal(a, balanced_subset(labels, 0.1, seed=0))
+    assert not np.array_equal(a, balanced_subset(labels, 0.1, seed=1))
+    assert np.bincount(labels[balanced_subset(labels, 0.001, seed=0)]).tolist() == [1, 1, 1]  # at least one
+    assert np.bincount(labels[balanced_subset(labels, 0.9, seed=0)]).tolist() == [20, 20, 20]  # smallest class
+    assert len(balanced_subset(labels, 1.0, seed=0)) == 100  # every labelled image
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(UserError, match="--label-fraction must be in"):
+            balanced_subset(labels, bad, seed=0)
+
+
+def test_subset_file_round_trip_and_refusals(tmp_path):
+    labels = np.repeat(np.arange(4), 25)
+    idx = balanced_subset(labels, 0.1, seed=3)
+    path = str(tmp_path / "s.json")
+    write_subset(path, subset_record("cifar10", labels, 0.1, 3, idx))
+    saved = json.load(open(path))
+    assert saved["dataset"] == "cifar10" and saved["fraction"] == 0.1 and saved["seed"] == 3
+    assert saved["indices"] == idx.tolist() and saved["per_class"] == 2
+    assert np.array_equal(read_subset(path, "cifar10", labels)["indices"], idx)
+    with pytest.raises(UserError, match="not of 'cifar100'"):
+        read_subset(path, "cifar100", labels)
+    with pytest.raises(UserError, match="with 99"):
+        read_subset(path, "cifar10", labels[:99])
+    with pytest.raises(UserError, match="do not match"):
+        read_subset(path, "cifar10", labels[::-1].copy())
+    with pytest.raises(UserError, match="not found"):
+        read_subset(str(tmp_path / "none.json"), "cifar10", labels)
+
+
+# -------------------------------------------------------------------------------------------------- model
+def test_head_layers_kept_and_classifier_zero(pretrained):
+    ckpt, paths = pretrained
+    model_state = load_checkpoint(ckpt)["model"]
+    parse = finetune.get_args_parser().parse_args
+    backbone, head, saved, _ = finetune.build_model(parse(["--load-from", ckpt, "--from-head-layer", "1"]))
+    assert saved["proj_layers"] == 3 and len(head.layers) == 1
+    kept = head.state_dict()
+    expected = {k[len("head."):]: v for k, v in model_state.items() if k.startswith("head.layers.0.")}
+    assert kept.keys() == expected.keys() and all(torch.equal(kept[k], expected[k]) for k in kept)
+    net = finetune.FineTuneNet(backbone, head, num_classes=3)
+    assert net.classifier.weight.shape == (3, 16)  # the hidden layer's width
+    assert not net.classifier.weight.any() and not net.classifier.bias.any()
+    assert net(torch.randn(4, 3, 8, 8)).abs().max() == 0  # zero logits at the start
+    _, head0, _, _ = finetune.build_model(parse(["--load-from", ckpt]))
+    assert len(head0.layers) == 0 and finetune.FineTuneNet(backbone, head0, 3).classifier.in_features == 512
+    with pytest.raises(UserError, match="3-layer projection head"):
+        finetune.build_model(parse(["--load-from", ckpt, "--from-head-layer", "4"]))
+    assert backbone.width_multiplier == 1  # the checkpoint's
+    wide, _, _, _ = finetune.build_model(parse(["--from-scratch", "--arch", "resnet18", "--dataset", "cifar10",
+                                                "--width-multiplier", "2"]))
+    assert wide.width_multiplier == 2 and wide.num_features == 1024 and wide.conv1.weight.shape == (128, 3, 3, 3)
+
+
+def test_resnet50_width_multiplier_parameter_counts():
+    """The paper lists ResNet-50 (2x) at 94M and (4x) at 375M parameters: the encoder without fc."""
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        counts = {w: sum(p.numel() for p in resnet50(stem="imagenet", width_multiplier=w).parameters())
+                  for w in (1, 2, 4)}
+    assert counts == {1: 23_508_032, 2: 93_907_072, 4: 375_378_176}
+    assert round(counts[2] / 1e6) == 94 and round(counts[4] / 1e6) == 375
+
+
+# -------------------------------------------------------------------------------------------------- training
+def test_finetune_trains_everything_and_scores_test_once(pretrained, tmp_path, monkeypatch):
+    ckpt, paths = pretrained
+    calls = []
+    evaluate = finetune.evaluate
+    monkeypatch.setattr(finetune, "evaluate", lambda *a, **k: calls.append(k.get("desc")) or evaluate(*a, **k))
+    # 3 epochs of 1 step, validated after epochs 2 and 3: the kept weights have had >= 2 steps (the first step
+    # moves only the classifier: with zero weights it sends no gradient back to the encoder)
+    result = run(ckpt, paths, tmp_path, "--from-head-layer", "1", "--num-epochs", "3", "--val-freq", "2")
+    assert calls == ["validation", "validation", "test"]
+    original = backbone_state(load_checkpoint(ckpt))
+    tuned = {k[len("backbone."):]: v for k, v in result["model"].state_dict().items() if k.startswith("backbone.")}
+    assert tuned.keys() == original.keys()
+    for key in ("conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer4.1.conv2.weight"):
+        assert not torch.equal(tuned[key], original[key]), key
+    saved = json.load(open(result["output"]))
+    assert saved["num_labelled"] == 30 and saved["num_val"] == 3 and saved["num_train"] == 27
+    assert saved["batch_size"] == 27 and saved["epochs"] == 3 and saved["best_epoch"] in (2, 3)
+    assert 0 <= saved["top1"] <= saved["top5"] <= 100 and len(saved["history"]) == 3
+    # the subset written beside the result gives the same images when passed back
+    subset = json.load(open(saved["subset_file"]))
+    assert saved["subset_file"].endswith("r.subset.json") and len(subset["indices"]) == 30
+    again = run(ckpt, paths, tmp_path, "--subset-file", saved["subset_file"], "--num-epochs", "1", name="again.json")
+    assert again["subset_file"] == saved["subset_file"] and again["num_labelled"] == 30
+
+
+def test_finetune_from_layer4_keeps_earlier_blocks_identical(pretrained, tmp_path):
+    ckpt, paths = pretrained
+    result = run(ckpt, paths, tmp_path, "--finetune-from", "layer4", "--optimizer", "sgd", "--lr-scaling", "none",
+                 "--base-lr", "0.1", "--val-fraction", "0")  # the last epoch: 2 steps
+    original = backbone_state(load_checkpoint(ckpt))
+    tuned = {k[len("backbone."):]: v for k, v in result["model"].state_dict().items() if k.startswith("backbone.")}
+    frozen = [k for k in original if k.startswith(STEM_AND_BLOCKS)]
+    assert any("running_var" in k for k in frozen) and any("num_batches_tracked" in k for k in frozen)
+    assert all(torch.equal(tuned[k], original[k]) for k in frozen)  # weights and BN statistics
+    assert not torch.equal(tuned["layer4.0.conv1.weight"], original["layer4.0.conv1.weight"])
+    assert not torch.equal(tuned["layer4.0.bn1.running_mean"], original["layer4.0.bn1.running_mean"])
+    model = result["model"].train()
+    assert not model.backbone.layer3.training and model.backbone.layer4.training
+    assert not any(p.requires_grad for p in model.backbone.layer3.parameters())
+
+
+def test_from_scratch_baseline_and_errors(pretrained, tmp_path):
+    ckpt, paths = pretrained
+    base = ["--arch", "resnet18", "--dataset", "cifar10", "--image-size", "8", "--num-epochs", "1"]
+    result = run(None, paths, tmp_path, "--from-scratch", *base, "--val-fraction", "0", name="s.json")
+    saved = json.load(open(result["output"]))
+    assert saved["from_scratch"] and saved["checkpoint"] is None and saved["num_val"] == 0
+    assert saved["best_epoch"] == 1 and saved["best_val_top1"] is None and saved["num_train"] == 30
+    with pytest.raises(UserError, match="--batch-size 31 is larger"):
+        run(None, paths, tmp_path, "--from-scratch", *base, "--val-fraction", "0", "--batch-size", "31")
+    with pytest.raises(UserError, match="needs --arch and --dataset"):
+        run(None, paths, tmp_path, "--from-scratch")
+    with pytest.raises(UserError, match="--load-from is required"):
+        run(None, paths, tmp_path)
+    other = str(tmp_path / "other.json")
+    write_subset(other, subset_record("cifar100", np.zeros(60, dtype=np.int64), 0.5, 0, np.arange(30)))
+    with pytest.raises(UserError, match="not of 'cifar10'"):
+        run(ckpt, paths, tmp_path, "--subset-file", other)
+    with pytest.raises(UserError, match="disagrees"):
+        run(ckpt, paths, tmp_path, "--subset-file", result["subset_file"], "--label-fraction", "0.1")
+    # the command line reports bad input in one line, exit code 2
+    proc = subprocess.run([sys.executable, "finetune.py", "--load-from", ckpt, "--dataset-paths", paths,
+                           "--label-fraction", "1.5"], cwd=os.path.dirname(os.path.dirname(__file__)),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --label-fraction")
