@@ -1,4 +1,4 @@
-"""Plot a simclr.py training log: loss, learning rate and kNN accuracy per epoch, to a PNG.
+"""Plot a simclr.py training log: loss and learning rate per step, kNN accuracy per epoch, to a PNG.
 
     python scripts/plot.py checkpoint/output.csv            # writes checkpoint/output.png
     python scripts/plot.py run.csv --output curves.png
@@ -11,7 +11,6 @@ import argparse
 import csv
 import os
 import sys
-from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,22 +18,29 @@ from utils.errors import UserError, run_cli  # noqa: E402
 
 
 def read_log(path: str) -> dict[str, list[tuple[float, float]]]:
-    """Per-epoch series from the step log: mean loss, last lr, and kNN top-1 where measured."""
+    """Series from the log: (step, loss), (step, lr) for every logged step, (epoch, kNN top-1) where measured."""
     if not os.path.isfile(path):
         raise UserError(f"log {path} not found: simclr.py writes it beside the checkpoint (<checkpoint>.csv)")
-    losses, lrs, knn = defaultdict(list), {}, []
+    loss, lr, knn = [], [], []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            epoch = int(row["epoch"])
             if row.get("loss"):
-                losses[epoch].append(float(row["loss"]))
-                lrs[epoch] = float(row["lr"])
+                loss.append((int(row["step"]), float(row["loss"])))
+                lr.append((int(row["step"]), float(row["lr"])))
             if row.get("knn_top1"):
-                knn.append((epoch, float(row["knn_top1"])))
-    if not losses:
+                knn.append((int(row["epoch"]), float(row["knn_top1"])))
+    if not loss:
         raise UserError(f"{path} has no loss rows: is it a simclr.py log?")
-    return {"loss": [(e, sum(v) / len(v)) for e, v in sorted(losses.items())],
-            "lr": sorted(lrs.items()), "knn": knn}
+    return {"loss": loss, "lr": lr, "knn": knn}
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over up to ``window`` values."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def plot(series: dict, output: str, title: str) -> None:
@@ -44,16 +50,20 @@ def plot(series: dict, output: str, title: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("matplotlib is not installed: pip install matplotlib") from None
-    panels = [("loss", "NT-Xent loss"), ("lr", "learning rate (end of epoch)"), ("knn", "kNN top-1 (%)")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (key, label) in zip(axes, panels):
-        if series[key]:
-            x, y = zip(*series[key])
-            ax.plot(x, y, marker="o" if len(x) < 30 else None)
-        else:
-            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
+    steps, loss = zip(*series["loss"])
+    axes[0].plot(steps, loss, alpha=0.3, label="logged")
+    axes[0].plot(steps, moving_average(list(loss), max(1, len(loss) // 20)), label="moving average")
+    axes[0].set(xlabel="step", ylabel="NT-Xent loss")
+    axes[0].legend()
+    axes[1].plot(*zip(*series["lr"]))
+    axes[1].set(xlabel="step", ylabel="learning rate")
+    if series["knn"]:
+        axes[2].plot(*zip(*series["knn"]), marker="o")
+    else:
+        axes[2].text(0.5, 0.5, "not measured (--test-freq 0)", ha="center", va="center", transform=axes[2].transAxes)
+    axes[2].set(xlabel="epoch", ylabel="kNN top-1 (%)")
+    for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
