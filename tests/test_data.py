@@ -222,3 +222,9 @@ def test_decoded_images_are_cached_and_invalidated(tmp_path, monkeypatch):
     write_image_folder(str(tmp_path / "d"), per_class=2, seed=9)  # same names, new pixels
     changed = load_split("cifar10", "train", paths)
     assert not np.array_equal(changed.images, first.images) and len(os.listdir(tmp_path / "cache")) == 2
+
+
+def test_paths_file_unreadable(tmp_path):
+    (tmp_path / "dir.json").mkdir()  # reading a folder fails even as root (unlike chmod 000)
+    with pytest.raises(UserError, match="cannot read"):
+        load_paths(str(tmp_path / "dir.json"))
