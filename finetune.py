@@ -37,13 +37,14 @@ from data.paths import DEFAULT_PATHS_FILE
 from data.sampler import EpochSampler
 from data.subsets import IndexedImages, balanced_subset, check_fraction, read_subset, subset_record, write_subset
 from data.views import Transformed, sample_seed
-from evaluation.load import load_backbone, state_equal
+from evaluation.load import evaluation_target, load_backbone, state_equal
 from evaluation.logreg import stratified_split
 from models.head import ProjectionHead
 from models.resnet import ARCHS, STEMS, ResNetBackbone, build_backbone
 from optim.lars import LARS
 from optim.schedules import scaled_lr, warmup_constant, warmup_cosine
 from utils.checkpoint import checkpoint_path, find_checkpoint, git_commit, load_checkpoint, save_checkpoint
+from utils.distributed import select_device
 from utils.errors import UserError, run_cli
 
 STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4", "head")
@@ -320,20 +321,14 @@ def check_args(args: argparse.Namespace) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no GPU: use --device cpu")
 
 
 def main(args: argparse.Namespace) -> dict:
     check_args(args)
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = select_device(args.device)
     autocast = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     backbone, head, saved, ckpt = build_model(args)
-    dataset = args.dataset or saved.get("dataset")
-    if dataset is None:
-        raise UserError(f"{ckpt} does not say which dataset it was trained on: pass --dataset")
-    info = dataset_info(dataset)
-    size = args.image_size or (saved.get("image_size") if dataset == saved.get("dataset") else None) or info.image_size
+    dataset, info, size = evaluation_target(ckpt, saved, args.dataset, args.image_size)
     train_full, test = load_train_test(dataset, args.dataset_paths)
 
     record = read_subset(args.subset_file, dataset, train_full.labels) if args.subset_file else None

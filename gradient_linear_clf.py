@@ -21,13 +21,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.augment import eval_transform, train_linear_transform
-from data.datasets import DATASETS, ArrayImages, dataset_info, load_train_test
+from data.datasets import DATASETS, ArrayImages, load_train_test
 from data.paths import DEFAULT_PATHS_FILE
 from data.views import Transformed
-from evaluation.load import load_backbone, state_equal
+from evaluation.load import evaluation_target, load_backbone, state_equal
 from models.resnet import ARCHS, STEMS
 from optim.schedules import warmup_cosine
 from utils.checkpoint import find_checkpoint
+from utils.distributed import select_device
 from utils.errors import UserError, run_cli
 
 
@@ -75,18 +76,12 @@ def evaluate(backbone: nn.Module, classifier: nn.Module, loader: DataLoader, dev
 def main(args: argparse.Namespace) -> dict:
     if args.num_epochs < 1 or args.base_lr <= 0:
         raise UserError("--num-epochs must be >= 1 and --base-lr > 0")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no GPU: use --device cpu")
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = select_device(args.device)
     torch.manual_seed(args.seed)
     ckpt = find_checkpoint(args.load_from)
     backbone, saved = load_backbone(ckpt, args.arch, args.stem)
     reference = {k: v.clone() for k, v in backbone.state_dict().items()}
-    dataset = args.dataset or saved.get("dataset")
-    if dataset is None:
-        raise UserError(f"{ckpt} does not say which dataset it was trained on: pass --dataset")
-    info = dataset_info(dataset)
-    size = args.image_size or (saved.get("image_size") if dataset == saved.get("dataset") else None) or info.image_size
+    dataset, info, size = evaluation_target(ckpt, saved, args.dataset, args.image_size)
     train, test = load_train_test(dataset, args.dataset_paths)
     if args.batch_size > len(train):
         raise UserError(f"--batch-size {args.batch_size} is larger than the training set ({len(train)} images): "

@@ -17,14 +17,15 @@ import numpy as np
 import torch
 
 from data.augment import eval_transform
-from data.datasets import DATASETS, ArrayImages, dataset_info, load_train_test
+from data.datasets import DATASETS, ArrayImages, load_train_test
 from data.paths import DEFAULT_PATHS_FILE
 from data.views import Transformed
 from evaluation.features import extract_features
-from evaluation.load import load_backbone
+from evaluation.load import evaluation_target, load_backbone
 from evaluation.logreg import l2_sweep
 from models.resnet import ARCHS, STEMS, build_backbone
 from utils.checkpoint import find_checkpoint
+from utils.distributed import select_device
 from utils.errors import UserError, run_cli
 
 
@@ -59,11 +60,7 @@ def frozen_features(args: argparse.Namespace, device: torch.device):
     """(x_train, y_train, x_test, y_test, classes, eval setup): features of the frozen backbone, cached if asked."""
     ckpt = find_checkpoint(args.load_from)
     backbone, saved = load_backbone(ckpt, args.arch, args.stem)
-    dataset = args.dataset or saved.get("dataset")
-    if dataset is None:
-        raise UserError(f"{ckpt} does not say which dataset it was trained on: pass --dataset")
-    info = dataset_info(dataset)
-    size = args.image_size or (saved.get("image_size") if dataset == saved.get("dataset") else None) or info.image_size
+    dataset, info, size = evaluation_target(ckpt, saved, args.dataset, args.image_size)
     if args.random_init:  # the same network at initialisation: the baseline a representation must beat
         torch.manual_seed(args.seed)
         backbone = build_backbone(args.arch or saved.get("arch"), backbone.stem, backbone.width_multiplier)
@@ -94,9 +91,7 @@ def main(args: argparse.Namespace) -> dict:
         raise UserError("need 0 < --l2-min <= --l2-max and --l2-num >= 1")
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no GPU: use --device cpu")
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = select_device(args.device)
     x_train, y_train, x_test, y_test, classes, dataset = frozen_features(args, device)
     labelled = y_train >= 0
     x_train, y_train = x_train[labelled], y_train[labelled]

@@ -7,7 +7,6 @@ grayscale (p=0.2) -> Gaussian blur (p=0.5, sigma in [0.1, 2], kernel 10% of the 
 """
 from __future__ import annotations
 
-import torch
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from data.datasets import DatasetInfo, dataset_info
 from models.resnet import ResNetBackbone, build_backbone
 from utils.checkpoint import find_checkpoint, load_checkpoint
 from utils.errors import UserError
@@ -42,3 +43,13 @@ def load_backbone(filename: str, arch: str | None = None, stem: str | None = Non
 def state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     """Whether two state_dicts hold bit-identical tensors under the same keys."""
     return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
+
+
+def evaluation_target(ckpt: str, saved: dict, dataset: str | None, image_size: int | None) -> tuple[str, DatasetInfo, int]:
+    """(dataset, its info, input size) to evaluate on: the options, else what the checkpoint was trained with."""
+    dataset = dataset or saved.get("dataset")
+    if dataset is None:
+        raise UserError(f"{ckpt} does not say which dataset it was trained on: pass --dataset")
+    info = dataset_info(dataset)
+    trained_size = saved.get("image_size") if dataset == saved.get("dataset") else None
+    return dataset, info, image_size or trained_size or info.image_size
