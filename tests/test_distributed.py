@@ -139,7 +139,8 @@ def test_single_process_without_torchrun():
 
 
 TINY = ["--arch", "resnet18", "--batch-size", "8", "--num-workers", "0", "--precision", "fp32", "--device", "cpu",
-        "--warmup-epochs", "1", "--log-freq", "1", "--proj-dim", "16", "--seed", "3"]
+        "--warmup-epochs", "1", "--log-freq", "1", "--proj-dim", "16", "--seed", "3",
+        "--augment-on", "workers"]  # views keyed by image: the same in 1 and 2 processes (device path: per rank)
 
 
 def torchrun(argv, cwd):
