@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from torchvision import transforms as T
 from tqdm import tqdm
 
 from data.augment import eval_transform, simclr_augmentation
@@ -44,8 +45,8 @@ from data.datasets import DATASETS, ArrayImages, dataset_info, load_split
 from data.paths import DEFAULT_PATHS_FILE
 from data.sampler import EpochSampler
 from data.batched_augment import BatchedSimCLRAugment
-from data.device_views import DeviceTwoViews
-from data.views import Transformed, TwoViews
+from data.device_views import DeviceFinish, DeviceTwoViews
+from data.views import Transformed, TwoCrops, TwoViews
 from evaluation.features import extract_features
 from evaluation.knn import knn_accuracy
 from models.loss import NTXentLoss
@@ -112,9 +113,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--proj-layers", type=int, default=2, help="linear layers in the head; 3 is SimCLRv2 (default: 2)")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
     p.add_argument("--augment-on", default="auto", choices=["auto", "device", "workers"],
-                   help="device: datasets held in memory go to the GPU (or stay on the CPU) as uint8 and are\n"
-                        "augmented there in batches; workers: per-image torchvision in DataLoader workers.\n"
-                        "auto: device for CIFAR/STL/the sample, workers for ImageFolder trees (default: auto)")
+                   help="device: augmentation in batches on the training device (in-memory datasets live there\n"
+                        "as uint8; for image trees the workers only decode and crop); workers: per-image\n"
+                        "torchvision in DataLoader workers; auto: device (default: auto)")
     p.add_argument("--test-freq", type=int, default=10,
                    help="kNN accuracy (k=200, t=0.1) on the test set every N epochs; 0 disables (default: 10)")
     p.add_argument("--knn-k", type=int, default=200, help="neighbours of the kNN monitor (default: 200)")
@@ -325,18 +326,24 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> dict:
                         f"use --batch-size {len(pretrain)} or less")
     args.native_size = pretrain.images.shape[1] if isinstance(pretrain, ArrayImages) else None
     if args.augment_on == "auto":
-        args.augment_on = "device" if isinstance(pretrain, ArrayImages) else "workers"
-    if args.augment_on == "device" and not isinstance(pretrain, ArrayImages):
-        raise UserError(f"--augment-on device needs a dataset held in memory; {args.dataset} is read from disk: "
-                        f"use --augment-on workers")
+        args.augment_on = "device"
     # Each rank takes every W-th image of the same seeded permutation; its views are keyed by (epoch, image)
     # (workers) or by (seed, rank, epoch, batch) (device), so a resumed run sees the same views.
     sampler = EpochSampler(len(pretrain), seed=args.seed, num_replicas=world, rank=dist_info.rank)
-    if args.augment_on == "device":
+    if args.augment_on == "device" and isinstance(pretrain, ArrayImages):
         augment = BatchedSimCLRAugment(args.image_size, args.jitter_strength, args.blur, mean=info.mean,
                                        std=info.std).to(device)
         loader = DeviceTwoViews(pretrain.images, augment, args.batch_size // world, sampler, device, seed=args.seed,
                                 rank=dist_info.rank)
+    elif args.augment_on == "device":  # images from disk: crops in the workers, the rest on the device
+        crop = T.RandomResizedCrop(args.image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                                   interpolation=T.InterpolationMode.BICUBIC)
+        crops = DataLoader(TwoCrops(pretrain, crop, seed=args.seed), batch_size=args.batch_size // world,
+                           sampler=sampler, num_workers=args.num_workers, drop_last=True,
+                           pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
+        finish = BatchedSimCLRAugment(args.image_size, args.jitter_strength, args.blur, mean=info.mean,
+                                      std=info.std, scale=(1.0, 1.0), ratio=(1.0, 1.0)).to(device)
+        loader = DeviceFinish(crops, finish, sampler, device, seed=args.seed, rank=dist_info.rank)
     else:
         transform = simclr_augmentation(args.image_size, args.jitter_strength, args.blur, info.mean, info.std)
         loader = DataLoader(TwoViews(pretrain, transform, seed=args.seed), batch_size=args.batch_size // world,

@@ -1,9 +1,13 @@
-"""Two augmented views per image made in batches on the training device (no DataLoader workers).
+"""Two augmented views per image made in batches on the training device.
 
-For datasets held in memory (CIFAR, STL-10, the sample): the uint8 images live on the device as one
-(N, 3, H, W) tensor; each step gathers its batch and runs data.batched_augment.BatchedSimCLRAugment
-twice with a generator seeded by (seed, rank, epoch, step), so views are reproducible and a resumed
-run sees exactly the views it would have seen.
+- DeviceTwoViews, for datasets held in memory (CIFAR, STL-10, the sample): the uint8 images live on
+  the device as one (N, 3, H, W) tensor; each step gathers its batch and runs
+  data.batched_augment.BatchedSimCLRAugment twice, no DataLoader workers at all.
+- DeviceFinish, for image trees read from disk (ImageNet): DataLoader workers decode and take the two
+  random resized crops (data.views.TwoCrops, uint8), the device does flip, colour jitter, grayscale,
+  blur and normalisation in batches.
+The device's random draws use a generator seeded by (seed, rank, epoch, batch), so views are
+reproducible and a resumed run sees exactly the views it would have seen.
 """
 from __future__ import annotations
 
@@ -37,3 +41,24 @@ class DeviceTwoViews:
             batch = self.data[idx]  # (B, 3, H, W) uint8
             generator.manual_seed(sample_seed(self.seed + 7919 * self.rank, self.sampler.epoch, first + b))
             yield self.augment(batch, generator), self.augment(batch, generator)
+
+
+class DeviceFinish:
+    """Wraps a DataLoader of (crop1, crop2) uint8 batches (data.views.TwoCrops); yields (x1, x2) float32
+    normalised views made on ``device`` by ``augment`` (built with scale=(1, 1), ratio=(1, 1): no crop)."""
+
+    def __init__(self, loader, augment: BatchedSimCLRAugment, sampler: EpochSampler, device: torch.device,
+                 seed: int = 0, rank: int = 0) -> None:
+        self.loader, self.augment, self.sampler = loader, augment, sampler
+        self.device, self.seed, self.rank = device, seed, rank
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        first = self.sampler.skip // self.loader.batch_size
+        generator = torch.Generator(device=self.device)
+        for b, (c1, c2) in enumerate(self.loader):
+            generator.manual_seed(sample_seed(self.seed + 7919 * self.rank, self.sampler.epoch, first + b))
+            yield (self.augment(c1.to(self.device, non_blocking=True), generator),
+                   self.augment(c2.to(self.device, non_blocking=True), generator))

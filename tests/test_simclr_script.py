@@ -164,3 +164,18 @@ def test_sigterm_saves_and_says_how_to_resume(tiny, repo_root):
     assert "Resume with the same command plus --resume" in out
     state = load_checkpoint(ckpt)
     assert state["step"] >= 2 and state["epoch"] < 1000
+
+
+def test_image_tree_from_disk_with_device_finish_resumes_exactly(tmp_path):
+    write_image_folder(str(tmp_path / "in"), classes=("a", "b"), per_class=6, size=12, splits=("train", "val"))
+    paths = write_paths(str(tmp_path / "paths.json"), {"imagenet": "in"})
+    common = TINY + ["--dataset", "imagenet", "--dataset-paths", paths, "--image-size", "8", "--test-freq", "0",
+                     "--augment-on", "device"]
+    full, part = str(tmp_path / "full.pth"), str(tmp_path / "part.pth")
+    run(common + ["--num-epochs", "2", "--filename", full])
+    run(common + ["--num-epochs", "1", "--filename", part])
+    run(common + ["--num-epochs", "2", "--filename", part, "--resume"])
+    a, b = load_checkpoint(full), load_checkpoint(part)
+    assert a["args"]["augment_on"] == "device" and a["args"]["stem"] == "imagenet"
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
