@@ -35,7 +35,14 @@ from data.augment import eval_transform, train_linear_transform
 from data.datasets import DATASETS, ArrayImages, dataset_info, load_train_test
 from data.paths import DEFAULT_PATHS_FILE
 from data.sampler import EpochSampler
-from data.subsets import IndexedImages, balanced_subset, check_fraction, read_subset, subset_record, write_subset
+from data.subsets import (
+    IndexedImages,
+    balanced_subset,
+    check_fraction,
+    read_subset,
+    subset_record,
+    write_subset,
+)
 from data.views import Transformed, sample_seed
 from evaluation.load import evaluation_target, load_backbone, state_equal
 from evaluation.logreg import stratified_split
@@ -43,7 +50,13 @@ from models.head import ProjectionHead
 from models.resnet import ARCHS, STEMS, ResNetBackbone, build_backbone
 from optim.lars import LARS
 from optim.schedules import scaled_lr, warmup_constant, warmup_cosine
-from utils.checkpoint import checkpoint_path, find_checkpoint, git_commit, load_checkpoint, save_checkpoint
+from utils.checkpoint import (
+    checkpoint_path,
+    find_checkpoint,
+    git_commit,
+    load_checkpoint,
+    save_checkpoint,
+)
 from utils.distributed import select_device
 from utils.errors import UserError, run_cli
 

@@ -41,11 +41,11 @@ from torchvision import transforms as T
 from tqdm import tqdm
 
 from data.augment import eval_transform, simclr_augmentation
+from data.batched_augment import BatchedSimCLRAugment
 from data.datasets import DATASETS, ArrayImages, dataset_info, load_split
+from data.device_views import DeviceFinish, DeviceTwoViews
 from data.paths import DEFAULT_PATHS_FILE
 from data.sampler import EpochSampler
-from data.batched_augment import BatchedSimCLRAugment
-from data.device_views import DeviceFinish, DeviceTwoViews
 from data.views import Transformed, TwoCrops, TwoViews
 from evaluation.features import extract_features
 from evaluation.knn import knn_accuracy
@@ -55,10 +55,24 @@ from models.simclr import SimCLR
 from optim.lars import LARS
 from optim.schedules import scaled_lr, warmup_constant, warmup_cosine
 from training.gradcache import gradcache_step
-from utils.checkpoint import checkpoint_path, find_checkpoint, git_commit, load_checkpoint, save_checkpoint
+from utils.checkpoint import (
+    checkpoint_path,
+    find_checkpoint,
+    git_commit,
+    load_checkpoint,
+    save_checkpoint,
+)
 from utils.csvlog import CSVLog
-from utils.distributed import (DistInfo, barrier, cleanup_distributed, convert_sync_batchnorm, gather_pairs,
-                               gather_with_grad, init_distributed, select_device)  # noqa: F401 (select_device)
+from utils.distributed import (
+    DistInfo,
+    barrier,
+    cleanup_distributed,
+    convert_sync_batchnorm,
+    gather_pairs,
+    gather_with_grad,  # noqa: F401 (select_device)
+    init_distributed,
+    select_device,
+)
 from utils.errors import UserError, run_cli
 from utils.interrupt import StopRequest
 
