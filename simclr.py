@@ -40,13 +40,13 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 from tqdm import tqdm
 
-from data.augment import eval_transform, simclr_augmentation
+from data.augment import eval_transform, random_resized_crop, simclr_augmentation
 from data.batched_augment import BatchedSimCLRAugment
 from data.datasets import DATASETS, ArrayImages, dataset_info, load_split
 from data.device_views import DeviceFinish, DeviceTwoViews
 from data.paths import DEFAULT_PATHS_FILE
 from data.sampler import EpochSampler
-from data.views import Transformed, TwoCrops, TwoViews
+from data.views import Transformed, TwoViews
 from evaluation.features import extract_features
 from evaluation.knn import knn_accuracy
 from models.loss import NTXentLoss
@@ -69,9 +69,8 @@ from utils.distributed import (
     cleanup_distributed,
     convert_sync_batchnorm,
     gather_pairs,
-    gather_with_grad,  # noqa: F401 (select_device)
+    gather_with_grad,
     init_distributed,
-    select_device,
 )
 from utils.errors import UserError, run_cli
 from utils.interrupt import StopRequest
@@ -344,25 +343,22 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> dict:
     # Each rank takes every W-th image of the same seeded permutation; its views are keyed by (epoch, image)
     # (workers) or by (seed, rank, epoch, batch) (device), so a resumed run sees the same views.
     sampler = EpochSampler(len(pretrain), seed=args.seed, num_replicas=world, rank=dist_info.rank)
-    if args.augment_on == "device" and isinstance(pretrain, ArrayImages):
+    on_device = args.augment_on == "device"
+    if on_device and isinstance(pretrain, ArrayImages):  # the whole dataset on the device, no workers
         augment = BatchedSimCLRAugment(args.image_size, args.jitter_strength, args.blur, mean=info.mean,
                                        std=info.std).to(device)
         loader = DeviceTwoViews(pretrain.images, augment, args.batch_size // world, sampler, device, seed=args.seed,
                                 rank=dist_info.rank)
-    elif args.augment_on == "device":  # images from disk: crops in the workers, the rest on the device
-        crop = T.RandomResizedCrop(args.image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                                   interpolation=T.InterpolationMode.BICUBIC)
-        crops = DataLoader(TwoCrops(pretrain, crop, seed=args.seed), batch_size=args.batch_size // world,
-                           sampler=sampler, num_workers=args.num_workers, drop_last=True,
-                           pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
-        finish = BatchedSimCLRAugment(args.image_size, args.jitter_strength, args.blur, mean=info.mean,
-                                      std=info.std, scale=(1.0, 1.0), ratio=(1.0, 1.0)).to(device)
-        loader = DeviceFinish(crops, finish, sampler, device, seed=args.seed, rank=dist_info.rank)
     else:
-        transform = simclr_augmentation(args.image_size, args.jitter_strength, args.blur, info.mean, info.std)
+        transform = (T.Compose([random_resized_crop(args.image_size), T.PILToTensor()]) if on_device  # uint8 crops
+                     else simclr_augmentation(args.image_size, args.jitter_strength, args.blur, info.mean, info.std))
         loader = DataLoader(TwoViews(pretrain, transform, seed=args.seed), batch_size=args.batch_size // world,
                             sampler=sampler, num_workers=args.num_workers, drop_last=True,
                             pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
+        if on_device:  # images from disk: crops in the workers, flip/colour/blur on the device
+            finish = BatchedSimCLRAugment(args.image_size, args.jitter_strength, args.blur, mean=info.mean,
+                                          std=info.std, scale=(1.0, 1.0), ratio=(1.0, 1.0)).to(device)
+            loader = DeviceFinish(loader, finish, sampler, device, seed=args.seed, rank=dist_info.rank)
     steps_per_epoch = len(pretrain) // args.batch_size  # = len(loader) on every rank
     total_steps = steps_per_epoch * args.num_epochs
     warmup_steps = round(args.warmup_epochs * steps_per_epoch)

@@ -32,6 +32,7 @@ from data.sampler import EpochSampler  # noqa: E402
 from data.views import TwoViews  # noqa: E402
 from models.loss import NTXentLoss  # noqa: E402
 from models.simclr import SimCLR  # noqa: E402
+from utils.distributed import select_device  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -75,7 +76,7 @@ def timed(fn, steps: int, device: torch.device) -> float:
 
 
 def main(args: argparse.Namespace) -> dict:
-    device = simclr.select_device(args.device)
+    device = select_device(args.device)
     sargs = step_args(args, device)
     info = dataset_info(args.dataset)
     base = load_split(args.dataset, "pretrain")

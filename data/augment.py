@@ -16,13 +16,18 @@ def blur_kernel_size(image_size: int) -> int:
     return 2 * (image_size // 10 // 2) + 1
 
 
+def random_resized_crop(image_size: int) -> T.RandomResizedCrop:
+    """Area 0.08-1 of the image, aspect ratio 3/4-4/3 (log-uniform), bicubic resize to ``image_size``."""
+    return T.RandomResizedCrop(image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                               interpolation=InterpolationMode.BICUBIC)
+
+
 def simclr_augmentation(image_size: int, jitter_strength: float, blur: bool,
                         mean: tuple[float, ...], std: tuple[float, ...]) -> T.Compose:
     """PIL image -> normalised (3, image_size, image_size) float tensor, one random view."""
     s = jitter_strength
     ops = [
-        T.RandomResizedCrop(image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                            interpolation=InterpolationMode.BICUBIC),
+        random_resized_crop(image_size),
         T.RandomHorizontalFlip(p=0.5),
         T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
         T.RandomGrayscale(p=0.2),

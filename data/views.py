@@ -1,7 +1,6 @@
 """Datasets that turn images into training inputs: two augmented views, or (image, label) pairs."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -45,21 +44,3 @@ class Transformed(Dataset):
     def __getitem__(self, i: int):
         return self.transform(self.images.image(i)), int(self.images.labels[i])
 
-
-class TwoCrops(Dataset):
-    """Two random resized crops of each image as uint8 (3, size, size) tensors, seeded per (epoch, index)
-    as TwoViews: the part of the augmentation that needs the full-size image, done in DataLoader
-    workers; the rest (flip, colour, blur) runs batched on the device (data.device_views)."""
-
-    def __init__(self, images, crop, seed: int = 0) -> None:
-        self.images, self.crop, self.seed = images, crop, seed
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key):
-        epoch, i = key if isinstance(key, tuple) else (0, key)
-        img = self.images.image(i)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, i))
-            return tuple(torch.from_numpy(np.array(self.crop(img))).permute(2, 0, 1).contiguous() for _ in range(2))

@@ -36,7 +36,7 @@ def test_finish_on_device_after_crops_in_workers():
 
     from data.datasets import ArrayImages
     from data.device_views import DeviceFinish
-    from data.views import TwoCrops
+    from data.views import TwoViews
 
     images = ArrayImages(np.random.default_rng(1).integers(0, 256, size=(8, 12, 12, 3), dtype=np.uint8),
                          np.zeros(8), ["x"])
@@ -45,7 +45,7 @@ def test_finish_on_device_after_crops_in_workers():
     def batches(skip=0, **aug):
         sampler = EpochSampler(8, seed=2)
         sampler.set_epoch(0, skip=skip)
-        loader = DataLoader(TwoCrops(images, crop), batch_size=4, sampler=sampler)
+        loader = DataLoader(TwoViews(images, T.Compose([crop, T.PILToTensor()])), batch_size=4, sampler=sampler)
         finish = BatchedSimCLRAugment(6, scale=(1.0, 1.0), ratio=(1.0, 1.0), **aug)
         return list(DeviceFinish(loader, finish, sampler, torch.device("cpu"))), loader
 
