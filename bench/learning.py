@@ -4,9 +4,10 @@ backbone and of the same backbone at random initialisation, side by side.
     python bench/learning.py                      # CPU: ResNet-18, CIFAR-10 (JPEG copy), 1 epoch, about an hour on 2 cores
     python bench/learning.py --epochs 100 --batch-size 512 --device cuda   # the official CIFAR-10 recipe on a GPU
 
-Re-running with more --epochs resumes the same run (the schedule follows the new total). Prints
-both linear accuracies and their difference and writes them to <out-dir>/summary.json; the
-training log (<out-dir>/pretrain.csv) can be drawn with scripts/plot.py.
+Re-running with more --epochs resumes the same run (the schedule follows the new total), so a GPU
+session can extend it command by command. Prints both linear accuracies and their difference, writes
+them to <out-dir>/summary.json and appends a row to <out-dir>/history.csv (accuracy versus epochs);
+the training log (<out-dir>/pretrain.csv) can be drawn with scripts/plot.py.
 """
 from __future__ import annotations
 
@@ -65,6 +66,13 @@ def main(args: argparse.Namespace) -> dict:
            "difference": results["pretrained"]["test_acc"] - results["random_init"]["test_acc"]}
     with open(os.path.join(args.out_dir, "summary.json"), "w") as f:
         json.dump(out, f, indent=1)
+    history = os.path.join(args.out_dir, "history.csv")  # linear accuracy versus epochs, one row per command
+    new = not os.path.isfile(history)
+    with open(history, "a") as f:
+        if new:
+            f.write("epochs,batch_size,pretrained_acc,random_init_acc,difference\n")
+        f.write(f"{args.epochs},{args.batch_size},{out['pretrained']['test_acc']:.2f},"
+                f"{out['random_init']['test_acc']:.2f},{out['difference']:.2f}\n")
     print(f"\nlinear (L-BFGS) test accuracy on {args.dataset}: pretrained {out['pretrained']['test_acc']:.2f}% vs "
           f"random init {out['random_init']['test_acc']:.2f}%: +{out['difference']:.2f} points "
           f"({args.arch}, {args.epochs} epochs, batch {args.batch_size}, seed {args.seed}; "
