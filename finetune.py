@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.augment import eval_transform, train_linear_transform
@@ -43,8 +43,9 @@ from data.subsets import (
     subset_record,
     write_subset,
 )
-from data.views import Transformed, sample_seed
-from evaluation.load import evaluation_target, load_backbone, state_equal
+from data.views import SeededTransformed, Transformed
+from evaluation.accuracy import classification_scores
+from evaluation.load import checkpoint_args, evaluation_target, load_backbone, state_equal
 from evaluation.logreg import stratified_split
 from models.head import ProjectionHead
 from models.resnet import ARCHS, STEMS, ResNetBackbone, build_backbone
@@ -245,42 +246,19 @@ def build_optimizer(model: FineTuneNet, args: argparse.Namespace, lr: float) -> 
                            nesterov=args.nesterov)
 
 
-class SeededTransformed(Dataset):
-    """(transform(image), label) for keys ``(epoch, index)``, each seeded by (seed, epoch, index): the
-    augmentations do not depend on the number of workers."""
-
-    def __init__(self, images, transform, seed: int) -> None:
-        self.images, self.transform, self.seed = images, transform, seed
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key):
-        epoch, i = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, i))
-            return self.transform(self.images.image(i)), int(self.images.labels[i])
-
-
-@torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast: bool,
              desc: str = "test") -> tuple[float, float, float]:
     """Top-1 (%), top-5 (%) and mean cross-entropy of ``model`` in eval mode on ``loader``."""
     was_training = model.training
     model.eval()
-    correct1 = correct5 = total = 0
-    loss_sum = 0.0
-    for x, y in tqdm(loader, desc=desc, leave=False):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, 5)
-        correct1 += (top[:, 0] == y).sum().item()
-        correct5 += (top == y[:, None]).any(dim=1).sum().item()
-        total += len(y)
+            return model(x).float()
+
+    scores = classification_scores(logits, loader, device, desc)
     model.train(was_training)
-    return 100.0 * correct1 / total, 100.0 * correct5 / total, loss_sum / total
+    return scores
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,8 +282,7 @@ def build_model(args: argparse.Namespace):
         head = build_head(backbone.num_features, saved, args.from_head_layer, state)
         return backbone, head, saved, ckpt
     if ckpt is not None:
-        raw = load_checkpoint(ckpt)
-        saved = raw.get("args", {}) if "model" in raw else {}
+        saved = checkpoint_args(load_checkpoint(ckpt))
     dataset = args.dataset or saved.get("dataset")
     arch = args.arch or saved.get("arch")
     if arch is None or dataset is None:

@@ -24,6 +24,7 @@ from data.augment import eval_transform, train_linear_transform
 from data.datasets import DATASETS, ArrayImages, load_train_test
 from data.paths import DEFAULT_PATHS_FILE
 from data.views import Transformed
+from evaluation.accuracy import classification_scores
 from evaluation.load import evaluation_target, load_backbone, state_equal
 from models.resnet import ARCHS, STEMS
 from optim.schedules import warmup_cosine
@@ -56,21 +57,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-@torch.no_grad()
 def evaluate(backbone: nn.Module, classifier: nn.Module, loader: DataLoader, device: torch.device,
              autocast: bool) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (%)."""
+    """Top-1 and top-5 accuracy (%); the backbone under autocast, the classifier in fp32."""
     classifier.eval()
-    correct1 = correct5 = total = 0
-    for x, y in tqdm(loader, desc="test", leave=False):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             h = backbone(x)
-        top = classifier(h.float()).topk(min(5, classifier.out_features), dim=1).indices  # (B, 5)
-        correct1 += (top[:, 0] == y).sum().item()
-        correct5 += (top == y[:, None]).any(dim=1).sum().item()
-        total += len(y)
-    return 100.0 * correct1 / total, 100.0 * correct5 / total
+        return classifier(h.float())
+
+    top1, top5, _ = classification_scores(logits, loader, device)
+    return top1, top5
 
 
 def main(args: argparse.Namespace) -> dict:

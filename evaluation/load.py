@@ -9,6 +9,11 @@ from utils.checkpoint import find_checkpoint, load_checkpoint
 from utils.errors import UserError
 
 
+def checkpoint_args(state: dict) -> dict:
+    """The args a simclr.py checkpoint was trained with; {} for a plain state_dict."""
+    return state.get("args", {}) if "model" in state else {}
+
+
 def backbone_state(state: dict) -> dict[str, torch.Tensor]:
     """The backbone's tensors from a simclr.py checkpoint, a SimCLR state_dict or a backbone state_dict."""
     weights = state.get("model", state)
@@ -25,7 +30,7 @@ def load_backbone(filename: str, arch: str | None = None, stem: str | None = Non
     in it is an error naming the keys: a linear evaluation of a half-loaded network is worthless."""
     path = find_checkpoint(filename)
     state = load_checkpoint(path)
-    saved = state.get("args", {}) if "model" in state else {}
+    saved = checkpoint_args(state)
     arch = arch or saved.get("arch")
     stem = stem or saved.get("stem")
     if arch is None or stem is None:
