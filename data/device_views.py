@@ -19,6 +19,11 @@ from data.sampler import EpochSampler
 from data.views import sample_seed
 
 
+def batch_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
+    """The device generator's seed for one batch of one rank: each rank draws its own views."""
+    return sample_seed(seed + 7919 * rank, epoch, batch)
+
+
 class DeviceTwoViews:
     """Iterable of (x1, x2) batches, each (B, 3, size, size) float32 normalised, on ``device``."""
 
@@ -39,7 +44,7 @@ class DeviceTwoViews:
         for b in range(len(self)):
             idx = keys[b * self.batch_size:(b + 1) * self.batch_size].to(self.device, non_blocking=True)
             batch = self.data[idx]  # (B, 3, H, W) uint8
-            generator.manual_seed(sample_seed(self.seed + 7919 * self.rank, self.sampler.epoch, first + b))
+            generator.manual_seed(batch_seed(self.seed, self.rank, self.sampler.epoch, first + b))
             yield self.augment(batch, generator), self.augment(batch, generator)
 
 
@@ -59,6 +64,6 @@ class DeviceFinish:
         first = self.sampler.skip // self.loader.batch_size
         generator = torch.Generator(device=self.device)
         for b, (c1, c2) in enumerate(self.loader):
-            generator.manual_seed(sample_seed(self.seed + 7919 * self.rank, self.sampler.epoch, first + b))
+            generator.manual_seed(batch_seed(self.seed, self.rank, self.sampler.epoch, first + b))
             yield (self.augment(c1.to(self.device, non_blocking=True), generator),
                    self.augment(c2.to(self.device, non_blocking=True), generator))
