@@ -1,8 +1,10 @@
 """Helpers of the multi-process tests: gloo process groups on the CPU, tiny networks and batches."""
 from __future__ import annotations
 
+import gc
 import os
 import socket
+import sys
 
 import torch
 import torch.multiprocessing as mp
@@ -27,7 +29,13 @@ def _entry(rank: int, fn, world: int, port: int, args: tuple) -> None:
     try:
         fn(info, *args)
     finally:
+        # DDP objects in reference cycles (comm hooks) must die before their process group, not during
+        # interpreter shutdown: there their destructors can abort the process ("terminate called ...").
+        gc.collect()
         cleanup_distributed()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip C++ static destructors at exit; results were written to files by fn
 
 
 def spawn(fn, world: int, *args) -> None:
