@@ -51,6 +51,7 @@ from models.head import ProjectionHead
 from models.resnet import ARCHS, STEMS, ResNetBackbone, build_backbone
 from optim.lars import LARS
 from optim.schedules import scaled_lr, warmup_constant, warmup_cosine
+from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import (
     checkpoint_path,
     find_checkpoint,
@@ -316,6 +317,8 @@ def check_args(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> dict:
     check_args(args)
     device = select_device(args.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # keep freed tensors' memory for reuse (utils/allocator.py)
     autocast = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     backbone, head, saved, ckpt = build_model(args)
     dataset, info, size = evaluation_target(ckpt, saved, args.dataset, args.image_size)

@@ -28,6 +28,7 @@ from evaluation.accuracy import classification_scores
 from evaluation.load import evaluation_target, load_backbone, state_equal
 from models.resnet import ARCHS, STEMS
 from optim.schedules import warmup_cosine
+from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import find_checkpoint
 from utils.distributed import select_device
 from utils.errors import UserError, run_cli
@@ -75,6 +76,8 @@ def main(args: argparse.Namespace) -> dict:
     if args.num_epochs < 1 or args.base_lr <= 0:
         raise UserError("--num-epochs must be >= 1 and --base-lr > 0")
     device = select_device(args.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # keep freed tensors' memory for reuse (utils/allocator.py)
     torch.manual_seed(args.seed)
     ckpt = find_checkpoint(args.load_from)
     backbone, saved = load_backbone(ckpt, args.arch, args.stem)

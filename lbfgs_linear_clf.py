@@ -24,6 +24,7 @@ from evaluation.features import extract_features
 from evaluation.load import evaluation_target, load_backbone
 from evaluation.logreg import l2_sweep
 from models.resnet import ARCHS, STEMS, build_backbone
+from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import find_checkpoint
 from utils.distributed import select_device
 from utils.errors import UserError, run_cli
@@ -92,6 +93,8 @@ def main(args: argparse.Namespace) -> dict:
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     device = select_device(args.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # keep freed tensors' memory for reuse (utils/allocator.py)
     x_train, y_train, x_test, y_test, classes, dataset = frozen_features(args, device)
     labelled = y_train >= 0
     x_train, y_train = x_train[labelled], y_train[labelled]

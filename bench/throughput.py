@@ -3,17 +3,22 @@
     python bench/throughput.py                                  # CPU: ResNet-18, CIFAR stem, batch 256
     python bench/throughput.py --device cuda --batch-size 512 --steps 30 --memory
 
-Measured side by side in one run, alternating rounds (the machine's noise hits both alike):
+Measured side by side in one run, in alternating rounds (the machine's noise hits all alike), each
+measurement in a fresh process so that no path inherits another's worker processes or heap:
   (a) workers: the per-image torchvision PIL pipeline in DataLoader workers (the usual PyTorch SimCLR),
-  (b) device:  uint8 images on the device, batched augmentation there (data.device_views),
-and printed as the ratio b/a; the same for augmentation alone; on a GPU also the compute ceiling
+      with glibc's default malloc settings, as other repositories run;
+  (b) device:  uint8 images on the device, batched augmentation there (data.device_views), same malloc;
+  (c) CPU only: (b) plus the malloc tuning that simclr.py applies on CPU (utils/allocator.py),
+and printed as ratios to (a); the same for augmentation alone; on a GPU also the compute ceiling
 (the same step on random tensors already on the GPU) and, with --memory, peak memory per batch size.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -32,7 +37,12 @@ from data.sampler import EpochSampler  # noqa: E402
 from data.views import TwoViews  # noqa: E402
 from models.loss import NTXentLoss  # noqa: E402
 from models.simclr import SimCLR  # noqa: E402
+from utils.allocator import tune_cpu_allocator  # noqa: E402
 from utils.distributed import select_device  # noqa: E402
+
+# (name, path, malloc tuning) of each column
+CONFIGS = {"a": ("workers", False), "b": ("device", False), "c": ("device", True)}
+LABELS = {"a": "(a) workers", "b": "(b) device", "c": "(c) b+malloc"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -46,6 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="as simclr.py (default: auto)")
     p.add_argument("--memory", action="store_true", help="GPU only: peak memory for batch 256/512/1024/4096")
+    p.add_argument("--one", choices=sorted(CONFIGS), help=argparse.SUPPRESS)  # measure one column, print JSON
     return p
 
 
@@ -61,10 +72,11 @@ def step_args(args: argparse.Namespace, device: torch.device) -> argparse.Namesp
     return a
 
 
-def timed(fn, steps: int, device: torch.device) -> float:
-    """Seconds for ``steps`` calls after one warm-up call."""
+def timed(fn, steps: int, device: torch.device, warmup: int = 1) -> float:
+    """Seconds for ``steps`` calls after ``warmup`` calls."""
     it = fn()
-    next(it)
+    for _ in range(warmup):
+        next(it)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
@@ -75,8 +87,13 @@ def timed(fn, steps: int, device: torch.device) -> float:
     return time.perf_counter() - t
 
 
-def main(args: argparse.Namespace) -> dict:
+def measure(args: argparse.Namespace) -> dict:
+    """One column in this process: views/s of augmentation alone and of the full step (and the ceiling)."""
+    path, tuned = CONFIGS[args.one]
     device = select_device(args.device)
+    if tuned and device.type == "cpu":
+        tune_cpu_allocator()
+    torch.manual_seed(0)
     sargs = step_args(args, device)
     info = dataset_info(args.dataset)
     base = load_split(args.dataset, "pretrain")
@@ -85,7 +102,7 @@ def main(args: argparse.Namespace) -> dict:
     images = ArrayImages(np.concatenate([base.images] * reps), np.concatenate([base.labels] * reps), base.classes)
     size = sargs.image_size
 
-    model = SimCLR(args.arch, sargs.stem).to(device)
+    model = SimCLR(args.arch, sargs.stem).to(device).train()
     if sargs.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = simclr.build_optimizer(model, sargs)
@@ -97,14 +114,16 @@ def main(args: argparse.Namespace) -> dict:
         optimizer.step()
 
     sampler = EpochSampler(len(images), seed=0)
-    per_image = DataLoader(TwoViews(images, simclr_augmentation(size, sargs.jitter_strength, sargs.blur, info.mean,
-                                                                info.std)),
-                           batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers, drop_last=True,
-                           pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
     augment = BatchedSimCLRAugment(size, sargs.jitter_strength, sargs.blur, mean=info.mean, std=info.std).to(device)
-    on_device = DeviceTwoViews(images.images, augment, args.batch_size, sampler, device)
+    if path == "workers":
+        batches = DataLoader(TwoViews(images, simclr_augmentation(size, sargs.jitter_strength, sargs.blur, info.mean,
+                                                                  info.std)),
+                             batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers, drop_last=True,
+                             pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
+    else:
+        batches = DeviceTwoViews(images.images, augment, args.batch_size, sampler, device)
 
-    def loop(batches, train: bool):
+    def loop(train: bool):
         def gen():
             epoch = 0
             while True:
@@ -116,50 +135,85 @@ def main(args: argparse.Namespace) -> dict:
                 epoch += 1
         return gen
 
-    model.train()
-    results = {k: [] for k in ("aug_workers", "aug_device", "step_workers", "step_device", "step_ceiling")}
     views = 2 * args.batch_size * args.steps
-    x_rand = torch.randn(args.batch_size, 3, size, size, device=device)
+    # Augmentation alone: first take the batches the workers prefetched during the warm-up (2 per worker),
+    # so that the timed ones are made while timed.
+    prefetched = 2 * args.num_workers if path == "workers" else 0
+    out = {"aug": views / timed(loop(False), args.steps, device, warmup=1 + prefetched),
+           "step": views / timed(loop(True), args.steps, device)}
+    if device.type == "cuda" and path == "device":
+        x_rand = torch.randn(args.batch_size, 3, size, size, device=device)
+
+        def ceiling():
+            while True:
+                step(x_rand, x_rand)
+                yield
+        out["ceiling"] = views / timed(ceiling, args.steps, device)
+        if args.memory:
+            out["memory"] = peak_memory(step, augment, images.images.shape[1:3], device)
+    return out
+
+
+def peak_memory(step, augment, hw, device) -> dict:
+    """GPU: peak allocated memory (GiB, or None when out of memory) of one device-path step per batch size."""
+    peaks = {}
+    for b in (256, 512, 1024, 4096):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            x = torch.randint(0, 256, (b, 3, *hw), dtype=torch.uint8, device=device)
+            step(augment(x), augment(x))
+            torch.cuda.synchronize()
+            peaks[b] = torch.cuda.max_memory_allocated() / 2**30
+        except torch.cuda.OutOfMemoryError:
+            peaks[b] = None
+    return peaks
+
+
+def run_column(args: argparse.Namespace, column: str) -> dict:
+    """``measure`` for one column in a fresh process (no tuned heap, no worker processes carried over)."""
+    argv = [sys.executable, os.path.abspath(__file__), "--one", column, "--dataset", args.dataset, "--arch", args.arch,
+            "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--num-workers", str(args.num_workers),
+            "--device", args.device, "--precision", args.precision] + (["--memory"] if args.memory else [])
+    env = dict(os.environ, SIMCLR_MALLOC_TUNING="1" if CONFIGS[column][1] else "0")
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode:
+        sys.exit(f"column {column} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(args: argparse.Namespace) -> dict:
+    device = select_device(args.device)
+    columns = ["a", "b", "c"] if device.type == "cpu" else ["a", "b"]
+    results: dict[str, list[dict]] = {c: [] for c in columns}
     for r in range(args.rounds):
-        results["aug_workers"].append(views / timed(loop(per_image, False), args.steps, device))
-        results["aug_device"].append(views / timed(loop(on_device, False), args.steps, device))
-        results["step_workers"].append(views / timed(loop(per_image, True), args.steps, device))
-        results["step_device"].append(views / timed(loop(on_device, True), args.steps, device))
-        if device.type == "cuda":
-            def ceiling():
-                while True:
-                    step(x_rand, x_rand)
-                    yield
-            results["step_ceiling"].append(views / timed(ceiling, args.steps, device))
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in results.items() if v), flush=True)
-    med = {k: statistics.median(v) for k, v in results.items() if v}
+        for c in columns:
+            results[c].append(run_column(args, c))
+        print(f"round {r + 1}: " + ", ".join(f"{LABELS[c]} aug {results[c][-1]['aug']:.0f} step "
+                                             f"{results[c][-1]['step']:.1f}" for c in columns), flush=True)
+    med = {c: {k: statistics.median(res[k] for res in results[c]) for k in ("aug", "step")} for c in columns}
+    sargs = step_args(args, device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     print(f"\n{args.arch} ({sargs.stem} stem), batch {args.batch_size} ({2 * args.batch_size} views/step), "
           f"{sargs.precision}{' channels_last' if sargs.channels_last else ''}, {name}; views/s, median of "
           f"{args.rounds} rounds of {args.steps} steps")
-    print(f"{'':28}{'(a) workers':>14}{'(b) device':>14}{'b/a':>8}")
-    print(f"{'augmentation alone':28}{med['aug_workers']:14.0f}{med['aug_device']:14.0f}"
-          f"{med['aug_device'] / med['aug_workers']:8.2f}")
-    print(f"{'full training step':28}{med['step_workers']:14.0f}{med['step_device']:14.0f}"
-          f"{med['step_device'] / med['step_workers']:8.2f}")
-    if "step_ceiling" in med:
-        print(f"{'compute ceiling (random x)':28}{med['step_ceiling']:14.0f}   device path at "
-              f"{100 * med['step_device'] / med['step_ceiling']:.0f}% of it")
-    if args.memory and device.type == "cuda":
-        print("\npeak GPU memory of a full step (device path):")
-        for b in (256, 512, 1024, 4096):
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            try:
-                x = torch.randint(0, 256, (b, 3, images.images.shape[1], images.images.shape[2]), dtype=torch.uint8,
-                                  device=device)
-                step(augment(x), augment(x))
-                torch.cuda.synchronize()
-                print(f"  batch {b:5d}: {torch.cuda.max_memory_allocated() / 2**30:6.2f} GiB")
-            except torch.cuda.OutOfMemoryError:
-                print(f"  batch {b:5d}: out of memory")
+    print(f"{'':22}" + "".join(f"{LABELS[c]:>14}" for c in columns) + "".join(f"{c + '/a':>8}" for c in columns[1:]))
+    for key, label in (("aug", "augmentation alone"), ("step", "full training step")):
+        print(f"{label:22}" + "".join(f"{med[c][key]:14.1f}" for c in columns)
+              + "".join(f"{med[c][key] / med['a'][key]:8.2f}" for c in columns[1:]))
+    if device.type == "cuda":
+        ceiling = statistics.median(res["ceiling"] for res in results["b"])
+        print(f"{'compute ceiling':22}{ceiling:14.1f}   (b) at {100 * med['b']['step'] / ceiling:.0f}% of it")
+        if args.memory:
+            print("\npeak GPU memory of a full step (device path):")
+            for b, gib in results["b"][-1]["memory"].items():
+                print(f"  batch {int(b):5d}: " + ("out of memory" if gib is None else f"{gib:6.2f} GiB"))
     return med
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    parsed = get_args_parser().parse_args()
+    if parsed.one:
+        print(json.dumps(measure(parsed)))
+    else:
+        main(parsed)
