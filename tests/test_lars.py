@@ -23,15 +23,16 @@ def reference_lars(ws, grads_per_step, lr, m, wd, eta):
     return ws
 
 
+@pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("wd", [0.0, 1e-4, 0.1])
-def test_matches_formula_over_steps(wd):
+def test_matches_formula_over_steps(wd, foreach):
     rng = np.random.default_rng(0)
     shapes = [(4, 3, 3, 3), (5, 7), (7,), (7,)]  # conv, linear, BN weight, bias
     ws = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     ws.append(np.zeros((3, 2), np.float32))  # zero weight: trust ratio 1
     grads = [[rng.standard_normal(w.shape).astype(np.float32) for w in ws] for _ in range(4)]
     params = [torch.nn.Parameter(torch.from_numpy(w.copy())) for w in ws]
-    opt = LARS(params, lr=0.7, momentum=0.9, weight_decay=wd, trust_coefficient=1e-3)
+    opt = LARS(params, lr=0.7, momentum=0.9, weight_decay=wd, trust_coefficient=1e-3, foreach=foreach)
     for step_grads in grads:
         for p, g in zip(params, step_grads):
             p.grad = torch.from_numpy(g.copy())
@@ -88,3 +89,31 @@ def test_group_without_adaptation_gets_plain_momentum():
     v1 = 0.5 * 1e-3 * 2.0
     v2 = 0.9 * v1 + 0.5 * 1e-3 * (2.0 - v1)
     assert torch.allclose(w, torch.full((2, 3), 2.0 - v1 - v2), rtol=0, atol=1e-6)
+
+
+def test_foreach_update_equals_the_loop_on_a_network():
+    """Multi-tensor update vs the per-parameter loop: two groups (one without adaptation), a parameter
+    without a gradient, a zero weight, several steps with changing lr; equal to float32 rounding."""
+    from models.simclr import SimCLR
+
+    torch.manual_seed(0)
+    nets = [SimCLR("resnet18", "cifar", 16) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = []
+    for net, foreach in zip(nets, (True, False)):
+        net.head.layers[0][0].weight.data.zero_()
+        body = [p for n, p in net.named_parameters() if not n.startswith("head.layers.1")]
+        opts.append(LARS([{"params": body}, {"params": list(net.head.layers[1].parameters()), "adapt": False}],
+                         lr=0.3, weight_decay=1e-4, foreach=foreach))
+    for step in range(3):
+        grads = [torch.randn_like(p) for p in nets[0].parameters()]
+        for net, opt in zip(nets, opts):
+            for k, (p, g) in enumerate(zip(net.parameters(), grads)):
+                p.grad = None if k == 1 else g.clone()  # the first BN scale gets no gradient
+            for group in opt.param_groups:
+                group["lr"] = 0.3 / (step + 1)
+            opt.step()
+    for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    zeroed = nets[0].head.layers[0][0].weight
+    assert not torch.equal(zeroed, torch.zeros_like(zeroed))  # moved by the plain step (trust ratio 1)
