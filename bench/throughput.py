@@ -55,6 +55,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers of path (a) (default: 2)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="as simclr.py (default: auto)")
+    p.add_argument("--compile", action="store_true", help="as simclr.py --compile (the warm-up step compiles)")
     p.add_argument("--memory", action="store_true", help="GPU only: peak memory for batch 256/512/1024/4096")
     p.add_argument("--one", choices=sorted(CONFIGS), help=argparse.SUPPRESS)  # measure one column, print JSON
     return p
@@ -64,7 +65,7 @@ def step_args(args: argparse.Namespace, device: torch.device) -> argparse.Namesp
     """simclr.py's own options for this model, so the timed step is the training script's step."""
     a = simclr.get_args_parser().parse_args(["--dataset", args.dataset, "--arch", args.arch, "--batch-size",
                                              str(args.batch_size), "--precision", args.precision,
-                                             "--device", device.type])
+                                             "--device", device.type] + (["--compile"] if args.compile else []))
     a = simclr.resolve_args(a)
     if a.precision == "auto":
         a.precision = "bf16" if device.type == "cuda" else "fp32"
@@ -105,6 +106,8 @@ def measure(args: argparse.Namespace) -> dict:
     model = SimCLR(args.arch, sargs.stem).to(device).train()
     if sargs.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if sargs.compile:
+        model.compile()
     optimizer = simclr.build_optimizer(model, sargs)
     criterion = NTXentLoss(sargs.temperature)
 
@@ -175,6 +178,7 @@ def run_column(args: argparse.Namespace, column: str) -> dict:
     argv = [sys.executable, os.path.abspath(__file__), "--one", column, "--dataset", args.dataset, "--arch", args.arch,
             "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--num-workers", str(args.num_workers),
             "--device", args.device, "--precision", args.precision] + (["--memory"] if args.memory else [])
+    argv += ["--compile"] if args.compile else []
     env = dict(os.environ, SIMCLR_MALLOC_TUNING="1" if CONFIGS[column][1] else "0")
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     if proc.returncode:

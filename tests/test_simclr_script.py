@@ -179,3 +179,22 @@ def test_image_tree_from_disk_with_device_finish_resumes_exactly(tmp_path):
     assert a["args"]["augment_on"] == "device" and a["args"]["stem"] == "imagenet"
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_compile_trains_the_same_model(tiny):
+    """--compile (Inductor) against the eager run: same losses and weights to float32 tolerance, and a
+    checkpoint with the plain model's keys."""
+    root, paths = tiny
+    common = TINY + ["--dataset-paths", paths, "--test-freq", "0", "--seed", "2", "--num-epochs", "1"]
+    eager, compiled = os.path.join(root, "eager.pth"), os.path.join(root, "compiled.pth")
+    run(common + ["--filename", eager])
+    run(common + ["--filename", compiled, "--compile"])
+    a, b = load_checkpoint(eager), load_checkpoint(compiled)
+    assert set(a["model"]) == set(b["model"])
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=5e-5, msg=lambda m, k=k: f"{k}: {m}")
+    la = open(eager.replace(".pth", ".csv")).read().splitlines()[1:]
+    lb = open(compiled.replace(".pth", ".csv")).read().splitlines()[1:]
+    loss = simclr.LOG_FIELDS.index("loss")
+    for ra, rb in zip(la, lb, strict=True):
+        assert float(rb.split(",")[loss]) == pytest.approx(float(ra.split(",")[loss]), rel=1e-4)
