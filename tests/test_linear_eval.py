@@ -72,15 +72,14 @@ def test_gradient_script_keeps_backbone_frozen(pretrained, tmp_path):
     assert result["classifier"].weight.shape == (3, 512)
 
 
-
 def test_gradient_script_stops_on_a_diverged_loss(pretrained, tmp_path):
     ckpt, paths = pretrained
-    from utils.errors import UserError
     with pytest.raises(UserError, match="lower --base-lr"):
         gradient_linear_clf.main(gradient_linear_clf.get_args_parser().parse_args(
             ["--load-from", ckpt, "--dataset-paths", paths, "--batch-size", "10", "--num-epochs", "2",
              "--base-lr", "inf", "--num-workers", "0", "--output", str(tmp_path / "g.json")]))
     assert not (tmp_path / "g.json").exists()
+
 
 def test_loading_reports_missing_and_unexpected_keys(pretrained, tmp_path):
     ckpt, _ = pretrained
