@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models.loss import NTXentLoss  # noqa: E402
 from models.simclr import SimCLR  # noqa: E402
 from optim.lars import LARS  # noqa: E402
+from utils.allocator import tune_cpu_allocator  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 on GPU, fp32 on CPU")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--plain-up-to", type=int, default=None, metavar="BATCH",
+                   help="run without chunking only up to this batch (default: every batch)")
     p.add_argument("--one", type=int, nargs=2, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
     return p
 
@@ -57,6 +60,8 @@ def _rss_bytes() -> int:
 def measure(batch: int, chunk: int, args: argparse.Namespace, device: torch.device) -> dict:
     """One configuration in this process: peak memory growth (bytes) and views/s."""
     import simclr  # the training loop's step
+    if device.type == "cpu":
+        tune_cpu_allocator()  # as simclr.py does on CPU
     torch.manual_seed(0)
     model = SimCLR(args.arch, args.stem, proj_dim=128).to(device).train()
     optimizer = LARS(model.parameters(), lr=0.1, weight_decay=1e-6)
@@ -92,7 +97,10 @@ def measure(batch: int, chunk: int, args: argparse.Namespace, device: torch.devi
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base  # ru_maxrss: KiB on Linux
     timed = times[1:] or times
     views_per_s = 2 * batch * len(timed) / sum(timed)
-    return {"batch": batch, "chunk": chunk, "peak_bytes": max(peak, 0), "views_per_s": views_per_s}
+    total = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"batch": batch, "chunk": chunk, "peak_bytes": max(peak, 0), "total_bytes": total,
+            "views_per_s": views_per_s}
 
 
 def run_isolated(batch: int, chunk: int, argv: list[str]) -> dict:
@@ -105,10 +113,11 @@ def run_isolated(batch: int, chunk: int, argv: list[str]) -> dict:
 def format_table(rows: list[dict], device: torch.device, args: argparse.Namespace) -> str:
     lines = [f"{args.arch} ({args.stem} stem), {args.image_size}px, {args.precision}, {device}, "
              f"peak = {'max_memory_allocated' if device.type == 'cuda' else 'peak RSS'} growth over the step",
-             "| batch | chunk | peak MiB | views/s |", "|---:|---:|---:|---:|"]
+             "| batch | chunk | peak growth MiB | peak total MiB | views/s |", "|---:|---:|---:|---:|---:|"]
     for r in rows:
         chunk = r["chunk"] if r["chunk"] and r["chunk"] < r["batch"] else "off"
-        lines.append(f"| {r['batch']} | {chunk} | {r['peak_bytes'] / 2**20:.0f} | {r['views_per_s']:.1f} |")
+        lines.append(f"| {r['batch']} | {chunk} | {r['peak_bytes'] / 2**20:.0f} | {r['total_bytes'] / 2**20:.0f} "
+                     f"| {r['views_per_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -126,7 +135,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     rows = []
     for batch in args.batch_sizes:
-        for chunk in (0, args.chunk_size):
+        plain = args.plain_up_to is None or batch <= args.plain_up_to
+        for chunk in ((0,) if plain else ()) + ((args.chunk_size,) if args.chunk_size < batch else ()):
             if device.type == "cuda":
                 rows.append(measure(batch, chunk, args, device))
                 torch.cuda.empty_cache()
