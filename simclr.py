@@ -153,12 +153,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "several GPUs is the exact alternative when they exist. 0: off (default: 0)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="bf16 autocast for the network, loss in fp32; auto: bf16 on GPU, fp32 on CPU (on our\n"
-                        "2-core CPU bf16 was slower: see README, Speed) (default: auto)")
+                        "2-core CPU bf16 was slower: see README, Results) (default: auto)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on with bf16, off with fp32)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model's forward (Inductor; the first steps take a minute or more to\n"
-                        "compile). On our 2-core CPU it gave 74 against 72 views/s: meant for GPUs")
+                        "compile). No gain on our 2-core CPU: meant for GPUs")
     p.add_argument("--log-freq", type=int, default=10,
                    help="read the loss back from the device every N steps; a CSV row each time (default: 10)")
     return p
