@@ -317,8 +317,7 @@ def check_args(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> dict:
     check_args(args)
     device = select_device(args.device)
-    if device.type == "cpu":
-        tune_cpu_allocator()  # keep freed tensors' memory for reuse (utils/allocator.py)
+    tune_cpu_allocator(device)  # on CPU: keep freed tensors' memory for reuse (utils/allocator.py)
     autocast = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     backbone, head, saved, ckpt = build_model(args)
     dataset, info, size = evaluation_target(ckpt, saved, args.dataset, args.image_size)

@@ -76,8 +76,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.num_epochs < 1 or args.base_lr <= 0:
         raise UserError("--num-epochs must be >= 1 and --base-lr > 0")
     device = select_device(args.device)
-    if device.type == "cpu":
-        tune_cpu_allocator()  # keep freed tensors' memory for reuse (utils/allocator.py)
+    tune_cpu_allocator(device)  # on CPU: keep freed tensors' memory for reuse (utils/allocator.py)
     torch.manual_seed(args.seed)
     ckpt = find_checkpoint(args.load_from)
     backbone, saved = load_backbone(ckpt, args.arch, args.stem)

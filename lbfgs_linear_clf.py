@@ -93,8 +93,7 @@ def main(args: argparse.Namespace) -> dict:
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     device = select_device(args.device)
-    if device.type == "cpu":
-        tune_cpu_allocator()  # keep freed tensors' memory for reuse (utils/allocator.py)
+    tune_cpu_allocator(device)  # on CPU: keep freed tensors' memory for reuse (utils/allocator.py)
     x_train, y_train, x_test, y_test, classes, dataset = frozen_features(args, device)
     labelled = y_train >= 0
     x_train, y_train = x_train[labelled], y_train[labelled]

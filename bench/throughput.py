@@ -92,8 +92,8 @@ def measure(args: argparse.Namespace) -> dict:
     """One column in this process: views/s of augmentation alone and of the full step (and the ceiling)."""
     path, tuned = CONFIGS[args.one]
     device = select_device(args.device)
-    if tuned and device.type == "cpu":
-        tune_cpu_allocator()
+    if tuned:
+        tune_cpu_allocator(device)
     torch.manual_seed(0)
     sargs = step_args(args, device)
     info = dataset_info(args.dataset)

@@ -14,6 +14,7 @@ sys.path.insert(0, sys.argv[1])
 import torch
 from utils.allocator import tune_cpu_allocator
 
+assert not tune_cpu_allocator("cuda")  # a GPU run's process is left alone
 tuned = tune_cpu_allocator()
 for _ in range(20):  # the first tensors fault their pages in, either way, until the heap has room
     x = torch.ones(16, 2**20)  # 64 MiB, like a ResNet-18 activation at batch 256

@@ -22,6 +22,8 @@ import ctypes.util
 import os
 import platform
 
+import torch
+
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 _THRESHOLD = 2**31 - 1  # mallopt takes an int; 2 GiB is above any one tensor of a CIFAR/ImageNet step
@@ -29,16 +31,18 @@ _THRESHOLD = 2**31 - 1  # mallopt takes an int; 2 GiB is above any one tensor of
 _tuned = False
 
 
-def tune_cpu_allocator() -> bool:
-    """Raise glibc's mmap and trim thresholds for this process (and the workers it forks later).
+def tune_cpu_allocator(device: torch.device | str = "cpu") -> bool:
+    """Raise glibc's mmap and trim thresholds for this process (and the workers it forks later)
+    when it computes on ``device`` = the CPU; a GPU run is left alone.
 
-    Returns True when the thresholds are set (now or by an earlier call), False when the C library
-    is not glibc or ``SIMCLR_MALLOC_TUNING=0``. Safe to call more than once.
+    Returns True when the thresholds are set (now or by an earlier call), False for another device,
+    when the C library is not glibc, or with ``SIMCLR_MALLOC_TUNING=0``. Safe to call more than once.
     """
     global _tuned
     if _tuned:
         return True
-    if os.environ.get("SIMCLR_MALLOC_TUNING", "1") == "0" or platform.libc_ver()[0] != "glibc":
+    if (torch.device(device).type != "cpu" or os.environ.get("SIMCLR_MALLOC_TUNING", "1") == "0"
+            or platform.libc_ver()[0] != "glibc"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
