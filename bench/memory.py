@@ -60,8 +60,7 @@ def _rss_bytes() -> int:
 def measure(batch: int, chunk: int, args: argparse.Namespace, device: torch.device) -> dict:
     """One configuration in this process: peak memory growth (bytes) and views/s."""
     import simclr  # the training loop's step
-    if device.type == "cpu":
-        tune_cpu_allocator()  # as simclr.py does on CPU
+    tune_cpu_allocator(device)  # as simclr.py does on CPU
     torch.manual_seed(0)
     model = SimCLR(args.arch, args.stem, proj_dim=128).to(device).train()
     optimizer = LARS(model.parameters(), lr=0.1, weight_decay=1e-6)
@@ -91,15 +90,11 @@ def measure(batch: int, chunk: int, args: argparse.Namespace, device: torch.devi
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base  # ru_maxrss: KiB on Linux
+    total = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # ru_maxrss: KiB on Linux
     timed = times[1:] or times
     views_per_s = 2 * batch * len(timed) / sum(timed)
-    total = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"batch": batch, "chunk": chunk, "peak_bytes": max(peak, 0), "total_bytes": total,
+    return {"batch": batch, "chunk": chunk, "peak_bytes": max(total - base, 0), "total_bytes": total,
             "views_per_s": views_per_s}
 
 
