@@ -33,6 +33,13 @@ class LARS(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       trust_coefficient=trust_coefficient, adapt=True, foreach=foreach))
 
+    def __setstate__(self, state: dict) -> None:
+        """Also on ``load_state_dict``: groups saved before an option existed get its default."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("adapt", True)
+            group.setdefault("foreach", True)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -44,7 +51,7 @@ class LARS(Optimizer):
             for p in params:
                 if "momentum_buffer" not in self.state[p]:
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-            update = _update_foreach if group.get("foreach", True) else _update_loop
+            update = _update_foreach if group["foreach"] else _update_loop
             update(params, [self.state[p]["momentum_buffer"] for p in params], group)
         return loss
 

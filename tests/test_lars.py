@@ -117,3 +117,17 @@ def test_foreach_update_equals_the_loop_on_a_network():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
     zeroed = nets[0].head.layers[0][0].weight
     assert not torch.equal(zeroed, torch.zeros_like(zeroed))  # moved by the plain step (trust ratio 1)
+
+
+def test_state_saved_before_the_adapt_and_foreach_options_still_loads():
+    p = torch.nn.Parameter(torch.ones(2, 2))
+    opt = LARS([p], lr=0.1)
+    p.grad = torch.ones(2, 2)
+    opt.step()
+    old = opt.state_dict()
+    for group in old["param_groups"]:
+        del group["adapt"], group["foreach"]
+    fresh = LARS([p], lr=0.1)
+    fresh.load_state_dict(old)
+    assert fresh.param_groups[0]["adapt"] is True and fresh.param_groups[0]["foreach"] is True
+    fresh.step()  # the momentum buffer carried over: v = 0.9 v1 + lr * trust * g
