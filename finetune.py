@@ -300,7 +300,8 @@ def check_args(args: argparse.Namespace) -> None:
         check_fraction(args.label_fraction)
     checks = [
         (args.num_epochs is None or args.num_epochs >= 1, f"--num-epochs must be at least 1, got {args.num_epochs}"),
-        (args.batch_size is None or args.batch_size >= 2, f"--batch-size must be at least 2 (BN), got {args.batch_size}"),
+        (args.batch_size is None or args.batch_size >= 2,
+         f"--batch-size must be at least 2 (BN), got {args.batch_size}"),
         (args.base_lr is None or args.base_lr > 0, f"--base-lr must be > 0, got {args.base_lr}"),
         (0 <= args.val_fraction < 1, f"--val-fraction must be in [0, 1), got {args.val_fraction}"),
         (args.val_freq >= 1, f"--val-freq must be at least 1, got {args.val_freq}"),
@@ -370,7 +371,8 @@ def main(args: argparse.Namespace) -> dict:
     native = train_full.images.shape[1] if isinstance(train_full, ArrayImages) else None
     test_tf = eval_transform(size, info.mean, info.std, native)
     sampler = EpochSampler(len(train_set), seed=args.seed)
-    train_loader = DataLoader(SeededTransformed(train_set, train_linear_transform(size, info.mean, info.std), args.seed),
+    train_transform = train_linear_transform(size, info.mean, info.std)
+    train_loader = DataLoader(SeededTransformed(train_set, train_transform, args.seed),
                               batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=args.num_workers,
                               pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
     eval_batch = min(max(batch_size, 256), 1024)

@@ -48,7 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-lr", type=float, default=0.1, help="lr = base_lr x batch/256 (default: 0.1)")
     p.add_argument("--momentum", type=float, default=0.9, help="(default: 0.9)")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (the paper's setting)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="(default: 0; the official code uses 1e-6 on ImageNet)")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="(default: 0; the official code uses 1e-6 on ImageNet)")
     p.add_argument("--num-workers", type=int, default=2, help="(default: 2)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="autocast of the frozen backbone (default: fp32)")

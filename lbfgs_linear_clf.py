@@ -33,16 +33,20 @@ from utils.errors import UserError, run_cli
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Linear evaluation with L-BFGS on frozen SimCLR features")
     p.add_argument("--load-from", required=True,
-                   help="checkpoint of simclr.py (or a backbone state_dict); a bare name is also looked up in ./checkpoint/")
+                   help="checkpoint of simclr.py (or a backbone state_dict); a bare name is also looked up "
+                        "in ./checkpoint/")
     p.add_argument("--dataset", default=None, choices=list(DATASETS),
                    help="dataset to evaluate on (default: the one the checkpoint was trained on)")
     p.add_argument("--dataset-paths", default=DEFAULT_PATHS_FILE, help="(default: the repository's dataset-paths.json)")
-    p.add_argument("--arch", default=None, choices=list(ARCHS), help="override the checkpoint's arch (needed for a plain state_dict)")
+    p.add_argument("--arch", default=None, choices=list(ARCHS),
+                   help="override the checkpoint's arch (needed for a plain state_dict)")
     p.add_argument("--stem", default=None, choices=STEMS, help="override the checkpoint's stem")
     p.add_argument("--random-init", action="store_true",
                    help="evaluate the same backbone at random initialisation instead (baseline)")
-    p.add_argument("--image-size", type=int, default=None, help="input side (default: the checkpoint's, else the dataset's)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out part of train for picking l2 (default: 0.1)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input side (default: the checkpoint's, else the dataset's)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="held-out part of train for picking l2 (default: 0.1)")
     p.add_argument("--l2-min", type=float, default=1e-6, help="(default: 1e-6)")
     p.add_argument("--l2-max", type=float, default=1e5, help="(default: 1e5)")
     p.add_argument("--l2-num", type=int, default=45, help="log-spaced l2 values to try (default: 45)")

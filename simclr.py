@@ -1,7 +1,8 @@
 """SimCLR pretraining (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations").
 
     python simclr.py --dataset cifar10 --arch resnet18 --num-epochs 1000 --cosine-anneal --filename output.pth
-    python simclr.py --num-epochs 1000 --cosine-anneal --filename output.pth --test-freq 0 --num-workers 32 --dataset imagenet
+    python simclr.py --dataset imagenet --num-epochs 1000 --cosine-anneal --filename output.pth \\
+        --test-freq 0 --num-workers 32
 
 Writes ``checkpoint/<filename>`` (model, optimizer, epoch/step, args, git commit) after every
 ``--save-freq`` epochs, and a CSV log of loss, learning rate, throughput and kNN accuracy beside it.
@@ -113,7 +114,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=None,
                    help="on weights with ndim > 1 only (default: 1e-4 CIFAR/STL, 1e-6 ImageNet)")
     p.add_argument("--trust-coefficient", type=float, default=1e-3, help="LARS eta (default: 1e-3)")
-    p.add_argument("--temperature", type=float, default=None, help="NT-Xent temperature (default: 0.5 CIFAR/STL, 0.1 ImageNet)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="NT-Xent temperature (default: 0.5 CIFAR/STL, 0.1 ImageNet)")
     p.add_argument("--cosine-anneal", action="store_true",
                    help="cosine decay to 0 after warmup (default: off, constant lr after warmup)")
     p.add_argument("--warmup-epochs", type=float, default=10, help="linear warmup length in epochs (default: 10)")

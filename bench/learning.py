@@ -1,7 +1,8 @@
 """Does it learn? A fixed-budget SimCLR pretraining, then L-BFGS linear evaluation of the pretrained
 backbone and of the same backbone at random initialisation, side by side.
 
-    python bench/learning.py                      # CPU: ResNet-18, CIFAR-10 (JPEG copy), 1 epoch, about an hour on 2 cores
+    python bench/learning.py                      # CPU: ResNet-18, CIFAR-10 (JPEG copy), 1 epoch,
+                                                  # about an hour on 2 cores
     python bench/learning.py --epochs 100 --batch-size 512 --device cuda   # the official CIFAR-10 recipe on a GPU
 
 Re-running with more --epochs resumes the same run (the schedule follows the new total), so a GPU

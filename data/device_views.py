@@ -4,8 +4,8 @@
   the device as one (N, 3, H, W) tensor; each step gathers its batch and runs
   data.batched_augment.BatchedSimCLRAugment twice, no DataLoader workers at all.
 - DeviceFinish, for image trees read from disk (ImageNet): DataLoader workers decode and take the two
-  random resized crops (data.views.TwoViews with a crop-only transform, uint8), the device does flip, colour jitter, grayscale,
-  blur and normalisation in batches.
+  random resized crops (data.views.TwoViews with a crop-only transform, uint8), the device does flip,
+  colour jitter, grayscale, blur and normalisation in batches.
 The device's random draws use a generator seeded by (seed, rank, epoch, batch), so views are
 reproducible and a resumed run sees exactly the views it would have seen.
 """
@@ -49,8 +49,9 @@ class DeviceTwoViews:
 
 
 class DeviceFinish:
-    """Wraps a DataLoader of (crop1, crop2) uint8 batches (data.views.TwoViews with crop + PILToTensor); yields (x1, x2) float32
-    normalised views made on ``device`` by ``augment`` (built with scale=(1, 1), ratio=(1, 1): no crop)."""
+    """Wraps a DataLoader of (crop1, crop2) uint8 batches (data.views.TwoViews with crop + PILToTensor);
+    yields (x1, x2) float32 normalised views made on ``device`` by ``augment`` (built with scale=(1, 1),
+    ratio=(1, 1): no crop)."""
 
     def __init__(self, loader, augment: BatchedSimCLRAugment, sampler: EpochSampler, device: torch.device,
                  seed: int = 0, rank: int = 0) -> None:

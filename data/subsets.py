@@ -84,7 +84,8 @@ def read_subset(path: str, dataset: str, labels: np.ndarray) -> dict:
         raise UserError(f"{path} is a subset of {record['dataset']!r} with {record['num_images']} training images, "
                         f"not of {dataset!r} with {labels.size}: use a subset file made for this dataset")
     indices = np.asarray(record["indices"], dtype=np.int64)
-    if indices.size == 0 or indices.min() < 0 or indices.max() >= labels.size or np.unique(indices).size != indices.size:
+    if (indices.size == 0 or indices.min() < 0 or indices.max() >= labels.size
+            or np.unique(indices).size != indices.size):
         raise UserError(f"{path} holds indices that are out of range or repeated: the file is damaged")
     if not np.array_equal(labels[indices], np.asarray(record["labels"])):
         raise UserError(f"the labels in {path} do not match those of {dataset!r} at its indices: the dataset "

@@ -50,7 +50,8 @@ def state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
-def evaluation_target(ckpt: str, saved: dict, dataset: str | None, image_size: int | None) -> tuple[str, DatasetInfo, int]:
+def evaluation_target(ckpt: str, saved: dict, dataset: str | None,
+                      image_size: int | None) -> tuple[str, DatasetInfo, int]:
     """(dataset, its info, input size) to evaluate on: the options, else what the checkpoint was trained with."""
     dataset = dataset or saved.get("dataset")
     if dataset is None:

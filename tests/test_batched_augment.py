@@ -95,8 +95,8 @@ def test_resized_crop_matches_torchvision(H: int, W: int, crop: tuple[int, int, 
     """Exact antialiased bicubic: max abs diff ~1e-6 both for upscaling and downscaling crops."""
     B = 4
     x = _images(B, H, W, seed=3)
-    t, l, h, w = (torch.full((B,), v) for v in crop)
-    out = BA.resized_crop(x, t, l, h, w, size)
+    t, le, h, w = (torch.full((B,), v) for v in crop)
+    out = BA.resized_crop(x, t, le, h, w, size)
     crop_h, crop_w = crop[2], crop[3]
     ref = TF.resized_crop(x, *crop, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
     assert out.shape == (B, 3, size, size)
@@ -113,10 +113,10 @@ def test_resized_crop_random_boxes_per_sample() -> None:
     B, H, W, size = 16, 60, 80, 32
     x = _images(B, H, W, seed=4)
     g = torch.Generator().manual_seed(0)
-    t, l, h, w = BA.sample_crop_params(B, H, W, (0.08, 1.0), (3 / 4, 4 / 3), g, "cpu")
-    out = BA.resized_crop(x, t, l, h, w, size)
+    t, le, h, w = BA.sample_crop_params(B, H, W, (0.08, 1.0), (3 / 4, 4 / 3), g, "cpu")
+    out = BA.resized_crop(x, t, le, h, w, size)
     ref = torch.stack([
-        TF.resized_crop(x[i], int(t[i]), int(l[i]), int(h[i]), int(w[i]), [size, size],
+        TF.resized_crop(x[i], int(t[i]), int(le[i]), int(h[i]), int(w[i]), [size, size],
                         interpolation=InterpolationMode.BICUBIC, antialias=True)
         for i in range(B)]).clamp(0, 1)
     assert _maxdiff(out, ref) < 1e-5
@@ -187,13 +187,13 @@ def test_apply_matches_per_image_torchvision_functional() -> None:
 def test_crop_params_distribution_matches_torchvision(H: int, W: int) -> None:
     N = 20000
     scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
-    t, l, h, w = BA.sample_crop_params(N, H, W, scale, ratio, torch.Generator().manual_seed(0), "cpu")
+    t, le, h, w = BA.sample_crop_params(N, H, W, scale, ratio, torch.Generator().manual_seed(0), "cpu")
     torch.manual_seed(0)
     img = torch.empty(3, H, W)
     ref = torch.tensor([T.RandomResizedCrop.get_params(img, list(scale), list(ratio)) for _ in range(N)])
     rt, rl, rh, rw = ref.unbind(1)
 
-    for name, (top, left, hh, ww) in {"batched": (t, l, h, w), "torchvision": (rt, rl, rh, rw)}.items():
+    for name, (top, left, hh, ww) in {"batched": (t, le, h, w), "torchvision": (rt, rl, rh, rw)}.items():
         assert ((hh > 0) & (ww > 0) & (top >= 0) & (left >= 0)).all(), name
         assert ((top + hh <= H) & (left + ww <= W)).all(), name
 
@@ -213,7 +213,7 @@ def test_crop_params_distribution_matches_torchvision(H: int, W: int) -> None:
     # Position: relative offset top / (H - h) uniform as torchvision's randint.
     rel = lambda a, n: (a.double() + 0.5) / (n.double() + 1)                    # noqa: E731
     assert stats.ks_2samp(rel(t, H - h).numpy(), rel(rt, H - rh).numpy()).pvalue > 1e-3
-    assert stats.ks_2samp(rel(l, W - w).numpy(), rel(rl, W - rw).numpy()).pvalue > 1e-3
+    assert stats.ks_2samp(rel(le, W - w).numpy(), rel(rl, W - rw).numpy()).pvalue > 1e-3
     # A wrong area range would be caught: compare with a (0.2, 1) sampler.
     t2, l2, h2, w2 = BA.sample_crop_params(N, H, W, (0.2, 1.0), ratio, torch.Generator().manual_seed(1), "cpu")
     assert stats.ks_2samp(((h2 * w2).double() / (H * W)).numpy(), ref_area.numpy()).pvalue < 1e-6
@@ -226,10 +226,10 @@ def test_crop_params_distribution_matches_torchvision(H: int, W: int) -> None:
     (50, 60, (1.0, 1.0), (1.0, 1.0)),      # in_ratio inside: all tries fail only if sqrt(area) > 50
 ])
 def test_crop_fallback_matches_torchvision(H: int, W: int, scale, ratio) -> None:
-    t, l, h, w = BA.sample_crop_params(64, H, W, scale, ratio, torch.Generator().manual_seed(0), "cpu")
+    t, le, h, w = BA.sample_crop_params(64, H, W, scale, ratio, torch.Generator().manual_seed(0), "cpu")
     ref = T.RandomResizedCrop.get_params(torch.empty(3, H, W), list(scale), list(ratio))
     for i in range(64):
-        assert (int(t[i]), int(l[i]), int(h[i]), int(w[i])) == tuple(ref)
+        assert (int(t[i]), int(le[i]), int(h[i]), int(w[i])) == tuple(ref)
 
 
 def _within_3_sigma(mask: torch.Tensor, p: float) -> bool:

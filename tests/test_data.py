@@ -205,7 +205,8 @@ def test_augmentation_pipeline_follows_appendix_a():
     half = simclr_augmentation(32, 0.5, False, (0.5,) * 3, (0.5,) * 3).transforms
     assert half[2].transforms[0].saturation == pytest.approx((0.6, 1.4))
     assert not any("Blur" in type(op).__name__ for op in half)
-    assert blur_kernel_size(32) == 3 and blur_kernel_size(96) == 9 and math.isclose(blur_kernel_size(224) / 224, 0.1, abs_tol=0.01)
+    assert blur_kernel_size(32) == 3 and blur_kernel_size(96) == 9
+    assert math.isclose(blur_kernel_size(224) / 224, 0.1, abs_tol=0.01)
 
 
 def test_decoded_images_are_cached_and_invalidated(tmp_path, monkeypatch):

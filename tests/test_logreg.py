@@ -213,7 +213,7 @@ def test_l2_chosen_on_validation_not_test():
     assert res.l2_grid == grid and len(res.val_acc) == len(grid)
     # selection rule: best val accuracy, ties -> larger l2
     best = max(res.val_acc)
-    assert res.best_l2 == max(l for l, a in zip(grid, res.val_acc) if a == best)
+    assert res.best_l2 == max(l2 for l2, a in zip(grid, res.val_acc) if a == best)
     assert res.val_acc[-1] < best  # huge l2 -> majority class on validation
 
     # what the test set would have chosen (refit on whole train at every l2, score test)

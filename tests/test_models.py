@@ -64,7 +64,7 @@ def test_width_multiplier_scales_every_width():
 def test_projection_head_structure():
     head = ProjectionHead(2048, 2048, 128)
     linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features, l.bias) for l in linears] == [(2048, 2048, None), (2048, 128, None)]
+    assert [(lin.in_features, lin.out_features, lin.bias) for lin in linears] == [(2048, 2048, None), (2048, 128, None)]
     assert [m.num_features for m in head.modules() if isinstance(m, torch.nn.BatchNorm1d)] == [2048, 128]
     assert isinstance(head.layers[0][2], torch.nn.ReLU) and len(head.layers[1]) == 2  # no ReLU at the end
     last_bn = head.layers[-1][1]

@@ -25,6 +25,12 @@ def run(argv):
     return simclr.main(simclr.get_args_parser().parse_args(argv))
 
 
+def log_lines(checkpoint: str) -> int:
+    """Lines of the CSV log written beside a checkpoint."""
+    with open(checkpoint.replace(".pth", ".csv")) as f:
+        return f.read().count("\n")
+
+
 def test_tiny_run_writes_checkpoint_and_log(tiny):
     root, paths = tiny
     ckpt = os.path.join(root, "run.pth")
@@ -54,7 +60,7 @@ def test_resume_continues_exactly(tiny, augment_on):
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 6)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert open(full.replace(".pth", ".csv")).read().count("\n") == open(part.replace(".pth", ".csv")).read().count("\n")
+    assert log_lines(full) == log_lines(part)
 
 
 def test_resume_refuses_a_different_model(tiny):
@@ -142,7 +148,7 @@ def test_interrupted_mid_epoch_resumes_exactly(tiny, monkeypatch):
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 15)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert open(full.replace(".pth", ".csv")).read() .count("\n") == open(part.replace(".pth", ".csv")).read().count("\n")
+    assert log_lines(full) == log_lines(part)
 
 
 def test_sigterm_saves_and_says_how_to_resume(tiny, repo_root):
