@@ -9,8 +9,10 @@ measurement in a fresh process so that no path inherits another's worker process
       with glibc's default malloc settings, as other repositories run;
   (b) device:  uint8 images on the device, batched augmentation there (data.device_views), same malloc;
   (c) CPU only: (b) plus the malloc tuning that simclr.py applies on CPU (utils/allocator.py),
-and printed as ratios to (a); the same for augmentation alone; on a GPU also the compute ceiling
-(the same step on random tensors already on the GPU) and, with --memory, peak memory per batch size.
+and printed as ratios to (a); the same for augmentation alone; and the compute ceiling of (b) and (c):
+the same step on random tensors already on the device, so no data path can beat it. On CPU it says
+which targets are reachable at all (a 2x over (a) above the ceiling is not); with --memory (GPU), peak
+memory per batch size.
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ LABELS = {"a": "(a) workers", "b": "(b) device", "c": "(c) b+malloc"}
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Training-step throughput: per-image workers vs batched on-device views")
-    p.add_argument("--dataset", default="cifar10-sample", help="images to use, tiled as needed (default: cifar10-sample)")
+    p.add_argument("--dataset", default="cifar10-sample",
+                   help="images to use, tiled as needed (default: cifar10-sample)")
     p.add_argument("--arch", default="resnet18", help="(default: resnet18)")
     p.add_argument("--batch-size", type=int, default=256, help="(default: 256)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per round and path (default: 3)")
@@ -144,7 +147,7 @@ def measure(args: argparse.Namespace) -> dict:
     prefetched = 2 * args.num_workers if path == "workers" else 0
     out = {"aug": views / timed(loop(False), args.steps, device, warmup=1 + prefetched),
            "step": views / timed(loop(True), args.steps, device)}
-    if device.type == "cuda" and path == "device":
+    if path == "device":
         x_rand = torch.randn(args.batch_size, 3, size, size, device=device)
 
         def ceiling():
@@ -152,7 +155,7 @@ def measure(args: argparse.Namespace) -> dict:
                 step(x_rand, x_rand)
                 yield
         out["ceiling"] = views / timed(ceiling, args.steps, device)
-        if args.memory:
+        if args.memory and device.type == "cuda":
             out["memory"] = peak_memory(step, augment, images.images.shape[1:3], device)
     return out
 
@@ -195,7 +198,9 @@ def main(args: argparse.Namespace) -> dict:
             results[c].append(run_column(args, c))
         print(f"round {r + 1}: " + ", ".join(f"{LABELS[c]} aug {results[c][-1]['aug']:.0f} step "
                                              f"{results[c][-1]['step']:.1f}" for c in columns), flush=True)
-    med = {c: {k: statistics.median(res[k] for res in results[c]) for k in ("aug", "step")} for c in columns}
+    device_columns = [c for c in columns if CONFIGS[c][0] == "device"]
+    keys = {c: ("aug", "step", "ceiling") if c in device_columns else ("aug", "step") for c in columns}
+    med = {c: {k: statistics.median(res[k] for res in results[c]) for k in keys[c]} for c in columns}
     sargs = step_args(args, device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     print(f"\n{args.arch} ({sargs.stem} stem), batch {args.batch_size} ({2 * args.batch_size} views/step), "
@@ -205,13 +210,16 @@ def main(args: argparse.Namespace) -> dict:
     for key, label in (("aug", "augmentation alone"), ("step", "full training step")):
         print(f"{label:22}" + "".join(f"{med[c][key]:14.1f}" for c in columns)
               + "".join(f"{med[c][key] / med['a'][key]:8.2f}" for c in columns[1:]))
-    if device.type == "cuda":
-        ceiling = statistics.median(res["ceiling"] for res in results["b"])
-        print(f"{'compute ceiling':22}{ceiling:14.1f}   (b) at {100 * med['b']['step'] / ceiling:.0f}% of it")
-        if args.memory:
-            print("\npeak GPU memory of a full step (device path):")
-            for b, gib in results["b"][-1]["memory"].items():
-                print(f"  batch {int(b):5d}: " + ("out of memory" if gib is None else f"{gib:6.2f} GiB"))
+    print(f"{'compute ceiling':22}{'':14}" + "".join(f"{med[c]['ceiling']:14.1f}" for c in device_columns))
+    print(f"{'step / its ceiling':22}{'':14}"
+          + "".join(f"{100 * med[c]['step'] / med[c]['ceiling']:13.0f}%" for c in device_columns))
+    best = max(med[c]["ceiling"] for c in device_columns)
+    print(f"\nThe best ceiling is {best / med['a']['step']:.2f}x the full step of (a): no data path can make a "
+          f"step faster than that on this machine.")
+    if device.type == "cuda" and args.memory:
+        print("\npeak GPU memory of a full step (device path):")
+        for b, gib in results["b"][-1]["memory"].items():
+            print(f"  batch {int(b):5d}: " + ("out of memory" if gib is None else f"{gib:6.2f} GiB"))
     return med
 
 
