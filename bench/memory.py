@@ -17,6 +17,7 @@ counts 2 views per image over the steps after the first (the first is a warm-up,
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -47,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 on GPU, fp32 on CPU")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--plain-up-to", type=int, default=None, metavar="BATCH",
-                   help="run without chunking only up to this batch (default: every batch)")
+                   help="run without chunking only up to this batch (None: every batch)")
     p.add_argument("--one", type=int, nargs=2, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
     return p
 
@@ -98,6 +99,18 @@ def measure(batch: int, chunk: int, args: argparse.Namespace, device: torch.devi
             "views_per_s": views_per_s}
 
 
+def measure_or_oom(batch: int, chunk: int, args: argparse.Namespace, device: torch.device) -> dict:
+    """GPU: ``measure``, or a row marked ``oom`` when the step does not fit (the next configurations
+    still run: that is how the table finds the largest batch that fits)."""
+    try:
+        row = measure(batch, chunk, args, device)
+    except torch.cuda.OutOfMemoryError:
+        row = {"batch": batch, "chunk": chunk, "oom": True}
+    gc.collect()  # out of the except block, the failed step's tensors are no longer held by its traceback
+    torch.cuda.empty_cache()
+    return row
+
+
 def run_isolated(batch: int, chunk: int, argv: list[str]) -> dict:
     """``measure`` in a fresh process (for the CPU peak RSS); returns its result."""
     out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--one", str(batch), str(chunk)],
@@ -111,6 +124,9 @@ def format_table(rows: list[dict], device: torch.device, args: argparse.Namespac
              "| batch | chunk | peak growth MiB | peak total MiB | views/s |", "|---:|---:|---:|---:|---:|"]
     for r in rows:
         chunk = r["chunk"] if r["chunk"] and r["chunk"] < r["batch"] else "off"
+        if r.get("oom"):
+            lines.append(f"| {r['batch']} | {chunk} | out of memory | | |")
+            continue
         lines.append(f"| {r['batch']} | {chunk} | {r['peak_bytes'] / 2**20:.0f} | {r['total_bytes'] / 2**20:.0f} "
                      f"| {r['views_per_s']:.1f} |")
     return "\n".join(lines)
@@ -133,12 +149,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         plain = args.plain_up_to is None or batch <= args.plain_up_to
         for chunk in ((0,) if plain else ()) + ((args.chunk_size,) if args.chunk_size < batch else ()):
             if device.type == "cuda":
-                rows.append(measure(batch, chunk, args, device))
-                torch.cuda.empty_cache()
+                rows.append(measure_or_oom(batch, chunk, args, device))
             else:
                 rows.append(run_isolated(batch, chunk, argv))
-            print(f"batch {batch}, chunk {chunk or 'off'}: {rows[-1]['peak_bytes'] / 2**20:.0f} MiB, "
-                  f"{rows[-1]['views_per_s']:.1f} views/s", file=sys.stderr, flush=True)
+            print(f"batch {batch}, chunk {chunk or 'off'}: " + ("out of memory" if rows[-1].get("oom") else
+                  f"{rows[-1]['peak_bytes'] / 2**20:.0f} MiB, {rows[-1]['views_per_s']:.1f} views/s"),
+                  file=sys.stderr, flush=True)
     print(format_table(rows, device, args))
     return rows
 
