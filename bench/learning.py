@@ -22,12 +22,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import lbfgs_linear_clf  # noqa: E402
 import simclr  # noqa: E402
+from data.paths import DEFAULT_PATHS_FILE  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Fixed-budget pretraining + linear evaluation vs random init")
     p.add_argument("--dataset", default="cifar10", help="(default: cifar10)")
+    p.add_argument("--dataset-paths", default=DEFAULT_PATHS_FILE,
+                   help="JSON file mapping dataset names to folders (default: the repository's dataset-paths.json)")
     p.add_argument("--arch", default="resnet18", help="(default: resnet18)")
     p.add_argument("--epochs", type=int, default=1, help="total pretraining epochs (default: 1)")
     p.add_argument("--batch-size", type=int, default=128, help="(default: 128)")
@@ -46,10 +49,11 @@ def main(args: argparse.Namespace) -> dict:
     os.makedirs(args.out_dir, exist_ok=True)
     ckpt = os.path.join(args.out_dir, "pretrain.pth")
     warmup = args.warmup_epochs if args.warmup_epochs is not None else (10 if args.epochs >= 100 else 0.1 * args.epochs)
-    pre_args = ["--dataset", args.dataset, "--arch", args.arch, "--batch-size", str(args.batch_size),
-                "--num-epochs", str(args.epochs), "--base-lr", str(args.base_lr), "--warmup-epochs", str(warmup),
-                "--cosine-anneal", "--test-freq", str(args.test_freq), "--num-workers",
-                str(args.num_workers), "--device", args.device, "--seed", str(args.seed), "--filename", ckpt]
+    pre_args = ["--dataset", args.dataset, "--dataset-paths", args.dataset_paths, "--arch", args.arch,
+                "--batch-size", str(args.batch_size), "--num-epochs", str(args.epochs), "--base-lr", str(args.base_lr),
+                "--warmup-epochs", str(warmup), "--cosine-anneal", "--test-freq", str(args.test_freq),
+                "--num-workers", str(args.num_workers), "--device", args.device, "--seed", str(args.seed),
+                "--filename", ckpt]
     if os.path.isfile(ckpt):
         pre_args.append("--resume")
     t0 = time.time()
@@ -59,8 +63,8 @@ def main(args: argparse.Namespace) -> dict:
     for name, extra in (("pretrained", []), ("random_init", ["--random-init"])):
         t = time.time()
         summary = lbfgs_linear_clf.main(lbfgs_linear_clf.get_args_parser().parse_args(
-            ["--load-from", ckpt, "--num-workers", str(args.num_workers), "--seed", str(args.seed),
-             "--device", args.device] + extra))
+            ["--load-from", ckpt, "--dataset-paths", args.dataset_paths, "--num-workers", str(args.num_workers),
+             "--seed", str(args.seed), "--device", args.device] + extra))
         results[name] = {"test_acc": summary["test_acc"], "best_l2": summary["best_l2"], "seconds": time.time() - t}
     out = {"dataset": args.dataset, "arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size,
            "seed": args.seed, "pretrain_seconds_this_command": pretrain_s, "knn_top1": pre["knn"], **results,
@@ -75,7 +79,7 @@ def main(args: argparse.Namespace) -> dict:
         f.write(f"{args.epochs},{args.batch_size},{out['pretrained']['test_acc']:.2f},"
                 f"{out['random_init']['test_acc']:.2f},{out['difference']:.2f}\n")
     print(f"\nlinear (L-BFGS) test accuracy on {args.dataset}: pretrained {out['pretrained']['test_acc']:.2f}% vs "
-          f"random init {out['random_init']['test_acc']:.2f}%: +{out['difference']:.2f} points "
+          f"random init {out['random_init']['test_acc']:.2f}%: {out['difference']:+.2f} points "
           f"({args.arch}, {args.epochs} epochs, batch {args.batch_size}, seed {args.seed}; "
           f"pretraining took {pretrain_s / 60:.1f} min in this command)")
     return out
