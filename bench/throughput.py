@@ -176,11 +176,12 @@ def peak_memory(step, augment, hw, device) -> dict:
     return peaks
 
 
-def run_column(args: argparse.Namespace, column: str) -> dict:
-    """``measure`` for one column in a fresh process (no tuned heap, no worker processes carried over)."""
+def run_column(args: argparse.Namespace, column: str, memory: bool = False) -> dict:
+    """``measure`` for one column in a fresh process (no tuned heap, no worker processes carried over);
+    ``memory``: also the peak memory per batch size (GPU)."""
     argv = [sys.executable, os.path.abspath(__file__), "--one", column, "--dataset", args.dataset, "--arch", args.arch,
             "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--num-workers", str(args.num_workers),
-            "--device", args.device, "--precision", args.precision] + (["--memory"] if args.memory else [])
+            "--device", args.device, "--precision", args.precision] + (["--memory"] if memory else [])
     argv += ["--compile"] if args.compile else []
     env = dict(os.environ, SIMCLR_MALLOC_TUNING="1" if CONFIGS[column][1] else "0")
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
@@ -194,8 +195,8 @@ def main(args: argparse.Namespace) -> dict:
     columns = ["a", "b", "c"] if device.type == "cpu" else ["a", "b"]
     results: dict[str, list[dict]] = {c: [] for c in columns}
     for r in range(args.rounds):
-        for c in columns:
-            results[c].append(run_column(args, c))
+        for c in columns:  # peak memory once: in the last round's column b, the one printed
+            results[c].append(run_column(args, c, memory=args.memory and c == "b" and r == args.rounds - 1))
         print(f"round {r + 1}: " + ", ".join(f"{LABELS[c]} aug {results[c][-1]['aug']:.0f} step "
                                              f"{results[c][-1]['step']:.1f}" for c in columns), flush=True)
     device_columns = [c for c in columns if CONFIGS[c][0] == "device"]
