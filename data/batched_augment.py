@@ -40,9 +40,10 @@ different draws (same distributions, not the same stream).
 Speed: the batch is processed by eager elementwise ops, which is what a GPU is good at. On CPU
 each op allocates a (B, 3, H, W) float temporary of megabytes, which glibc maps and unmaps each
 time unless the allocator is tuned (``utils/allocator.py``, which the scripts apply on CPU): at
-CIFAR size, batch 256 on 2 cores, ~17,000 views/s tuned against ~9,000 untuned and ~4,200 for the
-per-image pipeline in 2 workers (``bench/throughput.py``). At 96-224 px the temporaries do not fit
-in cache and the per-image pipeline is competitive on CPU (``bench/augment_speed.py``).
+CIFAR size, batch 256 on 2 cores, ~15,000-17,000 views/s tuned against ~11,000 untuned and
+~2,700-4,200 for the per-image pipeline in 2 workers (``bench/throughput.py``; README, Results).
+At 96-224 px the temporaries do not fit in cache and the per-image pipeline is competitive on CPU
+(``bench/augment_speed.py``).
 """
 from __future__ import annotations
 
