@@ -50,6 +50,7 @@ from evaluation.logreg import stratified_split
 from models.head import ProjectionHead
 from models.resnet import ARCHS, STEMS, ResNetBackbone, build_backbone
 from optim.lars import LARS
+from training.recipe import recipe
 from optim.schedules import scaled_lr, warmup_constant, warmup_cosine
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import (
@@ -288,7 +289,7 @@ def build_model(args: argparse.Namespace):
     arch = args.arch or saved.get("arch")
     if arch is None or dataset is None:
         raise UserError("--from-scratch without a checkpoint (or with a plain state_dict) needs --arch and --dataset")
-    stem = args.stem or saved.get("stem") or dataset_info(dataset).stem
+    stem = args.stem or saved.get("stem") or recipe(dataset)["stem"]
     torch.manual_seed(args.seed)
     backbone = build_backbone(arch, stem, args.width_multiplier or saved.get("width_multiplier", 1))
     head = build_head(backbone.num_features, saved, args.from_head_layer, None)

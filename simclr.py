@@ -56,6 +56,7 @@ from models.simclr import SimCLR
 from optim.lars import LARS
 from optim.schedules import scaled_lr, warmup_constant, warmup_cosine
 from training.gradcache import gradcache_step
+from training.recipe import recipe
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import (
     checkpoint_path,
@@ -77,14 +78,6 @@ from utils.distributed import (
 from utils.errors import UserError, run_cli
 from utils.interrupt import StopRequest
 
-# Defaults that differ between the paper's CIFAR-10 recipe (Appendix B.9 and the official
-# single-GPU command) and its ImageNet recipe (Sec. B.1). STL-10 (96px ImageNet-like photos)
-# takes the CIFAR optimisation and the ImageNet augmentation: our choice, not the paper's.
-RECIPES = {
-    "cifar": dict(base_lr=1.0, weight_decay=1e-4, temperature=0.5, jitter_strength=0.5, blur=False),
-    "stl": dict(base_lr=1.0, weight_decay=1e-4, temperature=0.5, jitter_strength=1.0, blur=True),
-    "imagenet": dict(base_lr=0.3, weight_decay=1e-6, temperature=0.1, jitter_strength=1.0, blur=True),
-}
 LOG_FIELDS = ["epoch", "step", "lr", "loss", "images_per_s", "knn_top1"]
 
 
@@ -168,11 +161,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fill dataset-dependent defaults and reject values that cannot train."""
-    info = dataset_info(args.dataset)
-    args.stem = args.stem or info.stem
-    args.image_size = args.image_size or info.image_size
-    recipe = RECIPES[info.stem]
-    for key, value in recipe.items():
+    dataset_info(args.dataset)  # a clear error for an unknown name
+    for key, value in recipe(args.dataset).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     checks = [

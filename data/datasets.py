@@ -32,8 +32,6 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class DatasetInfo:
     family: str  # cifar10 | cifar100 | stl10 | imagefolder
-    image_size: int  # training crop side
-    stem: str  # ResNet stem for this image size
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     in_memory: bool
@@ -41,16 +39,16 @@ class DatasetInfo:
     test_split: str
 
 
-_CIFAR10 = DatasetInfo("cifar10", 32, "cifar", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True,
+_CIFAR10 = DatasetInfo("cifar10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True,
                        "train", "test")
 DATASETS: dict[str, DatasetInfo] = {
     "cifar10": _CIFAR10,
     "cifar10-sample": _CIFAR10,  # the few hundred CIFAR-10 images bundled in samples/
-    "cifar100": DatasetInfo("cifar100", 32, "cifar", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,
+    "cifar100": DatasetInfo("cifar100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,
                             "train", "test"),
-    "stl10": DatasetInfo("stl10", 96, "stl", (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), True,
+    "stl10": DatasetInfo("stl10", (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), True,
                          "train+unlabeled", "test"),
-    "imagenet": DatasetInfo("imagefolder", 224, "imagenet", IMAGENET_MEAN, IMAGENET_STD, False, "train", "val"),
+    "imagenet": DatasetInfo("imagefolder", IMAGENET_MEAN, IMAGENET_STD, False, "train", "val"),
 }
 
 

@@ -5,6 +5,7 @@ import torch
 
 from data.datasets import DatasetInfo, dataset_info
 from models.resnet import ResNetBackbone, build_backbone
+from training.recipe import recipe
 from utils.checkpoint import find_checkpoint, load_checkpoint
 from utils.errors import UserError
 
@@ -58,4 +59,4 @@ def evaluation_target(ckpt: str, saved: dict, dataset: str | None,
         raise UserError(f"{ckpt} does not say which dataset it was trained on: pass --dataset")
     info = dataset_info(dataset)
     trained_size = saved.get("image_size") if dataset == saved.get("dataset") else None
-    return dataset, info, image_size or trained_size or info.image_size
+    return dataset, info, image_size or trained_size or recipe(dataset)["image_size"]

@@ -1,16 +1,16 @@
 """LARS (You et al. 2017) as in the official SimCLR TF code (``lars_optimizer.py``).
 
-For every parameter w with ``w.ndim > 1`` (convolution and linear weights)::
+For every parameter w of a group with ``adapt=True`` (the default)::
 
     g     <- g + weight_decay * w
     trust <- eta * ||w|| / ||g||        (1 where either norm is 0)
     v     <- momentum * v + lr * trust * g
     w     <- w - v
 
-Parameters with ``w.ndim == 1`` (BN scales and shifts, biases) get neither weight decay nor
-the trust ratio: ``v <- momentum * v + lr * g``. One rule, by shape, no name matching. A param
-group with ``adapt=False`` gets that plain momentum update for all its parameters (the official
-fine-tuning code excludes its supervised head from LARS this way).
+A group with ``adapt=False`` gets neither weight decay nor the trust ratio:
+``v <- momentum * v + lr * g``. Which parameters adapt is decided once, by ``optim.groups.param_groups``
+(weights with ndim > 1 adapt; BN parameters, biases and the fine-tuning classifier do not, as the
+official code's exclusions).
 
 ``foreach=True`` (the default) updates all the parameters of a group with ``torch._foreach_*``
 ops (a few multi-tensor kernels on a GPU instead of about ten small kernels per parameter, and
@@ -65,7 +65,7 @@ def _update_loop(params: list[torch.Tensor], bufs: list[torch.Tensor], group: di
     lr, m, wd, eta = group["lr"], group["momentum"], group["weight_decay"], group["trust_coefficient"]
     for p, v in zip(params, bufs):
         g = p.grad
-        if p.ndim > 1 and group["adapt"]:
+        if group["adapt"]:
             if wd != 0:
                 g = g.add(p, alpha=wd)
             g = g * _trust(torch.linalg.vector_norm(p), torch.linalg.vector_norm(g), eta)
@@ -77,9 +77,10 @@ def _update_foreach(params: list[torch.Tensor], bufs: list[torch.Tensor], group:
     """The same update as ``_update_loop`` with multi-tensor ops, one device and dtype per call."""
     by_kind: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
-        by_kind.setdefault((p.device, p.dtype, p.ndim > 1 and group["adapt"]), []).append(i)
+        by_kind.setdefault((p.device, p.dtype), []).append(i)
     lr, m, wd, eta = group["lr"], group["momentum"], group["weight_decay"], group["trust_coefficient"]
-    for (_, _, adapt), idx in by_kind.items():
+    adapt = group["adapt"]
+    for idx in by_kind.values():
         ps, vs = [params[i] for i in idx], [bufs[i] for i in idx]
         gs = [p.grad for p in ps]
         if adapt:

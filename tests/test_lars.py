@@ -3,7 +3,13 @@ import numpy as np
 import pytest
 import torch
 
+from optim.groups import param_groups
 from optim.lars import LARS
+
+
+def holder(params):
+    """A module holding ``params``, for optim.groups.param_groups."""
+    return torch.nn.ParameterList(params)
 
 
 def reference_lars(ws, grads_per_step, lr, m, wd, eta):
@@ -32,7 +38,7 @@ def test_matches_formula_over_steps(wd, foreach):
     ws.append(np.zeros((3, 2), np.float32))  # zero weight: trust ratio 1
     grads = [[rng.standard_normal(w.shape).astype(np.float32) for w in ws] for _ in range(4)]
     params = [torch.nn.Parameter(torch.from_numpy(w.copy())) for w in ws]
-    opt = LARS(params, lr=0.7, momentum=0.9, weight_decay=wd, trust_coefficient=1e-3, foreach=foreach)
+    opt = LARS(param_groups(holder(params), wd), lr=0.7, momentum=0.9, trust_coefficient=1e-3, foreach=foreach)
     for step_grads in grads:
         for p, g in zip(params, step_grads):
             p.grad = torch.from_numpy(g.copy())
@@ -44,7 +50,7 @@ def test_matches_formula_over_steps(wd, foreach):
 
 def test_one_dim_params_get_plain_momentum_sgd_without_decay():
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
-    opt = LARS([p], lr=0.1, momentum=0.9, weight_decay=0.5)
+    opt = LARS(param_groups(holder([p]), 0.5), lr=0.1, momentum=0.9)
     p.grad = torch.tensor([1.0, 1.0, 1.0])
     opt.step()
     torch.testing.assert_close(p.detach(), torch.tensor([0.9, -2.1, 2.9]))
@@ -102,9 +108,7 @@ def test_foreach_update_equals_the_loop_on_a_network():
     opts = []
     for net, foreach in zip(nets, (True, False)):
         net.head.layers[0][0].weight.data.zero_()
-        body = [p for n, p in net.named_parameters() if not n.startswith("head.layers.1")]
-        opts.append(LARS([{"params": body}, {"params": list(net.head.layers[1].parameters()), "adapt": False}],
-                         lr=0.3, weight_decay=1e-4, foreach=foreach))
+        opts.append(LARS(param_groups(net, 1e-4, plain=net.head.layers[1]), lr=0.3, foreach=foreach))
     for step in range(3):
         grads = [torch.randn_like(p) for p in nets[0].parameters()]
         for net, opt in zip(nets, opts):

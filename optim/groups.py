@@ -1,0 +1,19 @@
+"""Parameter groups: the one weight-decay split of every optimiser here (LARS, SGD, fine-tuning)."""
+from __future__ import annotations
+
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float, plain: nn.Module | None = None) -> list[dict]:
+    """Weights (ndim > 1) get ``weight_decay`` and LARS adaptation; BN parameters and biases (ndim <= 1)
+    get neither, as the official code's exclusion of 'batch_normalization' and 'bias'. Parameters of
+    ``plain`` (the fine-tuning classifier: the official ``head_supervised``) get neither either.
+    Frozen parameters (requires_grad False) are left out; empty groups are dropped."""
+    excluded = {id(p) for p in plain.parameters()} if plain is not None else set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in excluded]
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "adapt": True},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "adapt": False}]
+    if plain is not None:
+        groups.append({"params": [p for p in plain.parameters() if p.requires_grad], "weight_decay": 0.0,
+                       "adapt": False})
+    return [g for g in groups if g["params"]]
