@@ -49,6 +49,7 @@ from evaluation.load import checkpoint_args, evaluation_target, load_backbone, s
 from evaluation.logreg import stratified_split
 from models.head import ProjectionHead
 from models.resnet import ARCHS, STEMS, ResNetBackbone, build_backbone
+from optim.groups import param_groups
 from optim.lars import LARS
 from training.recipe import recipe
 from optim.schedules import scaled_lr, warmup_constant, warmup_cosine
@@ -233,19 +234,11 @@ def build_head(in_dim: int, saved: dict, keep: int, state: dict | None) -> KeptH
 # Optimisation
 # --------------------------------------------------------------------------------------------------
 def build_optimizer(model: FineTuneNet, args: argparse.Namespace, lr: float) -> torch.optim.Optimizer:
-    classifier = list(model.classifier.parameters())
-    ids = {id(p) for p in classifier}
-    body = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    """LARS with the classifier excluded from adaptation (the official ``head_supervised``), or SGD."""
+    groups = param_groups(model, args.weight_decay, plain=model.classifier)
     if args.optimizer == "lars":
-        groups = [{"params": classifier, "adapt": False}]
-        if body:
-            groups.insert(0, {"params": body})
-        return LARS(groups, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                    trust_coefficient=args.trust_coefficient)
-    groups = [{"params": [p for p in body if p.ndim > 1], "weight_decay": args.weight_decay},
-              {"params": [p for p in body if p.ndim <= 1] + classifier, "weight_decay": 0.0}]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=args.momentum,
-                           nesterov=args.nesterov)
+        return LARS(groups, lr=lr, momentum=args.momentum, trust_coefficient=args.trust_coefficient)
+    return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=args.nesterov)
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, autocast: bool,

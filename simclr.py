@@ -53,6 +53,7 @@ from evaluation.knn import knn_accuracy
 from models.loss import NTXentLoss
 from models.resnet import ARCHS, STEMS
 from models.simclr import SimCLR
+from optim.groups import param_groups
 from optim.lars import LARS
 from optim.schedules import scaled_lr, warmup_constant, warmup_cosine
 from training.gradcache import gradcache_step
@@ -184,13 +185,10 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """LARS (or SGD); weight decay on weights with ndim > 1 only, the same rule as LARS's adaptation."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """LARS (or SGD) over optim.groups.param_groups: weight decay (and LARS adaptation) on weights only."""
+    groups = param_groups(model, args.weight_decay)
     if args.optimizer == "lars":
-        return LARS(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                    trust_coefficient=args.trust_coefficient)
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": args.weight_decay},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        return LARS(groups, lr=args.lr, momentum=args.momentum, trust_coefficient=args.trust_coefficient)
     return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
 
 

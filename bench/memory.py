@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models.loss import NTXentLoss  # noqa: E402
 from models.simclr import SimCLR  # noqa: E402
+from optim.groups import param_groups  # noqa: E402
 from optim.lars import LARS  # noqa: E402
 from utils.allocator import tune_cpu_allocator  # noqa: E402
 
@@ -64,7 +65,7 @@ def measure(batch: int, chunk: int, args: argparse.Namespace, device: torch.devi
     tune_cpu_allocator(device)  # as simclr.py does on CPU
     torch.manual_seed(0)
     model = SimCLR(args.arch, args.stem, proj_dim=128).to(device).train()
-    optimizer = LARS(model.parameters(), lr=0.1, weight_decay=1e-6)
+    optimizer = LARS(param_groups(model, 1e-6), lr=0.1)
     criterion = NTXentLoss(0.5)
     step_args = argparse.Namespace(chunk_size=chunk, precision=args.precision, channels_last=args.precision == "bf16")
     if step_args.channels_last:

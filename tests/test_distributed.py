@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import simclr
 from models.loss import NTXentLoss
+from optim.groups import param_groups
 from optim.lars import LARS
 from tests.dist_helpers import TinyNet, free_port, grads, max_rel_err, spawn, tiny_batch
 from tests.tiny_data import write_image_folder, write_paths
@@ -69,7 +70,7 @@ def _ddp_worker(info: DistInfo, out_dir: str) -> None:
     torch.manual_seed(0)
     model = convert_sync_batchnorm(TinyNet(), "cpu")
     ddp = DistributedDataParallel(model)
-    opt = LARS(model.parameters(), lr=2.0, momentum=0.9, weight_decay=1e-4, trust_coefficient=0.02)
+    opt = LARS(param_groups(model, 1e-4), lr=2.0, momentum=0.9, trust_coefficient=0.02)
     for s in range(STEPS):
         x1, x2 = tiny_batch(PAIRS, seed=1 + s)
         opt.zero_grad()
@@ -119,7 +120,7 @@ def test_parameters_stay_identical_across_ranks_and_follow_one_process(ddp_resul
     torch.manual_seed(0)
     model = TinyNet()
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = LARS(model.parameters(), lr=2.0, momentum=0.9, weight_decay=1e-4, trust_coefficient=0.02)
+    opt = LARS(param_groups(model, 1e-4), lr=2.0, momentum=0.9, trust_coefficient=0.02)
     for s in range(STEPS):
         opt.zero_grad()
         step_loss(model, *tiny_batch(PAIRS, seed=1 + s)).backward()

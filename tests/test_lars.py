@@ -135,3 +135,21 @@ def test_state_saved_before_the_adapt_and_foreach_options_still_loads():
     fresh.load_state_dict(old)
     assert fresh.param_groups[0]["adapt"] is True and fresh.param_groups[0]["foreach"] is True
     fresh.step()  # the momentum buffer carried over: v = 0.9 v1 + lr * trust * g
+
+
+def test_param_groups_split_by_shape_and_exclude_frozen_and_plain():
+    """Weights decay and adapt; BN parameters and biases do neither; the ``plain`` module (the fine-tuning
+    classifier) neither; frozen parameters are in no group."""
+    from models.simclr import SimCLR
+
+    net = SimCLR("resnet18", "cifar", 16)
+    net.backbone.conv1.requires_grad_(False)
+    groups = param_groups(net, 1e-4, plain=net.head.layers[1])
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    plain = ids(net.head.layers[1].parameters())
+    trained = [p for p in net.parameters() if p.requires_grad]
+    assert [(g["weight_decay"], g["adapt"]) for g in groups] == [(1e-4, True), (0.0, False), (0.0, False)]
+    assert ids(groups[0]["params"]) == {id(p) for p in trained if p.ndim > 1 and id(p) not in plain}
+    assert ids(groups[1]["params"]) == {id(p) for p in trained if p.ndim <= 1 and id(p) not in plain}
+    assert ids(groups[2]["params"]) == plain
+    assert id(net.backbone.conv1.weight) not in set().union(*(ids(g["params"]) for g in groups))
