@@ -37,17 +37,14 @@ import time
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
-from torchvision import transforms as T
 from tqdm import tqdm
 
-from data.augment import eval_transform, random_resized_crop, simclr_augmentation
-from data.batched_augment import BatchedSimCLRAugment
+from data.augment import eval_transform
 from data.datasets import DATASETS, ArrayImages, dataset_info, load_split
-from data.device_views import DeviceFinish, DeviceTwoViews
+from data.loaders import two_view_batches
 from data.paths import DEFAULT_PATHS_FILE
 from data.sampler import EpochSampler
-from data.views import Transformed, TwoViews
+from data.views import Transformed
 from evaluation.features import extract_features
 from evaluation.knn import knn_accuracy
 from models.loss import NTXentLoss
@@ -122,10 +119,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="projection hidden size (default: the encoder's feature size, 2048 for ResNet-50)")
     p.add_argument("--proj-layers", type=int, default=2, help="linear layers in the head; 3 is SimCLRv2 (default: 2)")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
-    p.add_argument("--augment-on", default="auto", choices=["auto", "device", "workers"],
+    p.add_argument("--augment-on", default="device", choices=["device", "workers"],
                    help="device: augmentation in batches on the training device (in-memory datasets live there\n"
                         "as uint8; for image trees the workers only decode and crop); workers: per-image\n"
-                        "torchvision in DataLoader workers; auto: device (default: auto)")
+                        "torchvision in DataLoader workers (default: device)")
     p.add_argument("--test-freq", type=int, default=10,
                    help="kNN accuracy (k=200, t=0.1) on the test set every N epochs; 0 disables (default: 10)")
     p.add_argument("--knn-k", type=int, default=200, help="neighbours of the kNN monitor (default: 200)")
@@ -333,27 +330,12 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> dict:
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({len(pretrain)} images): "
                         f"use --batch-size {len(pretrain)} or less")
     args.native_size = pretrain.images.shape[1] if isinstance(pretrain, ArrayImages) else None
-    if args.augment_on == "auto":
-        args.augment_on = "device"
-    # Each rank takes every W-th image of the same seeded permutation; its views are keyed by (epoch, image)
-    # (workers) or by (seed, rank, epoch, batch) (device), so a resumed run sees the same views.
+    # Each rank takes every W-th image of the same seeded permutation (EpochSampler).
     sampler = EpochSampler(len(pretrain), seed=args.seed, num_replicas=world, rank=dist_info.rank)
-    on_device = args.augment_on == "device"
-    if on_device and isinstance(pretrain, ArrayImages):  # the whole dataset on the device, no workers
-        augment = BatchedSimCLRAugment(args.image_size, args.jitter_strength, args.blur, mean=info.mean,
-                                       std=info.std).to(device)
-        loader = DeviceTwoViews(pretrain.images, augment, args.batch_size // world, sampler, device, seed=args.seed,
-                                rank=dist_info.rank)
-    else:
-        transform = (T.Compose([random_resized_crop(args.image_size), T.PILToTensor()]) if on_device  # uint8 crops
-                     else simclr_augmentation(args.image_size, args.jitter_strength, args.blur, info.mean, info.std))
-        loader = DataLoader(TwoViews(pretrain, transform, seed=args.seed), batch_size=args.batch_size // world,
-                            sampler=sampler, num_workers=args.num_workers, drop_last=True,
-                            pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
-        if on_device:  # images from disk: crops in the workers, flip/colour/blur on the device
-            finish = BatchedSimCLRAugment(args.image_size, args.jitter_strength, args.blur, mean=info.mean,
-                                          std=info.std, scale=(1.0, 1.0), ratio=(1.0, 1.0)).to(device)
-            loader = DeviceFinish(loader, finish, sampler, device, seed=args.seed, rank=dist_info.rank)
+    loader = two_view_batches(pretrain, sampler, args.batch_size // world, image_size=args.image_size,
+                              jitter_strength=args.jitter_strength, blur=args.blur, mean=info.mean, std=info.std,
+                              device=device, seed=args.seed, rank=dist_info.rank, num_workers=args.num_workers,
+                              augment_on=args.augment_on)
     steps_per_epoch = len(pretrain) // args.batch_size  # = len(loader) on every rank
     total_steps = steps_per_epoch * args.num_epochs
     warmup_steps = round(args.warmup_epochs * steps_per_epoch)
