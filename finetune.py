@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.augment import eval_transform, train_linear_transform
-from data.datasets import DATASETS, ArrayImages, dataset_info, load_train_test
+from data.datasets import DATASETS, ArrayImages, load_train_test
 from data.paths import DEFAULT_PATHS_FILE
 from data.sampler import EpochSampler
 from data.subsets import (

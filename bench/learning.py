@@ -13,17 +13,24 @@ the training log (<out-dir>/pretrain.csv) can be drawn with scripts/plot.py.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-import lbfgs_linear_clf  # noqa: E402
-import simclr  # noqa: E402
 from data.paths import DEFAULT_PATHS_FILE  # noqa: E402
-from utils.errors import run_cli  # noqa: E402
+from utils.errors import UserError, run_cli  # noqa: E402
+
+
+def script(name: str, argv: list[str]) -> None:
+    """Run one of the repository's scripts as a user would, its output passed through."""
+    if subprocess.run([sys.executable, os.path.join(ROOT, name)] + argv).returncode:
+        raise UserError(f"{name} failed (see its message above)")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -57,17 +64,21 @@ def main(args: argparse.Namespace) -> dict:
     if os.path.isfile(ckpt):
         pre_args.append("--resume")
     t0 = time.time()
-    pre = simclr.main(simclr.get_args_parser().parse_args(pre_args))
+    script("simclr.py", pre_args)
     pretrain_s = time.time() - t0
+    with open(os.path.join(args.out_dir, "pretrain.csv"), newline="") as f:
+        knn = [float(row["knn_top1"]) for row in csv.DictReader(f) if row["knn_top1"]]
     results = {}
     for name, extra in (("pretrained", []), ("random_init", ["--random-init"])):
-        t = time.time()
-        summary = lbfgs_linear_clf.main(lbfgs_linear_clf.get_args_parser().parse_args(
-            ["--load-from", ckpt, "--dataset-paths", args.dataset_paths, "--num-workers", str(args.num_workers),
-             "--seed", str(args.seed), "--device", args.device] + extra))
+        t, output = time.time(), os.path.join(args.out_dir, f"lbfgs-{name}.json")
+        script("lbfgs_linear_clf.py", ["--load-from", ckpt, "--dataset-paths", args.dataset_paths, "--num-workers",
+                                       str(args.num_workers), "--seed", str(args.seed), "--device", args.device,
+                                       "--output", output] + extra)
+        with open(output) as f:
+            summary = json.load(f)
         results[name] = {"test_acc": summary["test_acc"], "best_l2": summary["best_l2"], "seconds": time.time() - t}
     out = {"dataset": args.dataset, "arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size,
-           "seed": args.seed, "pretrain_seconds_this_command": pretrain_s, "knn_top1": pre["knn"], **results,
+           "seed": args.seed, "pretrain_seconds_this_command": pretrain_s, "knn_top1": knn, **results,
            "difference": results["pretrained"]["test_acc"] - results["random_init"]["test_acc"]}
     with open(os.path.join(args.out_dir, "summary.json"), "w") as f:
         json.dump(out, f, indent=1)

@@ -6,7 +6,7 @@ step grows linearly; the price is a second forward pass.
 
     python bench/memory.py --batch-sizes 64 128 256 --chunk-size 32 --steps 2 --device cpu
 
-The step is ``simclr.compute_gradients`` (the training loop's) plus an optimizer step, on random
+The step is ``training.step.simclr_step`` (the training loop's) plus an optimizer step, on random
 images, for a ResNet (default resnet18, CIFAR stem, 32x32). Memory: on GPU the growth of
 ``torch.cuda.max_memory_allocated`` over the step (weights, gradients and optimizer state already
 allocated); on CPU the growth of the peak resident set size (``ru_maxrss``) over the resident size
@@ -32,7 +32,9 @@ from models.loss import NTXentLoss  # noqa: E402
 from models.simclr import SimCLR  # noqa: E402
 from optim.groups import param_groups  # noqa: E402
 from optim.lars import LARS  # noqa: E402
+from training.step import simclr_step  # noqa: E402
 from utils.allocator import tune_cpu_allocator  # noqa: E402
+from utils.precision import AtPrecision, resolve_precision  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -46,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=32, help="image side in pixels")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto: bf16 on GPU, fp32 on CPU")
+                   help="as simclr.py: auto is bf16 on GPUs with native bf16, else fp32")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--plain-up-to", type=int, default=None, metavar="BATCH",
                    help="run without chunking only up to this batch (None: every batch)")
@@ -61,21 +63,18 @@ def _rss_bytes() -> int:
 
 def measure(batch: int, chunk: int, args: argparse.Namespace, device: torch.device) -> dict:
     """One configuration in this process: peak memory growth (bytes) and views/s."""
-    import simclr  # the training loop's step
     tune_cpu_allocator(device)  # as simclr.py does on CPU
     torch.manual_seed(0)
-    model = SimCLR(args.arch, args.stem, proj_dim=128).to(device).train()
+    precision = resolve_precision(args.precision, device)
+    model = SimCLR(args.arch, args.stem, proj_dim=128).to(device, memory_format=precision.memory_format).train()
     optimizer = LARS(param_groups(model, 1e-6), lr=0.1)
-    criterion = NTXentLoss(0.5)
-    step_args = argparse.Namespace(chunk_size=chunk, precision=args.precision, channels_last=args.precision == "bf16")
-    if step_args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    net, criterion = AtPrecision(model, precision), NTXentLoss(0.5)
 
     def step(n: int) -> None:
         x1 = torch.randn(n, 3, args.image_size, args.image_size, device=device)
         x2 = torch.randn_like(x1)
         optimizer.zero_grad(set_to_none=False)
-        simclr.compute_gradients(model, x1, x2, criterion, step_args, device)
+        simclr_step(net, x1, x2, criterion, chunk)
         optimizer.step()
 
     step(2)  # gradients and optimizer state exist from here on
@@ -97,7 +96,7 @@ def measure(batch: int, chunk: int, args: argparse.Namespace, device: torch.devi
     timed = times[1:] or times
     views_per_s = 2 * batch * len(timed) / sum(timed)
     return {"batch": batch, "chunk": chunk, "peak_bytes": max(total - base, 0), "total_bytes": total,
-            "views_per_s": views_per_s}
+            "views_per_s": views_per_s, "precision": precision.name}
 
 
 def measure_or_oom(batch: int, chunk: int, args: argparse.Namespace, device: torch.device) -> dict:
@@ -120,7 +119,8 @@ def run_isolated(batch: int, chunk: int, argv: list[str]) -> dict:
 
 
 def format_table(rows: list[dict], device: torch.device, args: argparse.Namespace) -> str:
-    lines = [f"{args.arch} ({args.stem} stem), {args.image_size}px, {args.precision}, {device}, "
+    precision = next((r["precision"] for r in rows if "precision" in r), args.precision)
+    lines = [f"{args.arch} ({args.stem} stem), {args.image_size}px, {precision}, {device}, "
              f"peak = {'max_memory_allocated' if device.type == 'cuda' else 'peak RSS'} growth over the step",
              "| batch | chunk | peak growth MiB | peak total MiB | views/s |", "|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -140,8 +140,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.threads)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
-    if args.precision == "auto":
-        args.precision = "bf16" if use_cuda else "fp32"
     if args.one:
         print(json.dumps(measure(*args.one, args, device)))
         return []

@@ -30,7 +30,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-import simclr  # noqa: E402
 from data.augment import simclr_augmentation  # noqa: E402
 from data.batched_augment import BatchedSimCLRAugment  # noqa: E402
 from data.datasets import ArrayImages, dataset_info, load_split  # noqa: E402
@@ -39,8 +38,13 @@ from data.sampler import EpochSampler  # noqa: E402
 from data.views import TwoViews  # noqa: E402
 from models.loss import NTXentLoss  # noqa: E402
 from models.simclr import SimCLR  # noqa: E402
+from optim.groups import build_optimizer  # noqa: E402
+from optim.schedules import scaled_lr  # noqa: E402
+from training.recipe import recipe  # noqa: E402
+from training.step import simclr_step  # noqa: E402
 from utils.allocator import tune_cpu_allocator  # noqa: E402
 from utils.distributed import select_device  # noqa: E402
+from utils.precision import AtPrecision, resolve_precision  # noqa: E402
 
 # (name, path, malloc tuning) of each column
 CONFIGS = {"a": ("workers", False), "b": ("device", False), "c": ("device", True)}
@@ -64,16 +68,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def step_args(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
-    """simclr.py's own options for this model, so the timed step is the training script's step."""
-    a = simclr.get_args_parser().parse_args(["--dataset", args.dataset, "--arch", args.arch, "--batch-size",
-                                             str(args.batch_size), "--precision", args.precision,
-                                             "--device", device.type] + (["--compile"] if args.compile else []))
-    a = simclr.resolve_args(a)
-    if a.precision == "auto":
-        a.precision = "bf16" if device.type == "cuda" else "fp32"
-    a.channels_last = a.precision == "bf16" if a.channels_last is None else a.channels_last
-    return a
+def settings(args: argparse.Namespace, device: torch.device) -> tuple[dict, object]:
+    """The dataset's recipe (as simclr.py's defaults) and the precision simclr.py would run at."""
+    return recipe(args.dataset), resolve_precision(args.precision, device)
 
 
 def timed(fn, steps: int, device: torch.device, warmup: int = 1) -> float:
@@ -98,31 +95,29 @@ def measure(args: argparse.Namespace) -> dict:
     if tuned:
         tune_cpu_allocator(device)
     torch.manual_seed(0)
-    sargs = step_args(args, device)
+    r, precision = settings(args, device)
     info = dataset_info(args.dataset)
     base = load_split(args.dataset, "pretrain")
     need = (args.steps + 1) * args.batch_size * 2
     reps = -(-need // len(base))
     images = ArrayImages(np.concatenate([base.images] * reps), np.concatenate([base.labels] * reps), base.classes)
-    size = sargs.image_size
+    size = r["image_size"]
 
-    model = SimCLR(args.arch, sargs.stem).to(device).train()
-    if sargs.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if sargs.compile:
+    model = SimCLR(args.arch, r["stem"]).to(device, memory_format=precision.memory_format).train()
+    optimizer = build_optimizer(model, "lars", scaled_lr(r["base_lr"], args.batch_size, "linear"), r["weight_decay"])
+    if args.compile:
         model.compile()
-    optimizer = simclr.build_optimizer(model, sargs)
-    criterion = NTXentLoss(sargs.temperature)
+    net, criterion = AtPrecision(model, precision), NTXentLoss(r["temperature"])
 
     def step(x1, x2):
         optimizer.zero_grad(set_to_none=True)
-        simclr.compute_gradients(model, x1, x2, criterion, sargs, device)
+        simclr_step(net, x1, x2, criterion)
         optimizer.step()
 
     sampler = EpochSampler(len(images), seed=0)
-    augment = BatchedSimCLRAugment(size, sargs.jitter_strength, sargs.blur, mean=info.mean, std=info.std).to(device)
+    augment = BatchedSimCLRAugment(size, r["jitter_strength"], r["blur"], mean=info.mean, std=info.std).to(device)
     if path == "workers":
-        batches = DataLoader(TwoViews(images, simclr_augmentation(size, sargs.jitter_strength, sargs.blur, info.mean,
+        batches = DataLoader(TwoViews(images, simclr_augmentation(size, r["jitter_strength"], r["blur"], info.mean,
                                                                   info.std)),
                              batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers, drop_last=True,
                              pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
@@ -202,10 +197,10 @@ def main(args: argparse.Namespace) -> dict:
     device_columns = [c for c in columns if CONFIGS[c][0] == "device"]
     keys = {c: ("aug", "step", "ceiling") if c in device_columns else ("aug", "step") for c in columns}
     med = {c: {k: statistics.median(res[k] for res in results[c]) for k in keys[c]} for c in columns}
-    sargs = step_args(args, device)
+    r, precision = settings(args, device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
-    print(f"\n{args.arch} ({sargs.stem} stem), batch {args.batch_size} ({2 * args.batch_size} views/step), "
-          f"{sargs.precision}{' channels_last' if sargs.channels_last else ''}, {name}; views/s, median of "
+    print(f"\n{args.arch} ({r['stem']} stem), batch {args.batch_size} ({2 * args.batch_size} views/step), "
+          f"{precision.name}{' channels_last' if precision.channels_last else ''}, {name}; views/s, median of "
           f"{args.rounds} rounds of {args.steps} steps")
     print(f"{'':22}" + "".join(f"{LABELS[c]:>14}" for c in columns) + "".join(f"{c + '/a':>8}" for c in columns[1:]))
     for key, label in (("aug", "augmentation alone"), ("step", "full training step")):

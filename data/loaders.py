@@ -7,10 +7,11 @@ from torchvision import transforms as T
 
 from data.augment import random_resized_crop, simclr_augmentation
 from data.batched_augment import BatchedSimCLRAugment
-from data.datasets import ArrayImages
+from data.datasets import ArrayImages, dataset_info, load_split
 from data.device_views import DeviceFinish, DeviceTwoViews
 from data.sampler import EpochSampler
 from data.views import TwoViews
+from utils.errors import UserError
 
 
 def two_view_batches(images, sampler: EpochSampler, batch_size: int, *, image_size: int, jitter_strength: float,
@@ -35,3 +36,22 @@ def two_view_batches(images, sampler: EpochSampler, batch_size: int, *, image_si
                         num_workers=num_workers, drop_last=True, pin_memory=device.type == "cuda",
                         persistent_workers=num_workers > 0)
     return DeviceFinish(loader, augment(scale=(1.0, 1.0), ratio=(1.0, 1.0)), sampler, device, seed=seed, rank=rank)
+
+
+def pretrain_input(dataset: str, paths_file: str, batch_size: int, *, world: int, rank: int, seed: int,
+                   device: torch.device, **views):
+    """The pretraining split of ``dataset``, this process's EpochSampler (every ``world``-th image of each epoch's
+    permutation) and its ``two_view_batches`` (``views``: their keyword options but mean and std, which are the
+    dataset's). ``batch_size`` is the global batch, split evenly among the ``world`` processes."""
+    if batch_size % world:
+        raise UserError(f"--batch-size {batch_size} is the global batch and must be divisible by the number of "
+                        f"processes ({world}): use --batch-size {batch_size // world * world or world}")
+    images = load_split(dataset, "pretrain", paths_file)
+    if len(images) < batch_size:
+        raise UserError(f"--batch-size {batch_size} is larger than the dataset ({len(images)} images): "
+                        f"use --batch-size {len(images)} or less")
+    info = dataset_info(dataset)
+    sampler = EpochSampler(len(images), seed=seed, num_replicas=world, rank=rank)
+    batches = two_view_batches(images, sampler, batch_size // world, mean=info.mean, std=info.std, device=device,
+                               seed=seed, rank=rank, **views)
+    return images, sampler, batches

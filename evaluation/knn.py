@@ -5,6 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from data.augment import eval_transform
+from data.datasets import dataset_info, load_split
+from data.views import Transformed
+from evaluation.features import extract_features
+
 
 @torch.no_grad()
 def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
@@ -30,3 +35,24 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     """Top-1 accuracy in percent of :func:`knn_predict`."""
     pred = knn_predict(train_features, train_labels, test_features, num_classes, k, temperature)
     return 100.0 * (pred.cpu() == test_labels.cpu()).float().mean().item()
+
+
+class KNNMonitor:
+    """kNN top-1 (%) of a dataset's test split against its training split, on a backbone's features of
+    un-augmented images, at ``precision`` (utils.precision.Precision): the monitor of pretraining."""
+
+    def __init__(self, dataset: str, paths_file: str, image_size: int, native_size: int | None,
+                 device: torch.device, precision, num_workers: int = 0, k: int = 200) -> None:
+        info = dataset_info(dataset)
+        self.transform = eval_transform(image_size, info.mean, info.std, native_size)
+        self.train_set, self.test_set = (load_split(dataset, split, paths_file) for split in ("train", "test"))
+        self.device, self.precision, self.num_workers, self.k = device, precision, num_workers, k
+
+    def features(self, backbone: torch.nn.Module, images, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return extract_features(backbone, Transformed(images, self.transform), self.device, batch_size=512,
+                                num_workers=self.num_workers, autocast_dtype=self.precision.dtype, desc=desc)
+
+    def __call__(self, backbone: torch.nn.Module) -> float:
+        x_train, y_train = self.features(backbone, self.train_set, "kNN: train features")
+        x_test, y_test = self.features(backbone, self.test_set, "kNN: test features")
+        return knn_accuracy(x_train.to(self.device), y_train, x_test, y_test, len(self.train_set.classes), k=self.k)

@@ -1,7 +1,10 @@
 """Parameter groups: the one weight-decay split of every optimiser here (LARS, SGD, fine-tuning)."""
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+from optim.lars import LARS
 
 
 def param_groups(model: nn.Module, weight_decay: float, plain: nn.Module | None = None) -> list[dict]:
@@ -17,3 +20,15 @@ def param_groups(model: nn.Module, weight_decay: float, plain: nn.Module | None 
         groups.append({"params": [p for p in plain.parameters() if p.requires_grad], "weight_decay": 0.0,
                        "adapt": False})
     return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9,
+                    trust_coefficient: float = 1e-3, plain: nn.Module | None = None,
+                    nesterov: bool = False) -> torch.optim.Optimizer:
+    """``lars`` or ``sgd`` (momentum, optionally Nesterov) over ``param_groups(model, weight_decay, plain)``."""
+    groups = param_groups(model, weight_decay, plain)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, trust_coefficient=trust_coefficient)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    raise ValueError(f"unknown optimizer {name!r}: use lars or sgd")

@@ -5,6 +5,7 @@ with t the fraction of the post-warmup steps done."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 
 def warmup_cosine(step: int, base_lr: float, total_steps: int, warmup_steps: int) -> float:
@@ -32,3 +33,9 @@ def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:
     if rule == "none":
         return base_lr
     raise ValueError(f"unknown lr scaling rule {rule!r}: use linear, sqrt or none")
+
+
+def lr_schedule(lr: float, total_steps: int, warmup_steps: int, cosine: bool) -> Callable[[int], float]:
+    """step -> learning rate: linear warmup, then cosine decay to 0 (``cosine``) or constant."""
+    schedule = warmup_cosine if cosine else warmup_constant
+    return lambda step: schedule(step, lr, total_steps, warmup_steps)

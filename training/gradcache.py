@@ -59,18 +59,14 @@ def _cuda_devices(model: nn.Module, device: torch.device) -> list[int]:
 
 def gradcache_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor,
                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], chunk_size: int,
-                   autocast_dtype: torch.dtype | None = None,
-                   gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   device: torch.device | None = None,
-                   memory_format: torch.memory_format = torch.preserve_format) -> torch.Tensor:
+                   gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Accumulate into ``.grad`` the gradient of ``loss_fn(z1, z2)`` over the batch, ``chunk_size`` pairs at a time.
 
     ``model`` maps (2c, 3, H, W) to (2c, d); it may be wrapped in DataParallel or
     DistributedDataParallel (then gradients are all-reduced once, after the last chunk: the others
-    run under ``no_sync()``). ``x1``, ``x2`` (N, 3, H, W) are the two views (row i of both is pair i),
-    on any device; each chunk is moved to ``device`` (default: x1's). ``chunk_size`` need not divide
-    N (the last chunk is shorter). ``autocast_dtype`` (e.g. torch.bfloat16) runs the network under
-    autocast; the loss gets float32 embeddings. ``gather`` (e.g. ``utils.distributed.gather_with_grad``)
+    run under ``no_sync()``); its precision is its own (utils.precision.AtPrecision). ``x1``, ``x2``
+    (N, 3, H, W) are the two views (row i of both is pair i), on the model's device. ``chunk_size``
+    need not divide N (the last chunk is shorter). ``gather`` (e.g. ``utils.distributed.gather_with_grad``)
     collects the embeddings of all ranks once, before the loss. Returns the loss, detached.
 
     The caller zeroes the gradients before and steps the optimizer after, as around ``backward()``.
@@ -80,19 +76,13 @@ def gradcache_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor,
     if x1.shape != x2.shape:
         raise ValueError(f"x1 and x2 must have the same shape; got {tuple(x1.shape)} and {tuple(x2.shape)}")
     n = x1.shape[0]
-    device = device or x1.device
     chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
     ddp = isinstance(model, DistributedDataParallel)
     plain = model.module if ddp else model  # the first pass needs no DDP reducer nor buffer broadcast
-    cuda_devices = _cuda_devices(model, device)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None)
+    cuda_devices = _cuda_devices(model, x1.device)
 
     def inputs(a: int, b: int) -> torch.Tensor:
-        # (2c, 3, H, W): the chunk's pairs, view 1 then view 2; slices of pinned memory copy asynchronously
-        x = torch.cat([x1[a:b].to(device, non_blocking=True), x2[a:b].to(device, non_blocking=True)])
-        return x.contiguous(memory_format=memory_format)
+        return torch.cat([x1[a:b], x2[a:b]])  # (2c, 3, H, W): the chunk's pairs, view 1 then view 2
 
     # 1. Embeddings without graphs; BN running statistics put back afterwards (updated in step 3 only).
     buffers = [t.detach().clone() for t in plain.buffers()]
@@ -100,8 +90,7 @@ def gradcache_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor,
     with torch.no_grad():
         for a, b in chunks:
             rng.append(_RngState(cuda_devices))
-            with autocast():
-                z = plain(inputs(a, b)).float()  # (2c, d)
+            z = plain(inputs(a, b)).float()  # (2c, d)
             z1s.append(z[:b - a])
             z2s.append(z[b - a:])
         for buf, saved in zip(plain.buffers(), buffers):
@@ -120,7 +109,6 @@ def gradcache_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor,
     for k, (a, b) in enumerate(chunks):
         sync = model.no_sync() if ddp and k < len(chunks) - 1 else contextlib.nullcontext()
         with sync, rng[k].replay(), torch.enable_grad():
-            with autocast():
-                z = model(inputs(a, b))  # (2c, d)
+            z = model(inputs(a, b))  # (2c, d)
             z.backward(torch.cat([grad1[a:b], grad2[a:b]]).to(z.dtype))
     return loss.detach()

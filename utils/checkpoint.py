@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import torch
 
@@ -64,3 +65,46 @@ def git_commit() -> str:
         return (commit + ("-dirty" if dirty else "")) or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def resume(filename: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, signature: dict,
+           optimizer_name: str, steps_per_epoch: int) -> tuple[str, int, int]:
+    """Load a checkpoint of ``simclr.py`` into ``model`` and ``optimizer``; returns (path, epochs done, step).
+
+    Refused with a message naming the difference: another model (``signature``: the args the weights depend
+    on), another optimizer, or another number of steps per epoch (batch size or dataset)."""
+    path = find_checkpoint(filename)
+    state = load_checkpoint(path)
+    saved = state.get("args", {})
+    if {k: saved.get(k) for k in signature} != signature:
+        raise UserError(f"{path} holds a different model ({ {k: saved.get(k) for k in signature} }) than asked for "
+                        f"({signature}): pass the same --arch/--stem/--proj-* options")
+    if saved.get("optimizer") != optimizer_name:
+        raise UserError(f"{path} was trained with --optimizer {saved.get('optimizer')}: resume with it")
+    model.load_state_dict(state["model"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as e:
+        raise UserError(f"{path}: its optimizer state does not fit this version's parameter groups ({e}); it was "
+                        f"written by an older version of this code: resume with that version") from None
+    epoch, step = state["epoch"], state["step"]
+    if not 0 <= step - epoch * steps_per_epoch < steps_per_epoch:
+        raise UserError(f"{path} was written with {step // max(epoch, 1)} steps per epoch, this run has "
+                        f"{steps_per_epoch}: resume with the same --batch-size and dataset")
+    return path, epoch, step
+
+
+class Saver:
+    """Writes the checkpoint every ``freq`` epochs, or (``freq`` None) after an epoch once 100 times the last
+    write's duration has passed since it (under 1% of the run); always at the end and when forced."""
+
+    def __init__(self, save, freq: int | None, num_epochs: int) -> None:
+        self.save, self.freq, self.num_epochs = save, freq, num_epochs
+        self.last, self.cost = time.perf_counter(), 0.0
+
+    def __call__(self, done: int, force: bool = False) -> None:
+        due = (done % self.freq == 0) if self.freq else time.perf_counter() - self.last >= 100 * self.cost
+        if force or due or done == self.num_epochs:
+            start = time.perf_counter()
+            self.save(done)
+            self.last, self.cost = time.perf_counter(), time.perf_counter() - start

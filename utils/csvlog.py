@@ -27,3 +27,13 @@ class CSVLog:
 
     def close(self) -> None:
         self.file.close()
+
+
+class NullLog:
+    """The log of the ranks other than 0: writes nothing."""
+
+    def write(self, **row) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

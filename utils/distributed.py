@@ -111,6 +111,36 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def default_workers() -> int:
+    """DataLoader workers per process: this machine's cores shared among its torchrun processes, 2 to 16."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(2, min(16, (os.cpu_count() or 2) // local))
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """Whether ``flag`` is true on any rank (one all-reduce under DDP), so that every rank acts alike."""
+    if not info.distributed:
+        return flag
+    t = torch.tensor([float(flag)], device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def wrap_model(net: nn.Module, info: DistInfo, compiled: bool = False) -> tuple[nn.Module, str]:
+    """DistributedDataParallel under torchrun; DataParallel over all visible GPUs without it; else ``net``
+    itself. Returns the wrapped network and a description for the log. A ``compiled`` network is refused
+    under DataParallel: its replicas would run GPU 0's compiled weights."""
+    if compiled and not info.distributed and info.device.type == "cuda" and torch.cuda.device_count() > 1:
+        raise UserError("--compile does not work under DataParallel: launch with torchrun --nproc_per_node=N, "
+                        "or leave out --compile")
+    if info.distributed:
+        ids = [info.local_rank] if info.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(net, device_ids=ids), f"DDP over {info.world_size} processes"
+    if info.device.type == "cuda" and torch.cuda.device_count() > 1:
+        return nn.DataParallel(net), f"DataParallel over {torch.cuda.device_count()} GPUs"
+    return net, "1 process"
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums the incoming gradient over ranks and keeps this rank's rows."""
 

@@ -5,6 +5,7 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from utils.errors import UserError
 
@@ -43,3 +44,27 @@ def resolve_precision(choice: str, device: torch.device, channels_last: bool | N
         raise UserError(f"unknown precision {choice!r}: use auto, fp32 or bf16")
     name = choice if choice != "auto" else ("bf16" if native_bf16(device) else "fp32")
     return Precision(name, name == "bf16" if channels_last is None else channels_last, device.type)
+
+
+class AtPrecision(nn.Module):
+    """``module`` run at ``precision``: input in its memory format, autocast entered inside ``forward`` and
+    a float32 output. Inside, so that DataParallel's replica threads, which re-enter autocast with only
+    ``enabled=`` and so CUDA's default fp16, compute in the chosen dtype too."""
+
+    def __init__(self, module: nn.Module, precision: Precision) -> None:
+        super().__init__()
+        self.module, self.precision = module, precision
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.precision.memory_format)
+        with self.precision.autocast():
+            return self.module(x).float()
+
+
+def configure_backends(device: torch.device) -> None:
+    """On CUDA: cuDNN picks the fastest convolution algorithms for the (fixed) input shapes, and fp32
+    matmuls and convolutions run on TF32 tensor cores (the batched augmentation, the kNN monitor, L-BFGS)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

@@ -1,0 +1,166 @@
+"""training/ (the step and the epoch loop), the precision wrapper, the model wrapping and the save policy,
+against plain references and against the behaviour of the torch code they guard against."""
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from models.loss import NTXentLoss
+from optim.groups import build_optimizer
+from tests.dist_helpers import TinyNet, max_rel_err, spawn, tiny_batch
+from training.loop import NonFiniteLoss, train_epoch
+from utils.checkpoint import Saver
+from utils.distributed import DistInfo, any_rank, wrap_model
+from utils.errors import UserError
+from utils.precision import AtPrecision, Precision, resolve_precision
+
+LOSS = NTXentLoss(0.5)
+
+
+def batches(n_batches, pairs=8):
+    return [tiny_batch(pairs, seed=b) for b in range(n_batches)]
+
+
+def lr_at(step):
+    return 0.1 / (1 + step)
+
+
+def test_epoch_equals_a_plain_loop():
+    """train_epoch (device-side loss sum, reads every 2 steps) against the textbook loop: same losses, weights."""
+    torch.manual_seed(0)
+    ref, net = TinyNet(), TinyNet()
+    net.load_state_dict(ref.state_dict())
+    ref_opt = build_optimizer(ref, "lars", 0.1, 1e-4)
+    losses = []
+    for step, (x1, x2) in enumerate(batches(5)):
+        for g in ref_opt.param_groups:
+            g["lr"] = lr_at(step)
+        ref_opt.zero_grad()
+        z1, z2 = ref(torch.cat([x1, x2])).chunk(2)
+        loss = LOSS(z1, z2)
+        loss.backward()
+        ref_opt.step()
+        losses.append(loss.item())
+    rows = []
+    step, mean, stopped = train_epoch(net, batches(5), LOSS, build_optimizer(net, "lars", 0.1, 1e-4), lr_at, 0,
+                                      device=torch.device("cpu"), batch_size=8, log_every=2,
+                                      log=lambda **row: rows.append(row), show=False)
+    assert (step, stopped) == (5, False)
+    assert mean == pytest.approx(sum(losses) / 5, rel=1e-6)
+    assert [r["step"] for r in rows] == [2, 4, 5]  # every 2 steps, and the remainder
+    assert [r["loss"] for r in rows] == pytest.approx([sum(losses[:2]) / 2, sum(losses[2:4]) / 2, losses[4]],
+                                                      rel=1e-6)
+    assert max_rel_err(dict(net.named_parameters()), dict(ref.named_parameters())) < 1e-6
+
+
+def test_stop_is_asked_only_when_the_loss_is_read_and_ends_the_epoch():
+    asked = []
+
+    def stop():
+        asked.append(True)
+        return len(asked) == 2
+
+    net = TinyNet()
+    step, _, stopped = train_epoch(net, batches(7), LOSS, build_optimizer(net, "sgd", 0.1, 0.0), lr_at, 10,
+                                   device=torch.device("cpu"), batch_size=8, log_every=3, stop=stop, show=False)
+    assert (step, stopped, len(asked)) == (16, True, 2)  # asked after steps 3 and 6, stopped after 6
+
+
+def test_non_finite_loss_raises():
+    net = TinyNet()
+    x1, x2 = tiny_batch(8)
+    with pytest.raises(NonFiniteLoss, match="nan"):
+        train_epoch(net, [(x1 * float("nan"), x2)], LOSS, build_optimizer(net, "sgd", 0.1, 0.0), lr_at, 0,
+                    device=torch.device("cpu"), batch_size=8, show=False)
+
+
+def _count_collectives(info, result_file, log_every):
+    """A 2-process DDP epoch of 6 steps: count the all_reduce calls made from Python (the stop flag; DDP's own
+    gradient all-reduce runs in its C++ reducer, the gather's in autograd)."""
+    calls = []
+    real = torch.distributed.all_reduce
+
+    def counting(tensor, *args, **kwargs):
+        if tensor.numel() == 1:  # the stop flag; the gather's backward all-reduces (2N, d) gradients
+            calls.append(1)
+        return real(tensor, *args, **kwargs)
+
+    torch.distributed.all_reduce = counting
+    import utils.distributed as d
+    torch.manual_seed(0)
+    net, _ = wrap_model(TinyNet(), info)
+    train_epoch(net, batches(6, pairs=4), LOSS, build_optimizer(net, "sgd", 0.1, 0.0), lr_at, 0,
+                device=torch.device("cpu"), batch_size=8, gather=d.gather_with_grad, log_every=log_every,
+                stop=lambda: any_rank(False, info), show=False)
+    torch.save(len(calls), result_file)
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_ddp_asks_the_ranks_to_agree_once_per_log_interval(tmp_path, log_every):
+    """No collective (and so no host sync) per step for the stop request: one per --log-freq steps."""
+    out = str(tmp_path / "calls.pt")
+    spawn(_count_collectives, 2, out, log_every)
+    assert torch.load(out) == 6 // log_every
+
+
+class _DtypeProbe(nn.Module):
+    def forward(self, x):
+        return nn.functional.linear(x, torch.ones(4, x.shape[1]))
+
+
+def test_autocast_inside_the_wrapper_survives_a_replica_thread():
+    """DataParallel's parallel_apply runs each replica in a thread under ``autocast(enabled=True)`` only, which
+    on CUDA means fp16; the wrapper must still compute in bf16. Simulated on CPU with an fp16 outer autocast."""
+    seen = {}
+    wrapped = AtPrecision(_DtypeProbe(), Precision("bf16", False, "cpu"))
+    wrapped.module.register_forward_hook(lambda m, i, out: seen.update(dtype=out.dtype))
+
+    def replica():
+        with torch.autocast("cpu", dtype=torch.float16):
+            seen["out"] = wrapped(torch.randn(2, 3))
+
+    t = threading.Thread(target=replica)
+    t.start()
+    t.join()
+    assert seen["dtype"] == torch.bfloat16 and seen["out"].dtype == torch.float32
+
+
+def test_bf16_only_on_gpus_with_native_bf16(monkeypatch):
+    cuda = torch.device("cuda")
+    for capability, expected in (((7, 0), "fp32"), ((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        p = resolve_precision("auto", cuda)
+        assert (p.name, p.channels_last) == (expected, expected == "bf16")
+    assert resolve_precision("auto", torch.device("cpu")).name == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu"), channels_last=False).memory_format == torch.preserve_format
+
+
+def test_compile_is_refused_under_data_parallel(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match="torchrun"):
+        wrap_model(TinyNet(), DistInfo(device=torch.device("cuda")), compiled=True)
+
+
+def test_saver_by_time_costs_under_one_percent(monkeypatch):
+    """Without --save-freq a checkpoint is written once 100x the last write's duration has passed."""
+    clock = [0.0]
+    monkeypatch.setattr("utils.checkpoint.time.perf_counter", lambda: clock[0])
+    written = []
+
+    def save(done):
+        written.append(done)
+        clock[0] += 1.0  # each write takes 1 s
+
+    saver = Saver(save, None, num_epochs=1000)
+    for epoch in range(1, 400):
+        clock[0] += 10.0  # 10 s epochs
+        saver(epoch)
+    assert written[0] == 1 and all(b - a == 10 for a, b in zip(written, written[1:]))  # 10 epochs: 100 s
+    saver(400, force=True)
+    assert written[-1] == 400
+    every = []
+    fixed = Saver(every.append, 3, num_epochs=10)
+    for epoch in range(1, 11):
+        fixed(epoch)
+    assert every == [3, 6, 9, 10]
