@@ -11,27 +11,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from data.augment import eval_transform, train_linear_transform
 from data.datasets import DATASETS, ArrayImages, load_train_test
 from data.paths import DEFAULT_PATHS_FILE
 from data.views import Transformed
-from evaluation.accuracy import classification_scores
 from evaluation.load import evaluation_target, load_backbone, state_equal
+from evaluation.supervised import evaluate, fit
+from models.probe import LinearProbe
 from models.resnet import ARCHS, STEMS
+from optim.groups import param_groups
 from optim.schedules import warmup_cosine
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import find_checkpoint
 from utils.distributed import select_device
 from utils.errors import UserError, run_cli
+from utils.precision import resolve_precision
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -49,28 +48,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9, help="(default: 0.9)")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (the paper's setting)")
     p.add_argument("--weight-decay", type=float, default=0.0,
-                   help="(default: 0; the official code uses 1e-6 on ImageNet)")
+                   help="on the classifier's weights, not its bias (default: 0; the official code: 1e-6 on ImageNet)")
     p.add_argument("--num-workers", type=int, default=2, help="(default: 2)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="autocast of the frozen backbone (default: fp32)")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
+                   help="autocast of the frozen backbone, the classifier stays fp32; auto: bf16 on GPUs with\n"
+                        "native bf16 (default: fp32)")
     p.add_argument("--output", default=None, help="JSON result file (default: <checkpoint>.sgd-<dataset>.json)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     return p
-
-
-def evaluate(backbone: nn.Module, classifier: nn.Module, loader: DataLoader, device: torch.device,
-             autocast: bool) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (%); the backbone under autocast, the classifier in fp32."""
-    classifier.eval()
-
-    def logits(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            h = backbone(x)
-        return classifier(h.float())
-
-    top1, top5, _ = classification_scores(logits, loader, device)
-    return top1, top5
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -78,6 +64,7 @@ def main(args: argparse.Namespace) -> dict:
         raise UserError("--num-epochs must be >= 1 and --base-lr > 0")
     device = select_device(args.device)
     tune_cpu_allocator(device)  # on CPU: keep freed tensors' memory for reuse (utils/allocator.py)
+    precision = resolve_precision(args.precision, device)
     torch.manual_seed(args.seed)
     ckpt = find_checkpoint(args.load_from)
     backbone, saved = load_backbone(ckpt, args.arch, args.stem)
@@ -94,45 +81,24 @@ def main(args: argparse.Namespace) -> dict:
     test_loader = DataLoader(Transformed(test, eval_transform(size, info.mean, info.std, native)),
                              batch_size=min(args.batch_size, 1024), num_workers=args.num_workers)
 
-    backbone = backbone.to(device).eval().requires_grad_(False)  # frozen: eval-mode BN, no gradients
-    classifier = nn.Linear(backbone.num_features, len(train.classes)).to(device)
+    model = LinearProbe(backbone, len(train.classes)).to(device, memory_format=precision.memory_format)
     lr = args.base_lr * args.batch_size / 256
-    optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=args.momentum, nesterov=args.nesterov,
-                                weight_decay=args.weight_decay)
+    optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=lr, momentum=args.momentum,
+                                nesterov=args.nesterov)
     steps = args.num_epochs * len(train_loader)
-    autocast = args.precision == "bf16"
-    step = 0
-    for epoch in range(args.num_epochs):
-        classifier.train()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.num_epochs}", leave=False)
-        loss_sum = torch.zeros((), device=device)  # read back once an epoch: no host sync per step
-        for x, y in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = warmup_cosine(step, lr, steps, 0)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                h = backbone(x)  # h: (B, D), no graph through the frozen backbone
-            loss = F.cross_entropy(classifier(h.float()), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-            step += 1
-        mean_loss = loss_sum.item() / len(train_loader)
-        if not math.isfinite(mean_loss):
-            raise UserError(f"loss is {mean_loss} in epoch {epoch + 1}: lower --base-lr")
-        print(f"epoch {epoch + 1}/{args.num_epochs}: mean loss {mean_loss:.4f}", flush=True)
-    top1, top5 = evaluate(backbone, classifier, test_loader, device, autocast)
-    if not state_equal(backbone.state_dict(), reference):
+    fit(model, optimizer, lambda step: warmup_cosine(step, lr, steps, 0), train_loader, args.num_epochs, precision,
+        device)
+    top1, top5, _ = evaluate(model, test_loader, device, precision)
+    if not state_equal(model.backbone.state_dict(), reference):
         raise RuntimeError("the frozen backbone changed during linear evaluation: this is a bug, please report it")
     summary = {"checkpoint": ckpt, "dataset": dataset, "epochs": args.num_epochs, "batch_size": args.batch_size,
-               "lr": lr, "nesterov": args.nesterov, "top1": top1, "top5": top5}
+               "lr": lr, "nesterov": args.nesterov, "precision": precision.name, "top1": top1, "top5": top5}
     print(f"test top-1 {top1:.2f}%, top-5 {top5:.2f}% ({len(test)} images); backbone unchanged")
     output = args.output or f"{os.path.splitext(ckpt)[0]}.sgd-{dataset}.json"
     with open(output, "w") as f:
         json.dump(summary, f, indent=1)
     print(f"wrote {output}")
-    return {**summary, "backbone_state": backbone.state_dict(), "classifier": classifier}
+    return {**summary, "backbone_state": model.backbone.state_dict(), "classifier": model.classifier}
 
 
 if __name__ == "__main__":

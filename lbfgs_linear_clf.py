@@ -28,6 +28,7 @@ from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import find_checkpoint
 from utils.distributed import select_device
 from utils.errors import UserError, run_cli
+from utils.precision import Precision, resolve_precision
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,6 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--l2-num", type=int, default=45, help="log-spaced l2 values to try (default: 45)")
     p.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations per fit (default: 500)")
     p.add_argument("--batch-size", type=int, default=512, help="feature extraction batch (default: 512)")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
+                   help="autocast of the backbone while extracting features; auto: bf16 on GPUs with native bf16 "
+                        "(default: fp32)")
     p.add_argument("--num-workers", type=int, default=2, help="(default: 2)")
     p.add_argument("--cache-features", action="store_true",
                    help="save the features next to the checkpoint and reuse them while the checkpoint is unchanged")
@@ -61,7 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def frozen_features(args: argparse.Namespace, device: torch.device):
+def frozen_features(args: argparse.Namespace, device: torch.device, precision: Precision):
     """(x_train, y_train, x_test, y_test, classes, eval setup): features of the frozen backbone, cached if asked."""
     ckpt = find_checkpoint(args.load_from)
     backbone, saved = load_backbone(ckpt, args.arch, args.stem)
@@ -69,7 +73,7 @@ def frozen_features(args: argparse.Namespace, device: torch.device):
     if args.random_init:  # the same network at initialisation: the baseline a representation must beat
         torch.manual_seed(args.seed)
         backbone = build_backbone(args.arch or saved.get("arch"), backbone.stem, backbone.width_multiplier)
-    tag = f"{dataset}-{size}{'-random' if args.random_init else ''}"
+    tag = f"{dataset}-{size}{'-random' if args.random_init else ''}{'-bf16' if precision.name == 'bf16' else ''}"
     cache = f"{os.path.splitext(ckpt)[0]}.features-{tag}.pt"
     stamp = [os.path.getsize(ckpt), os.path.getmtime(ckpt)]
     if args.cache_features and os.path.isfile(cache):
@@ -82,9 +86,9 @@ def frozen_features(args: argparse.Namespace, device: torch.device):
     transform = eval_transform(size, info.mean, info.std, native)
     backbone = backbone.to(device)
     x_train, y_train = extract_features(backbone, Transformed(train, transform), device, args.batch_size,
-                                        args.num_workers, desc="train features")
+                                        args.num_workers, autocast_dtype=precision.dtype, desc="train features")
     x_test, y_test = extract_features(backbone, Transformed(test, transform), device, args.batch_size,
-                                      args.num_workers, desc="test features")
+                                      args.num_workers, autocast_dtype=precision.dtype, desc="test features")
     if args.cache_features:
         torch.save({"stamp": stamp, "x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
                     "classes": list(train.classes)}, cache)
@@ -98,7 +102,8 @@ def main(args: argparse.Namespace) -> dict:
         raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     device = select_device(args.device)
     tune_cpu_allocator(device)  # on CPU: keep freed tensors' memory for reuse (utils/allocator.py)
-    x_train, y_train, x_test, y_test, classes, dataset = frozen_features(args, device)
+    precision = resolve_precision(args.precision, device)
+    x_train, y_train, x_test, y_test, classes, dataset = frozen_features(args, device, precision)
     labelled = y_train >= 0
     x_train, y_train = x_train[labelled], y_train[labelled]
     grid = np.logspace(np.log10(args.l2_min), np.log10(args.l2_max), args.l2_num).tolist()
@@ -110,7 +115,8 @@ def main(args: argparse.Namespace) -> dict:
         print(f"{l2:10.3g}  {100 * acc:6.2f}{'  <- chosen' if l2 == result.best_l2 else ''}")
     summary = {
         "checkpoint": find_checkpoint(args.load_from), "dataset": dataset, "random_init": args.random_init,
-        "feature_dim": int(x_train.shape[1]), "num_train": result.num_train, "num_test": result.num_test,
+        "precision": precision.name, "feature_dim": int(x_train.shape[1]), "num_train": result.num_train,
+        "num_test": result.num_test,
         "l2_grid": result.l2_grid, "val_acc": [100 * a for a in result.val_acc], "best_l2": result.best_l2,
         "train_acc": 100 * result.train_acc, "test_acc": 100 * result.test_acc,
     }

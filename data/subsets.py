@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 
 import numpy as np
+import torch
 
 from data.paths import DEFAULT_PATHS_FILE
+from data.splits import stratified_split
 from utils.errors import UserError, run_cli
 
 SUBSET_FORMAT = "simclr-label-subset-v1"
@@ -92,6 +95,40 @@ def read_subset(path: str, dataset: str, labels: np.ndarray) -> dict:
                         f"changed (other files or order) since the subset was drawn")
     record["indices"] = indices
     return record
+
+
+def requested_subset(subset_file: str | None, fraction: float | None, dataset: str,
+                     labels: np.ndarray) -> dict | None:
+    """The record of ``--subset-file`` (checked against the dataset and ``--label-fraction`` if both are
+    given), or None when a subset of ``fraction`` is to be drawn."""
+    if subset_file is None:
+        if fraction is None:
+            raise UserError("pass --label-fraction (e.g. 0.01 or 0.1) or --subset-file")
+        return None
+    record = read_subset(subset_file, dataset, labels)
+    if fraction is not None and not math.isclose(fraction, record["fraction"]):
+        raise UserError(f"--label-fraction {fraction} disagrees with {subset_file} (fraction {record['fraction']}): "
+                        f"leave out --label-fraction or use another subset file")
+    return record
+
+
+def draw_subset(path: str, dataset: str, labels: np.ndarray, fraction: float, seed: int) -> dict:
+    """Draw a balanced subset, write it to ``path`` (so that other runs can reuse it) and return its record."""
+    record = subset_record(dataset, labels, fraction, seed, balanced_subset(labels, fraction, seed))
+    write_subset(path, record)
+    record["indices"] = np.asarray(record["indices"], dtype=np.int64)
+    return record
+
+
+def holdout_split(indices: np.ndarray, labels: np.ndarray, val_fraction: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) image indices: ``val_fraction`` of every class of the subset ``indices`` held out
+    (data/splits.py, at least one image per class with 2 or more); 0 holds out nothing."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if val_fraction == 0:
+        return indices, indices[:0]
+    fit, val = stratified_split(torch.as_tensor(np.asarray(labels)[indices]), val_fraction, seed)
+    return indices[fit.numpy()], indices[val.numpy()]
 
 
 class IndexedImages:

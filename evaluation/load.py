@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from data.datasets import DatasetInfo, dataset_info
+from models.finetune import KeptHead, build_head
 from models.resnet import ResNetBackbone, build_backbone
 from training.recipe import recipe
 from utils.checkpoint import find_checkpoint, load_checkpoint
@@ -46,6 +47,27 @@ def load_backbone(filename: str, arch: str | None = None, stem: str | None = Non
     return backbone, saved
 
 
+def finetune_encoder(ckpt: str | None, from_scratch: bool, arch: str | None, stem: str | None,
+                     width_multiplier: int | None, dataset: str | None, head_layers: int,
+                     seed: int) -> tuple[ResNetBackbone, KeptHead, dict]:
+    """(backbone, first ``head_layers`` projection-head layers, checkpoint args or {}) to fine-tune: the
+    checkpoint's weights, or with ``from_scratch`` the same shapes at a seeded random init."""
+    if not from_scratch:
+        if ckpt is None:
+            raise UserError("--load-from is required (or pass --from-scratch for the random-init baseline)")
+        backbone, saved = load_backbone(ckpt, arch, stem, width_multiplier)
+        state = load_checkpoint(ckpt) if head_layers > 0 else None
+        return backbone, build_head(backbone.num_features, saved, head_layers, state), saved
+    saved = checkpoint_args(load_checkpoint(ckpt)) if ckpt is not None else {}
+    dataset, arch = dataset or saved.get("dataset"), arch or saved.get("arch")
+    if arch is None or dataset is None:
+        raise UserError("--from-scratch without a checkpoint (or with a plain state_dict) needs --arch and --dataset")
+    stem = stem or saved.get("stem") or recipe_default(dataset, "stem", "--stem")
+    torch.manual_seed(seed)
+    backbone = build_backbone(arch, stem, width_multiplier or saved.get("width_multiplier", 1))
+    return backbone, build_head(backbone.num_features, saved, head_layers, None), saved
+
+
 def state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     """Whether two state_dicts hold bit-identical tensors under the same keys."""
     return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
@@ -59,4 +81,13 @@ def evaluation_target(ckpt: str, saved: dict, dataset: str | None,
         raise UserError(f"{ckpt} does not say which dataset it was trained on: pass --dataset")
     info = dataset_info(dataset)
     trained_size = saved.get("image_size") if dataset == saved.get("dataset") else None
-    return dataset, info, image_size or trained_size or recipe(dataset)["image_size"]
+    return dataset, info, image_size or trained_size or recipe_default(dataset, "image_size", "--image-size")
+
+
+def recipe_default(dataset: str, key: str, option: str):
+    """The recipe's ``key`` for ``dataset`` (training/recipe.py); a dataset without one is an error asking for
+    ``option``, rather than another dataset's value."""
+    value = recipe(dataset).get(key)
+    if value is None:
+        raise UserError(f"no default {key.replace('_', ' ')} for dataset {dataset!r}: pass {option}")
+    return value

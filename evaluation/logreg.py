@@ -39,12 +39,14 @@ weights and the last row ``W[d]`` is the bias, i.e. ``logits = x @ W[:-1] + W[-1
 
 from __future__ import annotations
 
-import sys
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from data.splits import stratified_split
 
 __all__ = [
     "DEFAULT_L2_GRID",
@@ -54,7 +56,6 @@ __all__ = [
     "logreg_loss",
     "predict",
     "standardize",
-    "stratified_split",
 ]
 
 #: The paper's grid: 45 log-spaced l2 strengths in [1e-6, 1e5] (float64, exact end points).
@@ -92,46 +93,6 @@ def standardize(train: torch.Tensor, *others: torch.Tensor, eps: float = 1e-6) -
         return ((t.to(torch.float64) - m) / s).to(out_dtype)
 
     return (_z(train),) + tuple(_z(o) for o in others)
-
-
-def stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded per-class split of sample indices into (train_idx, val_idx).
-
-    For every class with ``n_c`` samples, ``round(val_fraction * n_c)`` randomly chosen samples go to
-    validation, clamped to ``[1, n_c - 1]`` when ``n_c >= 2`` (every class is seen in both splits);
-    singleton classes stay in train. The permutation comes from a CPU ``torch.Generator`` seeded with
-    ``seed``, so the split is identical across devices and runs.
-
-    Args:
-        y: (n,) integer labels (any device).
-        val_fraction: fraction in [0, 1) of each class held out.
-        seed: RNG seed.
-
-    Returns:
-        ``train_idx`` (n - n_val,) and ``val_idx`` (n_val,), sorted int64 CPU tensors, disjoint, whose
-        union is ``arange(n)``.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    y_cpu = y.detach().to("cpu").reshape(-1).long()
-    gen = torch.Generator().manual_seed(int(seed))
-    train_parts: list[torch.Tensor] = []
-    val_parts: list[torch.Tensor] = []
-    for c in torch.unique(y_cpu).tolist():  # sorted classes -> deterministic RNG consumption
-        idx = torch.nonzero(y_cpu == c, as_tuple=False).reshape(-1)
-        n_c = idx.numel()
-        perm = idx[torch.randperm(n_c, generator=gen)]
-        n_val = int(round(val_fraction * n_c))
-        if n_c >= 2 and val_fraction > 0:
-            n_val = min(max(n_val, 1), n_c - 1)
-        else:
-            n_val = 0
-        val_parts.append(perm[:n_val])
-        train_parts.append(perm[n_val:])
-    empty = torch.empty(0, dtype=torch.long)
-    train_idx = torch.sort(torch.cat(train_parts) if train_parts else empty).values
-    val_idx = torch.sort(torch.cat(val_parts) if val_parts else empty).values
-    return train_idx, val_idx
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,8 +136,8 @@ def fit_logreg(
     closed form (``grad_logits = (softmax - onehot) / n``), no autograd graph is built. L-BFGS runs on
     diagonally rescaled variables (weight row j scaled by ``sqrt(q / (q E[x_j^2] + l2))``, q the softmax
     variance at W = 0) so that the penalised weights and the unpenalised bias have comparable curvature;
-    this changes neither the objective nor its minimiser, only the conditioning (without it, large l2
-    fits stopped with an unconverged bias). A cold start uses W = 0 and bias = centred log class priors
+    this changes neither the objective nor its minimiser, only the conditioning, so that large-l2 fits
+    converge in the bias too. A cold start uses W = 0 and bias = centred log class priors
     (the exact optimum when W = 0).
 
     Args:
@@ -225,8 +186,7 @@ def fit_logreg(
     # Diagonal preconditioning (a change of variables W = U * scale, no change of the objective or of
     # its minimiser). The curvature of the objective along weight row j is ~ q * E[x_j^2] + l2 and along
     # the (unpenalised) bias ~ q, with q = (1/C)(1 - 1/C) the softmax variance at W = 0. For large l2
-    # the two differ by orders of magnitude and plain L-BFGS stalls with an unconverged bias (observed:
-    # val accuracy of the l2 = 1e5 "solution" far above the true optimum's majority-class accuracy).
+    # the two differ by orders of magnitude and plain L-BFGS can stop with an unconverged bias.
     # Scaling row j by sqrt(q / (q * E[x_j^2] + l2)) equalises the diagonal.
     q = (1.0 / num_classes) * (1.0 - 1.0 / num_classes)
     m2 = torch.linalg.vector_norm(x, dim=0).square_().div_(n)  # (d,) E[x_j^2]
@@ -295,8 +255,7 @@ class SweepResult:
         best_l2: chosen l2 (best val accuracy; ties -> the larger l2).
         train_acc: accuracy of the final (whole-train) model on the whole training set.
         test_acc: accuracy of the final model on the test set (scored once).
-        W: (d + 1, C) final weights (CPU), valid for inputs standardised with ``mean`` / ``std``.
-        mean, std: (d,) whole-train statistics used to standardise inputs of ``W`` (CPU, float64).
+        W: (d + 1, C) final weights (CPU), for inputs standardised with the whole-train statistics.
         fit_weights: (d + 1, C) fit-split solutions for each ``l2_grid`` entry (CPU), in the fit-split
             standardisation.
         num_fit, num_val, num_train, num_test: split sizes.
@@ -309,8 +268,6 @@ class SweepResult:
     train_acc: float
     test_acc: float
     W: torch.Tensor | None = None
-    mean: torch.Tensor | None = None
-    std: torch.Tensor | None = None
     fit_weights: list[torch.Tensor] = field(default_factory=list)
     num_fit: int = 0
     num_val: int = 0
@@ -334,7 +291,6 @@ def l2_sweep(
     l2_grid: Sequence[float] | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
-    progress: bool = False,
     device: torch.device | str | None = None,
     max_iter: int = 500,
     tol: float = 1e-6,
@@ -359,15 +315,12 @@ def l2_sweep(
         l2_grid: l2 values (any order); default :data:`DEFAULT_L2_GRID` (45 values in [1e-6, 1e5]).
         val_fraction: per-class fraction of train held out for validation.
         seed: split seed.
-        progress: print one line per grid value to stderr.
         device: where to fit; default ``x_train.device``.
         max_iter, tol, dtype: forwarded to :func:`fit_logreg`.
 
     Returns:
         :class:`SweepResult`.
     """
-    import time
-
     grid = sorted(float(v) for v in (DEFAULT_L2_GRID if l2_grid is None else l2_grid))
     if not grid:
         raise ValueError("empty l2 grid")
@@ -397,12 +350,6 @@ def l2_sweep(
         W_prev = fit_logreg(x_fit, y_fit, num_classes, l2, init=W_prev, max_iter=max_iter, tol=tol, dtype=dt)
         val_correct[k] = int((predict(x_val, W_prev) == y_val).sum().item())
         fit_weights[k] = W_prev.detach().to("cpu")
-        if progress:
-            print(
-                f"[l2_sweep] l2={l2:.3e}  val_acc={100.0 * val_correct[k] / y_val.numel():.2f}%",
-                file=sys.stderr,
-                flush=True,
-            )
     _sync(dev)
     sweep_seconds = time.perf_counter() - t0
 
@@ -424,15 +371,6 @@ def l2_sweep(
     test_acc = _accuracy(predict(x_test_z, W), y_test.reshape(-1).long())
     _sync(dev)
     refit_seconds = time.perf_counter() - t1
-    if progress:
-        print(
-            f"[l2_sweep] best l2={best_l2:.3e}  val={100 * val_acc[best_k]:.2f}%  "
-            f"train={100 * train_acc:.2f}%  test={100 * test_acc:.2f}%",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    mean, std = _moments(x_all)
     return SweepResult(
         l2_grid=grid,
         val_acc=val_acc,
@@ -440,8 +378,6 @@ def l2_sweep(
         train_acc=train_acc,
         test_acc=test_acc,
         W=W.detach().to("cpu"),
-        mean=mean.cpu(),
-        std=std.cpu(),
         fit_weights=[w for w in fit_weights if w is not None],
         num_fit=int(fit_idx.numel()),
         num_val=int(val_idx.numel()),
@@ -450,14 +386,3 @@ def l2_sweep(
         sweep_seconds=sweep_seconds,
         refit_seconds=refit_seconds,
     )
-
-
-if __name__ == "__main__":  # pragma: no cover - tiny smoke run
-    g = torch.Generator().manual_seed(0)
-    centers = 3 * torch.randn(5, 16, generator=g)
-    ytr = torch.randint(0, 5, (1000,), generator=g)
-    yte = torch.randint(0, 5, (300,), generator=g)
-    xtr = centers[ytr] + torch.randn(1000, 16, generator=g) * 2
-    xte = centers[yte] + torch.randn(300, 16, generator=g) * 2
-    r = l2_sweep(xtr, ytr, xte, yte, 5, progress=True)
-    print(f"best l2 {r.best_l2:.3e} test acc {100 * r.test_acc:.2f}%  ({r.sweep_seconds:.2f}s sweep)")

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+import evaluation.supervised
 import finetune
 import simclr
 from data.subsets import balanced_subset, read_subset, subset_record, write_subset
 from evaluation.load import backbone_state
+from models.finetune import FineTuneNet
 from models.resnet import resnet50
 from tests.tiny_data import write_image_folder, write_paths
 from utils.checkpoint import load_checkpoint
@@ -86,12 +88,12 @@ def test_head_layers_kept_and_classifier_zero(pretrained):
     kept = head.state_dict()
     expected = {k[len("head."):]: v for k, v in model_state.items() if k.startswith("head.layers.0.")}
     assert kept.keys() == expected.keys() and all(torch.equal(kept[k], expected[k]) for k in kept)
-    net = finetune.FineTuneNet(backbone, head, num_classes=3)
+    net = FineTuneNet(backbone, head, num_classes=3)
     assert net.classifier.weight.shape == (3, 16)  # the hidden layer's width
     assert not net.classifier.weight.any() and not net.classifier.bias.any()
     assert net(torch.randn(4, 3, 8, 8)).abs().max() == 0  # zero logits at the start
     _, head0, _, _ = finetune.build_model(parse(["--load-from", ckpt]))
-    assert len(head0.layers) == 0 and finetune.FineTuneNet(backbone, head0, 3).classifier.in_features == 512
+    assert len(head0.layers) == 0 and FineTuneNet(backbone, head0, 3).classifier.in_features == 512
     with pytest.raises(UserError, match="3-layer projection head"):
         finetune.build_model(parse(["--load-from", ckpt, "--from-head-layer", "4"]))
     assert backbone.width_multiplier == 1  # the checkpoint's
@@ -113,8 +115,10 @@ def test_resnet50_width_multiplier_parameter_counts():
 def test_finetune_trains_everything_and_scores_test_once(pretrained, tmp_path, monkeypatch):
     ckpt, paths = pretrained
     calls = []
-    evaluate = finetune.evaluate
-    monkeypatch.setattr(finetune, "evaluate", lambda *a, **k: calls.append(k.get("desc")) or evaluate(*a, **k))
+    evaluate = evaluation.supervised.evaluate
+    spy = lambda *a, **k: calls.append(k.get("desc")) or evaluate(*a, **k)  # noqa: E731
+    for module in (evaluation.supervised, finetune):  # validation in the shared loop, the test in the script
+        monkeypatch.setattr(module, "evaluate", spy)
     # 3 epochs of 1 step, validated after epochs 2 and 3: the kept weights have had >= 2 steps (the first step
     # moves only the classifier: with zero weights it sends no gradient back to the encoder)
     result = run(ckpt, paths, tmp_path, "--from-head-layer", "1", "--num-epochs", "3", "--val-freq", "2")

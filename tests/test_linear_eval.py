@@ -9,9 +9,10 @@ import gradient_linear_clf
 import lbfgs_linear_clf
 import simclr
 from evaluation.knn import knn_predict
-from evaluation.load import backbone_state, load_backbone
+from evaluation.load import backbone_state, evaluation_target, load_backbone, recipe_default
 from models.resnet import resnet18
 from tests.tiny_data import write_image_folder, write_paths
+import training.recipe
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
@@ -111,3 +112,13 @@ def test_random_init_baseline_differs(pretrained, tmp_path):
             "--val-fraction", "0.2"]
     rnd = lbfgs_linear_clf.main(lbfgs_linear_clf.get_args_parser().parse_args(args + ["--random-init"]))
     assert rnd["random_init"] and os.path.isfile(ckpt.replace(".pth", ".lbfgs-cifar10-random.json"))
+
+
+def test_a_dataset_without_a_recipe_needs_the_option(monkeypatch):
+    monkeypatch.delitem(training.recipe.RECIPES, "stl10")  # no other dataset's size or stem is taken instead
+    with pytest.raises(UserError, match="no default image size for dataset 'stl10': pass --image-size"):
+        evaluation_target("x.pth", {}, "stl10", None)
+    assert evaluation_target("x.pth", {}, "stl10", 64)[2] == 64
+    with pytest.raises(UserError, match="pass --stem"):
+        recipe_default("stl10", "stem", "--stem")
+    assert recipe_default("cifar10", "stem", "--stem") == "cifar"

@@ -14,6 +14,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import evaluation.logreg as lr  # noqa: E402
+from data.splits import stratified_split  # noqa: E402
 from evaluation.logreg import (  # noqa: E402
     DEFAULT_L2_GRID,
     fit_logreg,
@@ -21,7 +22,6 @@ from evaluation.logreg import (  # noqa: E402
     logreg_loss,
     predict,
     standardize,
-    stratified_split,
 )
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
