@@ -104,11 +104,21 @@ def measure_or_oom(batch: int, chunk: int, args: argparse.Namespace, device: tor
     still run: that is how the table finds the largest batch that fits)."""
     try:
         row = measure(batch, chunk, args, device)
-    except torch.cuda.OutOfMemoryError:
+    except RuntimeError as e:  # OutOfMemoryError is one; near the limit cuDNN and cuBLAS fail with their own
+        if not out_of_memory(e):
+            raise
         row = {"batch": batch, "chunk": chunk, "oom": True}
     gc.collect()  # out of the except block, the failed step's tensors are no longer held by its traceback
     torch.cuda.empty_cache()
     return row
+
+
+def out_of_memory(e: RuntimeError) -> bool:
+    """Whether ``e`` says the GPU ran out of memory: torch's OutOfMemoryError, or a cuDNN/cuBLAS failure to
+    allocate its workspace."""
+    text = str(e)
+    return isinstance(e, torch.cuda.OutOfMemoryError) or any(
+        s in text for s in ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED"))
 
 
 def run_isolated(batch: int, chunk: int, argv: list[str]) -> dict:

@@ -10,9 +10,9 @@ embeddings z, which are small (B x 128), so one step splits into
 3. run each chunk again with its graph and back-propagate the cached dL/dz of its rows; the
    parameter gradients add up over chunks to dL/dtheta.
 
-Peak activation memory is that of one chunk, at the cost of a second forward pass (~1.3x the
-compute). Exact up to floating-point for networks whose output for an image does not depend on the
-other images of its forward batch. BatchNorm in training mode does: here its statistics are those of
+Peak activation memory is that of one chunk, at the cost of a second forward pass. Exact up to
+floating-point for networks whose output for an image does not depend on the other images of its
+forward batch. BatchNorm in training mode does: here its statistics are those of
 each chunk (each chunk forwards ``cat([x1_chunk, x2_chunk])``, the two views of its pairs, as one DDP
 rank without SyncBN would), so a step equals DDP without SyncBN with one chunk per process, not
 the full-batch step. Both passes of a chunk replay the same RNG state (CPU and CUDA, forked per

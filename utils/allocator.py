@@ -7,9 +7,7 @@ tensors of tens of MiB hundreds of times (a ResNet-18 activation at batch 256 is
 each one is zero-filled page by page by the kernel again. PyTorch has no caching allocator on
 CPU, unlike on CUDA. Raising both thresholds to 2 GiB keeps that memory in the heap for reuse.
 
-Measured on the 2-core CPU (``bench/throughput.py``, columns b and c; README, Results): a ResNet-18
-training step goes from about 41-46 to about 66-71 views/s, and the batched augmentation from about
-11,000 to about 15,000-17,000 views/s at batch 256.
+``bench/throughput.py`` measures the gain (columns b and c; README, Results).
 
 The cost is that memory, once used, stays with the process until it exits (its peak is what it
 was anyway). Set ``SIMCLR_MALLOC_TUNING=0`` to leave malloc alone. Other C libraries (musl,
