@@ -8,7 +8,7 @@
 #               --chunk-size 512, up to the whole CIFAR-10 training set (the largest batch that fits)
 #   epoch       two epochs of simclr.py at batch 512 on DATASET (images/s of the second against the ceiling)
 #   smoke       torchrun with 1 process (DDP over NCCL, gradient caching) on the bundled sample, then
-#               gradient_linear_clf.py on its checkpoint; with 2+ GPUs also 2 processes (the gather
+#               gradient_linear_clf.py and finetune.py on its checkpoint; with 2+ GPUs also 2 processes (the gather
 #               across ranks and SyncBN, which 1 process does not exercise)
 #   learning    bench/learning.py for a few epochs: linear accuracy, pretrained vs random init
 #
@@ -30,7 +30,7 @@ if [ "${QUICK:-0}" = 1 ]; then  # every command, tiny sizes
     limits=(300 300 300 300 600) dataset=${DATASET:-cifar10-sample}
 else
     batch=512 steps=30 rounds=2 mem_sizes="512 4096 16384 50000" chunk=512 plain=16384 epochs=4 smoke_batch=128
-    smoke_chunk=32 limits=(110 90 80 45 150) dataset=${DATASET:-cifar10}
+    smoke_chunk=32 limits=(110 90 80 70 150) dataset=${DATASET:-cifar10}
 fi
 
 step() {  # step NAME LIMIT_S COMMAND...: run it with its log in OUT_DIR/NAME.log, print its tail
@@ -69,7 +69,8 @@ step smoke "${limits[3]}" bash -c "python -m torch.distributed.run --standalone 
     --dataset cifar10-sample --batch-size $smoke_batch --chunk-size $smoke_chunk --num-epochs 2 --test-freq 1 \
     --num-workers 2 --device $device --filename gpu_smoke.pth && cat checkpoint/gpu_smoke.csv && \
     python gradient_linear_clf.py --load-from gpu_smoke.pth --batch-size 64 --num-epochs 2 --num-workers 2 \
-    --device $device"
+    --device $device && python finetune.py --load-from gpu_smoke.pth --label-fraction 0.1 --num-epochs 2 \
+    --num-workers 2 --device $device"
 gpus=$( [ "$device" = cuda ] && nvidia-smi -L 2>/dev/null | grep -c '^GPU' || echo 0)
 if [ "$gpus" -ge 2 ]; then
     rm -f checkpoint/gpu_smoke2.pth checkpoint/gpu_smoke2.csv
