@@ -119,10 +119,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="projection hidden size (default: the encoder's feature size, 2048 for ResNet-50)")
     p.add_argument("--proj-layers", type=int, default=2, help="linear layers in the head; 3 is SimCLRv2 (default: 2)")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
-    p.add_argument("--augment-on", default="device", choices=["device", "workers"],
-                   help="device: augmentation in batches on the training device (in-memory datasets live there\n"
-                        "as uint8; for image trees the workers only decode and crop); workers: per-image\n"
-                        "torchvision in DataLoader workers (default: device)")
     p.add_argument("--test-freq", type=int, default=10,
                    help="kNN accuracy (k=200, t=0.1) on the test set every N epochs; 0 disables (default: 10)")
     p.add_argument("--knn-k", type=int, default=200, help="neighbours of the kNN monitor (default: 200)")
@@ -334,8 +330,7 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> dict:
     sampler = EpochSampler(len(pretrain), seed=args.seed, num_replicas=world, rank=dist_info.rank)
     loader = two_view_batches(pretrain, sampler, args.batch_size // world, image_size=args.image_size,
                               jitter_strength=args.jitter_strength, blur=args.blur, mean=info.mean, std=info.std,
-                              device=device, seed=args.seed, rank=dist_info.rank, num_workers=args.num_workers,
-                              augment_on=args.augment_on)
+                              device=device, seed=args.seed, num_workers=args.num_workers)
     steps_per_epoch = len(pretrain) // args.batch_size  # = len(loader) on every rank
     total_steps = steps_per_epoch * args.num_epochs
     warmup_steps = round(args.warmup_epochs * steps_per_epoch)
@@ -399,7 +394,7 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> dict:
 
     say(f"{args.dataset}: {len(pretrain)} images, {steps_per_epoch} steps/epoch of {args.batch_size}; "
         f"{args.arch} ({args.stem} stem) on {device}, {args.precision}, {parallel}; lr {args.lr:.4g} "
-        f"({args.lr_scaling} scaling of {args.base_lr}); augmentation on {args.augment_on}; checkpoint {path}, "
+        f"({args.lr_scaling} scaling of {args.base_lr}); checkpoint {path}, "
         f"log {log_path}")
 
     def checkpoint(epoch: int) -> None:
