@@ -74,10 +74,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes for image trees and the kNN monitor\n"
                         "(default: the CPU cores per process on this machine, 2 to 16)")
-    p.add_argument("--augment-on", default="device", choices=["device", "workers"],
-                   help="device: augmentation in batches on the training device (in-memory datasets live there\n"
-                        "as uint8; for image trees the workers only decode and crop); workers: per-image\n"
-                        "torchvision in DataLoader workers (default: device)")
     p.add_argument("--test-freq", type=int, default=None, help="kNN top-1 every N epochs, 0: off (default: recipe)")
     p.add_argument("--knn-k", type=int, default=200, help="neighbours of the kNN monitor (default: 200)")
     p.add_argument("--filename", default="ckpt.pth",
@@ -159,7 +155,7 @@ def setup(args: argparse.Namespace, info: DistInfo):
     pretrain, sampler, batches = pretrain_input(
         args.dataset, args.dataset_paths, args.batch_size, world=world, rank=info.rank, seed=args.seed, device=device,
         image_size=args.image_size, jitter_strength=args.jitter_strength, blur=args.blur,
-        num_workers=args.num_workers, augment_on=args.augment_on)
+        num_workers=args.num_workers)
     args.native_size = pretrain.images.shape[1] if isinstance(pretrain, ArrayImages) else None
     torch.manual_seed(args.seed)
     model = SimCLR(args.arch, args.stem, args.proj_dim, args.proj_hidden_dim, args.proj_layers, args.width_multiplier)

@@ -23,7 +23,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.batched_augment import BatchedSimCLRAugment, blur_kernel_size  # noqa: E402
+from data.batched_augment import BatchedSimCLRAugment, ViewKeys, blur_kernel_size  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -58,13 +58,14 @@ def bench_torchvision(images: list[Image.Image], pipeline: T.Compose, steps: int
 
 def bench_batched(batch: torch.Tensor, aug: BatchedSimCLRAugment, steps: int) -> float:
     """Views per second of the batched augmentation (one view per image per step)."""
+    keys = ViewKeys(torch.arange(batch.shape[0], device=batch.device))
     with torch.no_grad():
         for _ in range(2):  # warm-up
-            aug(batch)
+            aug(batch, keys)
         _sync(batch.device)
         start = time.perf_counter()
         for _ in range(steps):
-            aug(batch)
+            aug(batch, keys)
         _sync(batch.device)
     return steps * batch.shape[0] / (time.perf_counter() - start)
 

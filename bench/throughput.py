@@ -34,6 +34,7 @@ from data.augment import simclr_augmentation  # noqa: E402
 from data.batched_augment import BatchedSimCLRAugment  # noqa: E402
 from data.datasets import ArrayImages, dataset_info, load_split  # noqa: E402
 from data.device_views import DeviceTwoViews  # noqa: E402
+from data.keyed_random import ViewKeys  # noqa: E402
 from data.sampler import EpochSampler  # noqa: E402
 from data.views import TwoViews  # noqa: E402
 from models.loss import NTXentLoss  # noqa: E402
@@ -163,7 +164,8 @@ def peak_memory(step, augment, hw, device) -> dict:
         torch.cuda.reset_peak_memory_stats()
         try:
             x = torch.randint(0, 256, (b, 3, *hw), dtype=torch.uint8, device=device)
-            step(augment(x), augment(x))
+            index = torch.arange(b, device=device)
+            step(augment(x, ViewKeys(index, view=0)), augment(x, ViewKeys(index, view=1)))
             torch.cuda.synchronize()
             peaks[b] = torch.cuda.max_memory_allocated() / 2**30
         except torch.cuda.OutOfMemoryError:

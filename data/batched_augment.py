@@ -1,49 +1,30 @@
-"""The SimCLR augmentation (Chen et al. 2020, Appendix A), batched on a tensor, on CPU or GPU.
+"""The SimCLR augmentation (Chen et al. 2020, Appendix A) on a whole batch, on CPU or GPU.
 
-Per sample, with independently drawn parameters and the same distributions as the per-image
-torchvision pipeline (see ``data/augment.py``)::
+Per sample, with the distributions of the per-image torchvision reference (``data/augment.py``)::
 
     RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3), BICUBIC)
     -> RandomHorizontalFlip(0.5)
     -> RandomApply([ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)], p=0.8)   (ops in a random order per sample)
     -> RandomGrayscale(0.2)
     -> optional RandomApply([GaussianBlur(k, sigma=(0.1, 2))], p=0.5), k = 2 * (size // 10 // 2) + 1
-    -> optional solarize(p, threshold 0.5)
     -> normalize(mean, std)
 
-The input is a (B, 3, H, W) uint8 (0..255) or float (0..1) batch; there is no Python loop over
-the images. Each op is also exposed as a module-level function taking per-sample parameter
-tensors of shape (B,), and each matches ``torchvision.transforms.v2.functional`` on float images
-(see ``tests/test_batched_augment.py`` for the measured agreement):
+Why batched: one pass of tensor ops over (B, 3, H, W) instead of a Python loop over images in
+DataLoader workers. Every sample's parameters are drawn from its own key (seed, epoch, image index,
+view; ``data/keyed_random.py``), so a view does not depend on the batch, the process or the worker
+that makes it. Each op is a module-level function taking per-sample parameter tensors of shape (B,)
+and matches ``torchvision.transforms.v2.functional`` on float images (``tests/test_batched_augment.py``):
 
-* ``resized_crop``: crop + resize with the separable *antialiased* bicubic filter of
-  ``torch.nn.functional.interpolate(mode="bicubic", antialias=True, align_corners=False)``
-  (the filter torchvision uses for tensors, PIL's bicubic with a = -0.5, support widened by the
-  scale factor when downscaling). Each sample's filter is written as two resampling matrices
-  (rows: output pixels, columns: input pixels, zero outside the crop; the weights are computed on
-  the taps only and scattered), and the crop+resize is two batched matmuls. This is exact (max
-  abs difference ~1e-6 from torchvision, float32 rounding) for upscaling and downscaling crops
-  alike; unlike ``grid_sample`` (no antialiasing, so wrong for downscaling crops) or ``roi_align``
-  (bilinear) it needs no approximation. Its cost is O(B * 3 * H * W * size) multiply-adds, cheap
-  for CIFAR/STL sizes and for GPU matmuls at ImageNet sizes. On CUDA with
-  ``torch.backends.cuda.matmul.allow_tf32 = True`` the matmuls run in TF32 (~1e-3 relative
-  error, below the uint8 quantisation of the PIL pipeline). The result is clamped to [0, 1]
-  (bicubic overshoots; PIL's uint8 output is clamped too; torchvision's float output is not).
-* colour jitter: brightness, contrast and saturation are all blends with a per-sample reference,
-  and the hue op is done once per batch (the blends before each sample's hue position, hue, the
-  blends after it), so the random per-sample op order costs 6 cheap blend passes and one hue pass.
+* ``resized_crop``: the separable antialiased bicubic filter of ``interpolate(mode="bicubic",
+  antialias=True)`` (torchvision's for tensors), each sample's filter written as two resampling
+  matrices, so crop + resize is two batched matmuls, exact for up- and downscaling crops alike
+  (``grid_sample`` has no antialiasing, ``roi_align`` is bilinear). The result is clamped to [0, 1]
+  as PIL's uint8 output is.
+* colour jitter: brightness, contrast and saturation are blends with a per-sample reference, and
+  hue runs once on the batch (the blends before each sample's hue position, hue, the blends after
+  it), so the random op order per sample costs 6 blend passes and one hue pass.
 
-Differences from the per-image PIL pipeline (not from the tensor functional ops): everything
-stays in float32 instead of being rounded to uint8 after every op, and random numbers come from
-different draws (same distributions, not the same stream).
-
-Speed: the batch is processed by eager elementwise ops, which is what a GPU is good at. On CPU
-each op allocates a (B, 3, H, W) float temporary of megabytes, which glibc maps and unmaps each
-time unless the allocator is tuned (``utils/allocator.py``, which the scripts apply on CPU): at
-CIFAR size, batch 256 on 2 cores, ~15,000-17,000 views/s tuned against ~11,000 untuned and
-~2,700-4,200 for the per-image pipeline in 2 workers (``bench/throughput.py``; README, Results).
-At 96-224 px the temporaries do not fit in cache and the per-image pipeline is competitive on CPU
-(``bench/augment_speed.py``).
+Unlike the PIL pipeline everything stays in float32 instead of being rounded to uint8 after each op.
 """
 from __future__ import annotations
 
@@ -53,46 +34,40 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from data.augment import blur_kernel_size  # one definition for both pipelines
+from data.keyed_random import ViewKeys
+
 __all__ = [
     "BatchedSimCLRAugment",
+    "ViewKeys",
     "blur_kernel_size",
     "sample_crop_params",
     "resized_crop",
     "hflip",
-    "adjust_brightness",
-    "adjust_contrast",
-    "adjust_saturation",
     "adjust_hue",
     "rgb_to_grayscale",
     "gaussian_blur",
-    "solarize",
     "color_jitter",
     "BRIGHTNESS",
     "CONTRAST",
     "SATURATION",
     "HUE",
 ]
-from data.augment import blur_kernel_size  # one definition for both pipelines
 
 # Colour-jitter op ids, numbered as torchvision's ColorJitter (fn_idx = torch.randperm(4)).
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 
+# The paper's fixed choices (Appendix A).
+SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)       # random resized crop: area fraction, aspect ratio
+HFLIP_P, JITTER_P, GRAYSCALE_P, BLUR_P = 0.5, 0.8, 0.2, 0.5
+SIGMA = (0.1, 2.0)                               # Gaussian blur
+
 _NUM_CROP_TRIES = 10  # torchvision RandomResizedCrop.get_params
-
-
-# --------------------------------------------------------------------------------------------
-# Random numbers
-# --------------------------------------------------------------------------------------------
-
-def _rand(shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
-    """Uniform [0, 1) float32 of ``shape`` on ``device``, drawn on the generator's device when one is given."""
-    draw_device = generator.device if generator is not None else device
-    return torch.rand(tuple(shape), generator=generator, device=draw_device).to(device)
-
-
-def _uniform(shape: Sequence[int], low: float, high: float, generator: torch.Generator | None,
-             device: torch.device | str) -> torch.Tensor:
-    return low + (high - low) * _rand(shape, generator, device)
+# Draw numbers of each view's key: the crop's first (the workers draw them alone for image trees).
+_CROP_DRAWS = 2 * _NUM_CROP_TRIES + 2             # area and aspect per try, then top and left
+_FLIP, _JITTER, _BRIGHT, _CONTRAST, _SAT, _HUE, _GRAY, _BLUR, _SIGMA = range(_CROP_DRAWS, _CROP_DRAWS + 9)
+_ORDER = _CROP_DRAWS + 9                          # 4 draws whose argsort is the jitter order
+_NUM_DRAWS = _ORDER + 4
 
 
 def _as_factor(factors: torch.Tensor | float, images: torch.Tensor) -> torch.Tensor:
@@ -103,7 +78,7 @@ def _as_factor(factors: torch.Tensor | float, images: torch.Tensor) -> torch.Ten
 def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``torch.where(mask, a, b)`` for finite a, b and a (B,)/(B, 1, 1, 1) bool mask, per sample.
 
-    On CPU ``torch.where`` is not vectorised (about 5x slower than a multiply), so there the
+    On CPU ``torch.where`` is not vectorised (slower than a multiply), so there the
     select is a * m + b * (1 - m), which is exact for m in {0, 1} and finite values.
     """
     m = mask.to(a.device).reshape(-1, *([1] * (a.dim() - 1)))
@@ -117,11 +92,9 @@ def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
 # Random resized crop
 # --------------------------------------------------------------------------------------------
 
-def sample_crop_params(B: int, height: int, width: int, scale: Sequence[float] = (0.08, 1.0),
-                       ratio: Sequence[float] = (3 / 4, 4 / 3), generator: torch.Generator | None = None,
-                       device: torch.device | str = "cpu"
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``torchvision.transforms.RandomResizedCrop.get_params`` for B samples at once.
+def sample_crop_params(keys: ViewKeys, height: int, width: int, scale: Sequence[float] = SCALE,
+                       ratio: Sequence[float] = RATIO) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torchvision.transforms.RandomResizedCrop.get_params`` for every key of a batch at once.
 
     Per sample: up to 10 tries of (area uniform in ``scale * H * W``, aspect ratio log-uniform in
     ``ratio``, w = round(sqrt(area * r)), h = round(sqrt(area / r))); the first try with
@@ -129,12 +102,13 @@ def sample_crop_params(B: int, height: int, width: int, scale: Sequence[float] =
     is valid, the centre crop of the whole image with its aspect ratio clamped to ``ratio``.
     All 10 tries are drawn for every sample at once and the first valid one is picked.
 
-    Returns ``(top, left, h, w)``, each a (B,) int64 tensor on ``device``.
+    Returns ``(top, left, h, w)``, each a (B,) int64 tensor on the keys' device.
     """
+    u = keys.uniform(0, _CROP_DRAWS)                                                            # (B, 22)
     area = float(height * width)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    target_area = area * _uniform((B, _NUM_CROP_TRIES), scale[0], scale[1], generator, device)   # (B, T)
-    aspect = torch.exp(_uniform((B, _NUM_CROP_TRIES), log_lo, log_hi, generator, device))        # (B, T)
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * u[:, :_NUM_CROP_TRIES])             # (B, T)
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, _NUM_CROP_TRIES:2 * _NUM_CROP_TRIES])  # (B, T)
     w_try = torch.round(torch.sqrt(target_area * aspect)).long()                                 # (B, T)
     h_try = torch.round(torch.sqrt(target_area / aspect)).long()                                 # (B, T)
     valid = (w_try > 0) & (w_try <= width) & (h_try > 0) & (h_try <= height)                     # (B, T)
@@ -152,10 +126,10 @@ def sample_crop_params(B: int, height: int, width: int, scale: Sequence[float] =
 
     w = torch.where(found, w_try.gather(1, first).squeeze(1), fb_w)                            # (B,)
     h = torch.where(found, h_try.gather(1, first).squeeze(1), fb_h)                            # (B,)
-    u = _rand((2, B), generator, device)                                                        # (2, B)
+    u_top, u_left = u[:, 2 * _NUM_CROP_TRIES], u[:, 2 * _NUM_CROP_TRIES + 1]                   # (B,) each
     # randint(0, n) as floor(u * n); the clamp guards against u * n rounding up to n in float32.
-    top_rand = torch.minimum(torch.floor(u[0] * (height - h + 1)).long(), height - h)
-    left_rand = torch.minimum(torch.floor(u[1] * (width - w + 1)).long(), width - w)
+    top_rand = torch.minimum(torch.floor(u_top * (height - h + 1)).long(), height - h)
+    left_rand = torch.minimum(torch.floor(u_left * (width - w + 1)).long(), width - w)
     top = torch.where(found, top_rand, (height - fb_h) // 2)
     left = torch.where(found, left_rand, (width - fb_w) // 2)
     return top, left, h, w
@@ -222,7 +196,7 @@ def resized_crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h:
 
 
 # --------------------------------------------------------------------------------------------
-# Flip, colour, blur, solarize
+# Flip, colour, blur
 # --------------------------------------------------------------------------------------------
 
 def hflip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -246,26 +220,10 @@ def _blend(images: torch.Tensor, other: torch.Tensor, factors: torch.Tensor) -> 
     return (images * factors + other * (1.0 - factors)).clamp_(0.0, 1.0)
 
 
-def adjust_brightness(images: torch.Tensor, factors: torch.Tensor | float) -> torch.Tensor:
-    """clamp(img * factor, 0, 1) per sample.  images: (B, C, H, W) float; factors: (B,) >= 0."""
-    return (images * _as_factor(factors, images)).clamp_(0.0, 1.0)
-
-
-def adjust_contrast(images: torch.Tensor, factors: torch.Tensor | float) -> torch.Tensor:
-    """Blend each sample with the mean of its grayscale image.  images: (B, 3, H, W); factors: (B,)."""
-    mean = rgb_to_grayscale(images).mean(dim=(-3, -2, -1), keepdim=True)           # (B, 1, 1, 1)
-    return _blend(images, mean, _as_factor(factors, images))
-
-
-def adjust_saturation(images: torch.Tensor, factors: torch.Tensor | float) -> torch.Tensor:
-    """Blend each sample with its grayscale image.  images: (B, 3, H, W); factors: (B,)."""
-    return _blend(images, rgb_to_grayscale(images), _as_factor(factors, images))
-
-
 def adjust_hue(images: torch.Tensor, factors: torch.Tensor | float) -> torch.Tensor:
     """Shift the hue of each sample by ``factor`` (in [-0.5, 0.5], a fraction of the colour wheel),
     as torchvision's RGB -> HSV -> (h + factor) mod 1 -> RGB.  images: (B, 3, H, W) float in [0, 1];
-    factors: (B,).  Agrees with torchvision to ~2e-6.
+    factors: (B,).
 
     The same formulas, fused: with v = max and v * s = max - min = range, and the hue in sixths
     of the wheel h6 (PIL's / torchvision's case split on which channel is the max), the closed
@@ -310,12 +268,6 @@ def gaussian_blur(images: torch.Tensor, sigmas: torch.Tensor | float, kernel_siz
     return out.reshape(B, C, H, W)
 
 
-def solarize(images: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Invert pixels >= threshold (1 - x) in the samples where ``mask`` (B,) is True."""
-    m = mask.to(images.device).reshape(-1, 1, 1, 1)
-    return torch.where(m & (images >= threshold), 1.0 - images, images)
-
-
 def _blend_step(x: torch.Tensor, op: torch.Tensor, factors: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
     """One jitter position for the blend ops: brightness, contrast or saturation per sample
     (``op`` (B,) in {0, 1, 2}, others ignored) on the ``active`` (B,) samples.
@@ -336,13 +288,12 @@ def _blend_step(x: torch.Tensor, op: torch.Tensor, factors: torch.Tensor, active
 
 
 def color_jitter(images: torch.Tensor, order: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
-                 saturation: torch.Tensor, hue: torch.Tensor, mask: torch.Tensor, use_hue: bool = True) -> torch.Tensor:
+                 saturation: torch.Tensor, hue: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """torchvision's ColorJitter per sample: the four ops applied in the order ``order[b]``.
 
     images: (B, 3, H, W) float in [0, 1]; order: (B, 4) int64, a permutation of (BRIGHTNESS,
     CONTRAST, SATURATION, HUE) per sample (torchvision's ``fn_idx``); brightness, contrast,
     saturation, hue: (B,) factors; mask: (B,) bool, samples not selected are returned unchanged.
-    ``use_hue=False`` skips the hue op (as ColorJitter(hue=0), which does not apply it).
 
     Batched in three phases so that the (expensive) hue op runs once on the batch: the blend ops
     at the positions before each sample's hue position (3 masked steps), hue, then the blend ops
@@ -355,8 +306,7 @@ def color_jitter(images: torch.Tensor, order: torch.Tensor, brightness: torch.Te
     x = images
     for k in range(3):                                                               # before hue
         x = _blend_step(x, order[:, k], factors, mask & (hue_pos > k))
-    if use_hue:
-        x = _select(mask, adjust_hue(x, hue.to(dev)), x)
+    x = _select(mask, adjust_hue(x, hue.to(dev)), x)
     for k in range(1, 4):                                                            # after hue
         x = _blend_step(x, order[:, k], factors, mask & (hue_pos < k))
     return x
@@ -369,99 +319,82 @@ def color_jitter(images: torch.Tensor, order: torch.Tensor, brightness: torch.Te
 class BatchedSimCLRAugment(torch.nn.Module):
     """SimCLR's training augmentation (Chen et al. 2020, Appendix A) on a whole batch.
 
-    Every sample gets independently drawn parameters with the distributions of the per-image
-    torchvision pipeline (random resized crop, flip, colour jitter of strength ``jitter_strength``
-    in random op order, grayscale, optional blur, optional solarize) and is normalised.
-
-    ``forward(images)`` = ``apply(images, sample_params(B, H, W, generator, device))``; the
-    parameter dict is exposed for testing and for reproducing a view.
+    Every sample's parameters are drawn from its key (``ViewKeys``: seed, epoch, image index, view)
+    with the distributions of the per-image torchvision pipeline: random resized crop, flip, colour
+    jitter of strength ``jitter_strength`` in random op order, grayscale, optional blur; then the
+    sample is normalised. ``forward(images, keys)`` = ``apply(images, sample_params(keys, H, W))``;
+    the parameter dict is exposed for testing and for reproducing a view.
     """
 
-    def __init__(self, size: int, jitter_strength: float = 1.0, blur: bool = False, solarize_p: float = 0.0,
-                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
-                 color_jitter_p: float = 0.8, grayscale_p: float = 0.2, blur_p: float = 0.5, hflip_p: float = 0.5,
-                 scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3)) -> None:
+    def __init__(self, size: int, jitter_strength: float = 1.0, blur: bool = False,
+                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225)) -> None:
         super().__init__()
         s = float(jitter_strength)
         if not 0.0 <= 0.2 * s <= 0.5:
             raise ValueError(f"jitter_strength must be in [0, 2.5] (hue = 0.2 s <= 0.5), got {s}")
         self.size = int(size)
         self.jitter_strength = s
-        self.brightness = (max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s)
-        self.contrast = (max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s)
-        self.saturation = (max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s)
+        self.brightness = self.contrast = self.saturation = (max(0.0, 1.0 - 0.8 * s), 1.0 + 0.8 * s)
         self.hue = (-0.2 * s, 0.2 * s)
         self.blur = bool(blur)
         self.kernel_size = blur_kernel_size(self.size)
-        self.solarize_p = float(solarize_p)
-        self.color_jitter_p = float(color_jitter_p) if s > 0 else 0.0
-        self.grayscale_p = float(grayscale_p)
-        self.blur_p = float(blur_p) if self.blur else 0.0
-        self.hflip_p = float(hflip_p)
-        self.scale = (float(scale[0]), float(scale[1]))
-        self.ratio = (float(ratio[0]), float(ratio[1]))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False)
 
     def extra_repr(self) -> str:
-        return (f"size={self.size}, jitter_strength={self.jitter_strength}, blur={self.blur} (k={self.kernel_size}), "
-                f"solarize_p={self.solarize_p}, color_jitter_p={self.color_jitter_p}, grayscale_p={self.grayscale_p}, "
-                f"blur_p={self.blur_p}, hflip_p={self.hflip_p}, scale={self.scale}, ratio={self.ratio}")
+        return f"size={self.size}, jitter_strength={self.jitter_strength}, blur={self.blur} (k={self.kernel_size})"
 
-    def sample_params(self, B: int, height: int, width: int, generator: torch.Generator | None = None,
-                      device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Draw every sample's parameters.  Returns a dict of tensors on ``device``:
+    def sample_params(self, keys: ViewKeys, height: int, width: int) -> dict[str, torch.Tensor]:
+        """Every sample's parameters, from its key alone.  Returns a dict of tensors on the keys' device:
 
-        top, left, h, w (B,) int64 crop box; flip (B,) bool; jitter (B,) bool (colour jitter applied);
-        jitter_order (B, 4) int64 permutation of (BRIGHTNESS, CONTRAST, SATURATION, HUE);
-        brightness, contrast, saturation, hue (B,) float factors; grayscale (B,) bool;
-        blur (B,) bool; sigma (B,) float in [0.1, 2]; solarize (B,) bool.
-        The same draws are made whatever the options, so a seed gives the same crops for all of them.
+        top, left, h, w (B,) int64 crop box (``sample_crop_params``, the same box the workers cut for
+        image trees); flip (B,) bool; jitter (B,) bool (colour jitter applied); jitter_order (B, 4)
+        int64 permutation of (BRIGHTNESS, CONTRAST, SATURATION, HUE); brightness, contrast, saturation,
+        hue (B,) float factors; grayscale (B,) bool; blur (B,) bool; sigma (B,) float in [0.1, 2].
         """
-        top, left, h, w = sample_crop_params(B, height, width, self.scale, self.ratio, generator, device)
-        u = _rand((10, B), generator, device)                                         # (10, B)
-        order = torch.argsort(_rand((B, 4), generator, device), dim=1)                 # (B, 4) uniform permutation
-        lerp = lambda r, x: r[0] + (r[1] - r[0]) * x                                   # noqa: E731
+        top, left, h, w = sample_crop_params(keys, height, width)
+        u = keys.uniform(_CROP_DRAWS, _NUM_DRAWS - _CROP_DRAWS)                        # (B, 13)
+        draw = lambda i: u[:, i - _CROP_DRAWS]                                         # noqa: E731
+        lerp = lambda r, i: r[0] + (r[1] - r[0]) * draw(i)                             # noqa: E731
         return {
             "top": top, "left": left, "h": h, "w": w,
-            "flip": u[0] < self.hflip_p,
-            "jitter": u[1] < self.color_jitter_p,
-            "jitter_order": order,
-            "brightness": lerp(self.brightness, u[2]),
-            "contrast": lerp(self.contrast, u[3]),
-            "saturation": lerp(self.saturation, u[4]),
-            "hue": lerp(self.hue, u[5]),
-            "grayscale": u[6] < self.grayscale_p,
-            "blur": u[7] < self.blur_p,
-            "sigma": lerp((0.1, 2.0), u[8]),
-            "solarize": u[9] < self.solarize_p,
+            "flip": draw(_FLIP) < HFLIP_P,
+            "jitter": draw(_JITTER) < (JITTER_P if self.jitter_strength > 0 else 0.0),
+            "jitter_order": torch.argsort(u[:, _ORDER - _CROP_DRAWS:], dim=1),          # (B, 4) uniform permutation
+            "brightness": lerp(self.brightness, _BRIGHT),
+            "contrast": lerp(self.contrast, _CONTRAST),
+            "saturation": lerp(self.saturation, _SAT),
+            "hue": lerp(self.hue, _HUE),
+            "grayscale": draw(_GRAY) < GRAYSCALE_P,
+            "blur": draw(_BLUR) < (BLUR_P if self.blur else 0.0),
+            "sigma": lerp(SIGMA, _SIGMA),
         }
 
-    def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Apply given parameters.  images: (B, 3, H, W) uint8 or float in [0, 1].
+    def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor], crop: bool = True) -> torch.Tensor:
+        """Apply given parameters.  images: (B, 3, H, W) uint8 or float in [0, 1]; with ``crop=False``
+        they are already the crops (size x size) and the crop box is not used.
         Returns normalised float32 (B, 3, size, size) on the images' device."""
-        if images.dtype == torch.uint8:
-            x = images.float().div_(255.0)
-        else:
-            x = images.float()
+        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
         dev = x.device
         p = {k: v.to(dev) for k, v in params.items()}
-        x = resized_crop(x, p["top"], p["left"], p["h"], p["w"], self.size)        # (B, 3, S, S)
-        if self.hflip_p > 0:
-            x = hflip(x, p["flip"])
-        if self.color_jitter_p > 0:
+        if crop:
+            x = resized_crop(x, p["top"], p["left"], p["h"], p["w"], self.size)    # (B, 3, S, S)
+        elif x.shape[-2:] != (self.size, self.size):
+            raise ValueError(f"crop=False needs {self.size}x{self.size} crops, got {tuple(x.shape[-2:])}")
+        x = hflip(x, p["flip"])
+        if self.jitter_strength > 0:
             x = color_jitter(x, p["jitter_order"], p["brightness"], p["contrast"], p["saturation"], p["hue"],
-                             p["jitter"], use_hue=self.hue[1] > 0)
-        if self.grayscale_p > 0:
-            x = _select(p["grayscale"], rgb_to_grayscale(x, 3), x)
-        if self.blur_p > 0:
+                             p["jitter"])
+        x = _select(p["grayscale"], rgb_to_grayscale(x, 3), x)
+        if self.blur:
             x = _select(p["blur"], gaussian_blur(x, p["sigma"], self.kernel_size), x)
-        if self.solarize_p > 0:
-            x = solarize(x, p["solarize"], 0.5)
         return (x - self.mean.to(dev)) / self.std.to(dev)
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """images: (B,3,H,W) uint8 (0..255) or float (0..1), any device.
-        Returns normalized float32 (B,3,size,size) on the same device."""
+    def forward(self, images: torch.Tensor, keys: ViewKeys, crop: bool = True) -> torch.Tensor:
+        """images: (B, 3, H, W) uint8 (0..255) or float (0..1), any device; keys: one per image.
+        ``crop=False``: the images are already the crops of these keys (cut in DataLoader workers).
+        Returns normalised float32 (B, 3, size, size) on the images' device."""
         B, _, H, W = images.shape
-        return self.apply(images, self.sample_params(B, H, W, generator, images.device))
+        if len(keys) != B:
+            raise ValueError(f"{len(keys)} keys for {B} images")
+        return self.apply(images, self.sample_params(keys, H, W), crop=crop)

@@ -1,13 +1,13 @@
-"""Two augmented views per image made in batches on the training device.
+"""Batches of two augmented views per image, made on the training device.
 
 - DeviceTwoViews, for datasets held in memory (CIFAR, STL-10, the sample): the uint8 images live on
   the device as one (N, 3, H, W) tensor; each step gathers its batch and runs
-  data.batched_augment.BatchedSimCLRAugment twice, no DataLoader workers at all.
-- DeviceFinish, for image trees read from disk (ImageNet): DataLoader workers decode and take the two
-  random resized crops (data.views.TwoViews with a crop-only transform, uint8), the device does flip,
-  colour jitter, grayscale, blur and normalisation in batches.
-The device's random draws use a generator seeded by (seed, rank, epoch, batch), so views are
-reproducible and a resumed run sees exactly the views it would have seen.
+  data.batched_augment.BatchedSimCLRAugment for view 0 and view 1; no DataLoader workers at all.
+- DeviceFinish, for image trees read from disk (ImageNet): DataLoader workers decode each image and
+  cut its two random resized crops (data.views.TwoCrops), the device does the rest of the views.
+Either way a view is drawn from the key (seed, epoch, image index, view) alone, so an image's views
+do not depend on the batch size, the number of processes or of workers, and a resumed run sees
+exactly the views it would have seen, even on another number of processes.
 """
 from __future__ import annotations
 
@@ -15,56 +15,48 @@ import numpy as np
 import torch
 
 from data.batched_augment import BatchedSimCLRAugment
+from data.keyed_random import ViewKeys
 from data.sampler import EpochSampler
-from data.views import sample_seed
-
-
-def batch_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
-    """The device generator's seed for one batch of one rank: each rank draws its own views."""
-    return sample_seed(seed + 7919 * rank, epoch, batch)
 
 
 class DeviceTwoViews:
     """Iterable of (x1, x2) batches, each (B, 3, size, size) float32 normalised, on ``device``."""
 
     def __init__(self, images: np.ndarray, augment: BatchedSimCLRAugment, batch_size: int, sampler: EpochSampler,
-                 device: torch.device, seed: int = 0, rank: int = 0) -> None:
+                 device: torch.device, seed: int = 0) -> None:
         # images: (N, H, W, 3) uint8 -> (N, 3, H, W) uint8 on the device, once
         self.data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
         self.augment, self.batch_size, self.sampler = augment, batch_size, sampler
-        self.device, self.seed, self.rank = device, seed, rank
+        self.device, self.seed = device, seed
 
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size  # drop_last, as the DataLoader path
 
     def __iter__(self):
         keys = torch.tensor([i for _, i in self.sampler], dtype=torch.long)
-        first = self.sampler.skip // self.batch_size  # batches already done this epoch (mid-epoch resume)
-        generator = torch.Generator(device=self.device)
+        epoch = self.sampler.epoch
         for b in range(len(self)):
-            idx = keys[b * self.batch_size:(b + 1) * self.batch_size].to(self.device, non_blocking=True)
+            idx = keys[b * self.batch_size:(b + 1) * self.batch_size].to(self.device, non_blocking=True)  # (B,)
             batch = self.data[idx]  # (B, 3, H, W) uint8
-            generator.manual_seed(batch_seed(self.seed, self.rank, self.sampler.epoch, first + b))
-            yield self.augment(batch, generator), self.augment(batch, generator)
+            yield tuple(self.augment(batch, ViewKeys(idx, self.seed, epoch, view)) for view in (0, 1))
 
 
 class DeviceFinish:
-    """Wraps a DataLoader of (crop1, crop2) uint8 batches (data.views.TwoViews with crop + PILToTensor);
-    yields (x1, x2) float32 normalised views made on ``device`` by ``augment`` (built with scale=(1, 1),
-    ratio=(1, 1): no crop)."""
+    """Wraps a DataLoader of (crop1, crop2, index) batches (data.views.TwoCrops: uint8 crops at the output
+    size) and yields (x1, x2) float32 normalised views finished on ``device`` by ``augment`` with the
+    crops' own keys (the crop itself is not redone)."""
 
     def __init__(self, loader, augment: BatchedSimCLRAugment, sampler: EpochSampler, device: torch.device,
-                 seed: int = 0, rank: int = 0) -> None:
+                 seed: int = 0) -> None:
         self.loader, self.augment, self.sampler = loader, augment, sampler
-        self.device, self.seed, self.rank = device, seed, rank
+        self.device, self.seed = device, seed
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
-        first = self.sampler.skip // self.loader.batch_size
-        generator = torch.Generator(device=self.device)
-        for b, (c1, c2) in enumerate(self.loader):
-            generator.manual_seed(batch_seed(self.seed, self.rank, self.sampler.epoch, first + b))
-            yield (self.augment(c1.to(self.device, non_blocking=True), generator),
-                   self.augment(c2.to(self.device, non_blocking=True), generator))
+        epoch = self.sampler.epoch
+        for c1, c2, idx in self.loader:
+            idx = idx.to(self.device, non_blocking=True)  # (B,)
+            yield tuple(self.augment(c.to(self.device, non_blocking=True), ViewKeys(idx, self.seed, epoch, view),
+                                     crop=False) for view, c in enumerate((c1, c2)))

@@ -1,41 +1,34 @@
-"""The pretraining input: batches of two augmented views of the images of one process."""
+"""The pretraining input: batches of two augmented views of the images of one process.
+
+One augmentation pipeline serves every dataset: data.batched_augment.BatchedSimCLRAugment on the
+training device, each view drawn from its key (seed, epoch, image index, view). In-memory datasets
+live on the device as uint8; image trees are decoded and cropped in DataLoader workers with the
+same keys, and the device finishes the views.
+"""
 from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader
-from torchvision import transforms as T
 
-from data.augment import random_resized_crop, simclr_augmentation
 from data.batched_augment import BatchedSimCLRAugment
 from data.datasets import ArrayImages, dataset_info, load_split
 from data.device_views import DeviceFinish, DeviceTwoViews
 from data.sampler import EpochSampler
-from data.views import TwoViews
+from data.views import TwoCrops
 from utils.errors import UserError
 
 
 def two_view_batches(images, sampler: EpochSampler, batch_size: int, *, image_size: int, jitter_strength: float,
-                     blur: bool, mean, std, device: torch.device, seed: int, rank: int, num_workers: int,
-                     augment_on: str = "device"):
+                     blur: bool, mean, std, device: torch.device, seed: int, num_workers: int):
     """An iterable of (x1, x2) batches of ``batch_size`` images each, (B, 3, S, S) float32 normalised on ``device``,
-    over the keys of ``sampler`` (one process's share of each epoch); ``len()`` is the number of batches.
-    In-memory datasets live on the device as uint8 and are augmented there in batches; image trees are
-    decoded and cropped in DataLoader workers, the rest of the augmentation runs on the device."""
-    def augment(**crop):
-        return BatchedSimCLRAugment(image_size, jitter_strength, blur, mean=mean, std=std, **crop).to(device)
-
-    if augment_on == "workers":  # per-image torchvision in the workers, keyed by (seed, epoch, image)
-        transform = simclr_augmentation(image_size, jitter_strength, blur, mean, std)
-        return DataLoader(TwoViews(images, transform, seed=seed), batch_size=batch_size, sampler=sampler,
-                          num_workers=num_workers, drop_last=True, pin_memory=device.type == "cuda",
-                          persistent_workers=num_workers > 0)
+    over the keys of ``sampler`` (one process's share of each epoch); ``len()`` is the number of batches."""
+    augment = BatchedSimCLRAugment(image_size, jitter_strength, blur, mean=mean, std=std).to(device)
     if isinstance(images, ArrayImages):
-        return DeviceTwoViews(images.images, augment(), batch_size, sampler, device, seed=seed, rank=rank)
-    crops = T.Compose([random_resized_crop(image_size), T.PILToTensor()])  # uint8 crops in the workers
-    loader = DataLoader(TwoViews(images, crops, seed=seed), batch_size=batch_size, sampler=sampler,
+        return DeviceTwoViews(images.images, augment, batch_size, sampler, device, seed=seed)
+    loader = DataLoader(TwoCrops(images, image_size, seed=seed), batch_size=batch_size, sampler=sampler,
                         num_workers=num_workers, drop_last=True, pin_memory=device.type == "cuda",
                         persistent_workers=num_workers > 0)
-    return DeviceFinish(loader, augment(scale=(1.0, 1.0), ratio=(1.0, 1.0)), sampler, device, seed=seed, rank=rank)
+    return DeviceFinish(loader, augment, sampler, device, seed=seed)
 
 
 def pretrain_input(dataset: str, paths_file: str, batch_size: int, *, world: int, rank: int, seed: int,
@@ -53,5 +46,5 @@ def pretrain_input(dataset: str, paths_file: str, batch_size: int, *, world: int
     info = dataset_info(dataset)
     sampler = EpochSampler(len(images), seed=seed, num_replicas=world, rank=rank)
     batches = two_view_batches(images, sampler, batch_size // world, mean=info.mean, std=info.std, device=device,
-                               seed=seed, rank=rank, **views)
+                               seed=seed, **views)
     return images, sampler, batches

@@ -2,6 +2,8 @@
 
 A 2-process DDP step with SyncBN and gathered embeddings must equal the step of one process on
 the whole batch: same loss, same gradient for every parameter; the common wrong gathers must not.
+simclr.py on 2 processes must train as on 1 (views keyed by image), and resume on another number
+of processes from a stop in the middle of an epoch.
 """
 import csv
 import os
@@ -140,8 +142,7 @@ def test_single_process_without_torchrun():
 
 
 TINY = ["--arch", "resnet18", "--batch-size", "8", "--num-workers", "0", "--precision", "fp32", "--device", "cpu",
-        "--warmup-epochs", "1", "--log-freq", "1", "--proj-dim", "16", "--seed", "3",
-        "--augment-on", "workers"]  # views keyed by image: the same in 1 and 2 processes (device path: per rank)
+        "--warmup-epochs", "1", "--log-freq", "1", "--proj-dim", "16", "--seed", "3"]
 
 
 def torchrun(argv, cwd):
@@ -180,7 +181,8 @@ def test_torchrun_two_processes_write_one_checkpoint_and_resume(tmp_path):
     lines = open(ckpt.replace(".pth", ".csv")).read().splitlines()
     assert len(lines) == 1 + 4 + 2  # 4 steps and 2 kNN rows, each written once
 
-    # The same run in one process: the global batches, their views and (with SyncBN) the steps are the same.
+    # The same run in one process (the default, on-device augmentation): the global batches, their views
+    # (keyed by image, not by rank or batch) and, with SyncBN, the steps are the same.
     one = str(tmp_path / "one.pth")
     simclr.main(simclr.get_args_parser().parse_args(TINY + ["--dataset-paths", paths, "--filename", one,
                                                             "--test-freq", "0", "--num-epochs", "2"]))
@@ -188,6 +190,57 @@ def test_torchrun_two_processes_write_one_checkpoint_and_resume(tmp_path):
     ref = load_checkpoint(one)["model"]
     for k, v in state["model"].items():
         torch.testing.assert_close(v, ref[k], rtol=1e-3, atol=1e-5, msg=k)
+
+
+class StopAfter(simclr.StopRequest):
+    """A stop request that arrives after ``n`` checks (one per step and one per epoch end), as SIGTERM would."""
+    n = 3
+
+    def __init__(self):
+        super().__init__()
+        self.checks = 0
+
+    @property
+    def requested(self):
+        self.checks += 1
+        return self.checks > StopAfter.n
+
+    @requested.setter
+    def requested(self, value):
+        pass
+
+
+def _stopped_run(info: DistInfo, argv: list, out_dir: str) -> None:
+    """simclr.train on this process group until StopAfter stops it; writes the exit code of each rank."""
+    simclr.StopRequest = StopAfter  # this spawned process only
+    try:
+        simclr.train(simclr.resolve_args(simclr.get_args_parser().parse_args(argv)), info)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    with open(os.path.join(out_dir, f"rank{info.rank}.code"), "w") as f:
+        f.write(str(code))
+
+
+def test_stopped_mid_epoch_on_two_processes_resumes_on_one(tmp_path):
+    """Epoch 1 and the first step of epoch 2 on 2 processes, stopped there, the rest on 1 process: the
+    uninterrupted 1-process run to float tolerance (the sampler's keys and every view are global)."""
+    write_image_folder(str(tmp_path / "d"), classes=("a", "b", "c", "d"), per_class=5, size=8)
+    paths = write_paths(str(tmp_path / "paths.json"), {"cifar10": "d"})
+    common = TINY + ["--dataset-paths", paths, "--test-freq", "0", "--num-epochs", "3"]
+    full, part = str(tmp_path / "full.pth"), str(tmp_path / "part.pth")
+    simclr.main(simclr.get_args_parser().parse_args(common + ["--filename", full]))
+    spawn(_stopped_run, WORLD, common + ["--filename", part], str(tmp_path))
+    assert [open(tmp_path / f"rank{r}.code").read() for r in range(WORLD)] == ["143"] * WORLD
+    mid = load_checkpoint(part)
+    assert (mid["epoch"], mid["step"], mid["args"]["world_size"]) == (1, 3, 2)  # 2 steps per epoch
+    simclr.main(simclr.get_args_parser().parse_args(common + ["--filename", part, "--resume"]))
+    a, b = load_checkpoint(full), load_checkpoint(part)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 6)
+    assert csv_losses(part.replace(".pth", ".csv")) == pytest.approx(csv_losses(full.replace(".pth", ".csv")),
+                                                                     rel=1e-4)
+    for k, v in b["model"].items():
+        torch.testing.assert_close(v, a["model"][k], rtol=1e-3, atol=1e-5, msg=k)
 
 
 def test_global_batch_must_divide_among_processes(tmp_path):
