@@ -33,10 +33,10 @@ class DeviceTwoViews:
         return len(self.sampler) // self.batch_size  # drop_last, as the DataLoader path
 
     def __iter__(self):
-        keys = torch.tensor([i for _, i in self.sampler], dtype=torch.long)
+        keys = torch.tensor([i for _, i in self.sampler], dtype=torch.long).to(self.device)  # once an epoch
         epoch = self.sampler.epoch
         for b in range(len(self)):
-            idx = keys[b * self.batch_size:(b + 1) * self.batch_size].to(self.device, non_blocking=True)  # (B,)
+            idx = keys[b * self.batch_size:(b + 1) * self.batch_size]  # (B,)
             batch = self.data[idx]  # (B, 3, H, W) uint8
             yield tuple(self.augment(batch, ViewKeys(idx, self.seed, epoch, view)) for view in (0, 1))
 
