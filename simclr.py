@@ -3,9 +3,8 @@
     python simclr.py --dataset cifar10 --arch resnet18 --num-epochs 1000 --cosine-anneal --filename output.pth
     torchrun --nproc_per_node=8 simclr.py --dataset imagenet --batch-size 4096 ...
 
-The parser, the recipe and the wiring; the step and the epoch are in training/, the input in data/,
-checkpoints in utils/checkpoint.py, processes and GPUs in utils/distributed.py. Writes
-``checkpoint/<filename>`` (model, optimizer, epoch/step, args, git commit) and a CSV log beside it.
+The parser, the recipe and the wiring (README, "Where things are"). Writes ``checkpoint/<filename>``
+(model, optimizer, epoch/step, args, git commit) and a CSV log beside it.
 """
 from __future__ import annotations
 
@@ -98,9 +97,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(Ampere or newer), fp32 elsewhere (default: auto)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on with bf16, off with fp32)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model's forward (Inductor; the first steps compile for a minute or\n"
-                        "more). Not with DataParallel: use torchrun")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (not under DataParallel)")
     p.add_argument("--log-freq", type=int, default=10,
                    help="read the loss back from the device every N steps; a CSV row each time (default: 10)")
     return p
@@ -127,9 +124,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         (args.test_freq >= 0, "--test-freq must be >= 0 (0 disables the kNN monitor)"),
         (args.chunk_size >= 0, f"--chunk-size must be >= 0 (0 disables gradient caching), got {args.chunk_size}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    if any(not ok for ok, _ in checks):
+        raise UserError(next(message for ok, message in checks if not ok))
     args.lr = scaled_lr(args.base_lr, args.batch_size, args.lr_scaling)
     return args
 
@@ -141,8 +137,7 @@ def main(args: argparse.Namespace) -> dict:
     try:
         return train(args, dist_info)
     finally:
-        if dist_info.distributed:
-            cleanup_distributed()
+        cleanup_distributed()  # a no-op without a process group
 
 
 def setup(args: argparse.Namespace, info: DistInfo):
@@ -187,11 +182,9 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     log = CSVLog(log_path, LOG_FIELDS, keep_until_step=step if args.resume else 0) if info.is_main else NullLog()
     monitor = KNNMonitor(args.dataset, args.dataset_paths, args.image_size, args.native_size, device, precision,
                          args.num_workers, args.knn_k) if args.test_freq > 0 and info.is_main else None
-    knn = lambda: monitor(model.backbone)  # noqa: E731
-    if args.compile and args.sync_bn:
-        say("note: --compile with SyncBN breaks the graph at every BatchNorm (a PyTorch limitation)")
     say(f"{args.dataset}: {len(pretrain)} images, {steps_per_epoch} steps/epoch of {args.batch_size}; {args.arch} "
         f"({args.stem} stem) on {device}, {precision.name}, {parallel}, SyncBN {args.sync_bn}"
+        + (" (--compile breaks the graph at every SyncBatchNorm)" if args.compile and args.sync_bn else "")
         + (f", gradient caching in chunks of {args.chunk_size} pairs" if args.chunk_size else "")
         + f"; lr {args.lr:.4g} ({args.lr_scaling} scaling of {args.base_lr}); checkpoint {path}, log {log_path}")
 
@@ -206,7 +199,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
         for epoch in range(start_epoch, args.num_epochs):
             skip = step - epoch * steps_per_epoch if epoch == start_epoch else 0  # > 0 after a mid-epoch stop
             sampler.set_epoch(epoch, skip=skip * (args.batch_size // world))
-            step, stopped = run_epoch(args, info, net, batches, optimizer, lr_at, epoch, step, log, stop, knn, result)
+            step, stopped = run_epoch(args, info, net, batches, optimizer, lr_at, epoch, step, log, stop,
+                                      lambda: monitor(model.backbone), result)
             stopped = any_rank(stopped or stop.requested, info)  # a signal during the kNN monitor, say
             if info.is_main:
                 saver(epoch + (0 if stopped else 1), force=stopped)

@@ -164,3 +164,16 @@ def test_saver_by_time_costs_under_one_percent(monkeypatch):
     for epoch in range(1, 11):
         fixed(epoch)
     assert every == [3, 6, 9, 10]
+
+
+def test_resume_refuses_an_optimizer_state_of_other_groups(tmp_path):
+    """A checkpoint written when LARS had one group of all parameters: refused with the reason, not a traceback."""
+    from optim.lars import LARS
+    from utils.checkpoint import resume, save_checkpoint
+
+    model = TinyNet()
+    path = str(tmp_path / "old.pth")
+    save_checkpoint({"model": model.state_dict(), "optimizer": LARS(model.parameters(), lr=0.1).state_dict(),
+                     "epoch": 1, "step": 2, "args": {"arch": "tiny", "optimizer": "lars"}}, path)
+    with pytest.raises(UserError, match="older version"):
+        resume(path, model, build_optimizer(model, "lars", 0.1, 1e-4), {"arch": "tiny"}, "lars", 2)
