@@ -19,7 +19,7 @@ import simclr
 from models.loss import NTXentLoss
 from optim.groups import param_groups
 from optim.lars import LARS
-from tests.dist_helpers import TinyNet, free_port, grads, max_rel_err, spawn, tiny_batch
+from tests.dist_helpers import StopAfter, TinyNet, free_port, grads, max_rel_err, spawn, tiny_batch
 from tests.tiny_data import write_image_folder, write_paths
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo, convert_sync_batchnorm, gather_pairs, gather_with_grad, init_distributed
@@ -190,24 +190,6 @@ def test_torchrun_two_processes_write_one_checkpoint_and_resume(tmp_path):
     ref = load_checkpoint(one)["model"]
     for k, v in state["model"].items():
         torch.testing.assert_close(v, ref[k], rtol=1e-3, atol=1e-5, msg=k)
-
-
-class StopAfter(simclr.StopRequest):
-    """A stop request that arrives after ``n`` checks (one per step and one per epoch end), as SIGTERM would."""
-    n = 3
-
-    def __init__(self):
-        super().__init__()
-        self.checks = 0
-
-    @property
-    def requested(self):
-        self.checks += 1
-        return self.checks > StopAfter.n
-
-    @requested.setter
-    def requested(self, value):
-        pass
 
 
 def _stopped_run(info: DistInfo, argv: list, out_dir: str) -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import simclr
+from tests.dist_helpers import StopAfter
 from tests.tiny_data import write_image_folder, write_paths
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
@@ -110,24 +111,6 @@ def test_asking_for_a_missing_gpu(tiny):
     _, paths = tiny
     with pytest.raises(UserError, match="no GPU"):
         run(TINY + ["--dataset-paths", paths, "--device", "cuda"])
-
-
-class StopAfter(simclr.StopRequest):
-    """A stop request that arrives after ``n`` steps, as SIGTERM would."""
-    n = 3
-
-    def __init__(self):
-        super().__init__()
-        self.checks = 0
-
-    @property
-    def requested(self):
-        self.checks += 1
-        return self.checks > StopAfter.n
-
-    @requested.setter
-    def requested(self, value):
-        pass
 
 
 def test_interrupted_mid_epoch_resumes_exactly(tiny, monkeypatch):
