@@ -16,7 +16,8 @@ class NTXentLoss(nn.Module):
     Up to 2N = 4096 anchors (batch 2048) the (2N, 2N) similarity matrix is built at once. Above,
     the loss and its gradient are computed ``block_rows`` anchors at a time (``blockwise_nt_xent``;
     by default blocks of 2^24 similarities, 64 MiB), so memory is O(block_rows * 2N) instead of
-    the dense path's several (2N)^2 floats: the batch is no longer limited by the loss. ``block_rows`` sets the block (and the threshold) by hand.
+    the dense path's several (2N)^2 floats: the batch is no longer limited by the loss.
+    ``block_rows`` sets the block (and the threshold) by hand.
     """
 
     BLOCK_ELEMENTS = 2**24
