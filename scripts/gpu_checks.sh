@@ -57,8 +57,9 @@ step throughput "${limits[0]}" python bench/throughput.py --device "$device" --b
 # shellcheck disable=SC2086  # mem_sizes: several numbers
 step memory "${limits[1]}" python bench/memory.py --device "$device" --batch-sizes $mem_sizes --chunk-size "$chunk" \
     --plain-up-to "$plain" --steps 2
-if ! have_data=$(python -c "from data.paths import resolve; print(resolve('$dataset', '$paths'))" 2>&1); then
-    echo "== epoch, learning: skipped: $have_data"
+have_data=$(python -c "from data.paths import resolve; print(resolve('$dataset', '$paths'))" 2>&1 | tail -n 1)
+if [ ! -d "$have_data" ]; then
+    echo "== epoch, learning: skipped: ${have_data#*UserError: }"
     echo "   pass a paths file that names it: bash scripts/gpu_checks.sh OUT_DIR paths.json"
 fi
 rm -f checkpoint/gpu_epoch.pth checkpoint/gpu_epoch.csv
