@@ -17,6 +17,11 @@ RECIPES: dict[str, dict] = {
                      jitter_strength=1.0, blur=True, test_freq=0),
 }
 RECIPE_KEYS = tuple(_CIFAR)
+# Linear evaluation by SGD (gradient_linear_clf.py): the paper's B.6 on ImageNet (batch 4096, 90 epochs);
+# on the small datasets batch 512 and 100 epochs. lr = 0.1 x B/256 for both, Nesterov momentum 0.9.
+_SMALL_LINEAR = dict(batch_size=512, num_epochs=100)
+LINEAR_EVAL: dict[str, dict] = {"cifar10": _SMALL_LINEAR, "cifar10-sample": _SMALL_LINEAR, "cifar100": _SMALL_LINEAR,
+                                "stl10": _SMALL_LINEAR, "imagenet": dict(batch_size=4096, num_epochs=90)}
 # Fine-tuning's base lr by scaling rule: 0.005 x sqrt(B) is the official code's, 0.05 x B/256 the paper's B.5.
 FINETUNE_BASE_LR = {"sqrt": 0.005, "linear": 0.05, "none": 0.16}
 
