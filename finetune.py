@@ -32,9 +32,8 @@ from evaluation.load import evaluation_target, finetune_encoder, state_equal
 from evaluation.supervised import evaluate, fit
 from models.finetune import STAGES, FineTuneNet
 from models.resnet import ARCHS, STEMS
-from optim.groups import param_groups
-from optim.lars import LARS
-from optim.schedules import scaled_lr, warmup_constant, warmup_cosine
+from optim.groups import build_optimizer
+from optim.schedules import lr_schedule, scaled_lr
 from training.recipe import FINETUNE_BASE_LR
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import checkpoint_path, find_checkpoint, git_commit, save_checkpoint
@@ -136,14 +135,6 @@ def build_model(args: argparse.Namespace):
     return backbone, head, saved, ckpt
 
 
-def build_optimizer(model: FineTuneNet, args: argparse.Namespace, lr: float) -> torch.optim.Optimizer:
-    """LARS with the classifier excluded from adaptation (the official ``head_supervised``), or SGD."""
-    groups = param_groups(model, args.weight_decay, plain=model.classifier)
-    if args.optimizer == "lars":
-        return LARS(groups, lr=lr, momentum=args.momentum, trust_coefficient=args.trust_coefficient)
-    return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=args.nesterov)
-
-
 def labelled_subset(args: argparse.Namespace, dataset: str, labels, ckpt: str | None, name: str):
     """(subset record, its file, result file): the ``--subset-file``, or a new subset written beside the result."""
     record = requested_subset(args.subset_file, args.label_fraction, dataset, labels)
@@ -205,7 +196,6 @@ def main(args: argparse.Namespace) -> dict:
     epochs = args.num_epochs or (60 if record["fraction"] <= 0.01 else 30)
     base_lr = args.base_lr or FINETUNE_BASE_LR[args.lr_scaling]
     lr = scaled_lr(base_lr, batch_size, args.lr_scaling)
-
     train_loader, val_loader, test_loader = loaders(args, train_full, test, fit_idx, val_idx, size, info,
                                                     batch_size, device)
     torch.manual_seed(args.seed)
@@ -213,7 +203,6 @@ def main(args: argparse.Namespace) -> dict:
     model = model.to(device, memory_format=precision.memory_format)
     frozen_before = model.frozen_state()
     total_steps = epochs * (len(fit_idx) // batch_size)
-    schedule = warmup_cosine if args.schedule == "cosine" else warmup_constant
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     kind = "random-init" if args.from_scratch else "pretrained"
     print(f"{dataset}: {len(record['indices'])} labelled ({record['per_class']} per class, {subset_file}): "
@@ -222,8 +211,10 @@ def main(args: argparse.Namespace) -> dict:
           f"parameters; {epochs} epochs of {total_steps // epochs} steps of {batch_size}, {args.optimizer} lr "
           f"{lr:.4g} ({args.lr_scaling} of {base_lr}), {args.schedule}; {device}, {precision.name}")
     start = time.perf_counter()
-    best, history = fit(model, build_optimizer(model, args, lr), lambda step: schedule(step, lr, total_steps, 0),
-                        train_loader, epochs, precision, device, val_loader, args.val_freq)
+    optimizer = build_optimizer(model, args.optimizer, lr, args.weight_decay, args.momentum, args.trust_coefficient,
+                                plain=model.classifier, nesterov=args.nesterov)  # classifier: official head_supervised
+    best, history = fit(model, optimizer, lr_schedule(lr, total_steps, 0, args.schedule == "cosine"), train_loader,
+                        epochs, precision, device, val_loader, args.val_freq)
     train_seconds = time.perf_counter() - start
     if not state_equal(model.frozen_state(), frozen_before):
         raise RuntimeError("a frozen part of the encoder changed during fine-tuning: this is a bug, please report it")

@@ -25,8 +25,8 @@ from evaluation.load import evaluation_target, load_backbone, state_equal
 from evaluation.supervised import evaluate, fit
 from models.probe import LinearProbe
 from models.resnet import ARCHS, STEMS
-from optim.groups import param_groups
-from optim.schedules import warmup_cosine
+from optim.groups import build_optimizer
+from optim.schedules import lr_schedule
 from training.recipe import LINEAR_EVAL
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import find_checkpoint
@@ -85,10 +85,9 @@ def main(args: argparse.Namespace) -> dict:
 
     model = LinearProbe(backbone, len(train.classes)).to(device, memory_format=precision.memory_format)
     lr = args.base_lr * args.batch_size / 256
-    optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=lr, momentum=args.momentum,
-                                nesterov=args.nesterov)
+    optimizer = build_optimizer(model, "sgd", lr, args.weight_decay, args.momentum, nesterov=args.nesterov)
     steps = args.num_epochs * len(train_loader)
-    fit(model, optimizer, lambda step: warmup_cosine(step, lr, steps, 0), train_loader, args.num_epochs, precision,
+    fit(model, optimizer, lr_schedule(lr, steps, 0, cosine=True), train_loader, args.num_epochs, precision,
         device)
     top1, top5, _ = evaluate(model, test_loader, device, precision)
     if not state_equal(model.backbone.state_dict(), reference):

@@ -30,8 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models.loss import NTXentLoss  # noqa: E402
 from models.simclr import SimCLR  # noqa: E402
-from optim.groups import param_groups  # noqa: E402
-from optim.lars import LARS  # noqa: E402
+from optim.groups import build_optimizer  # noqa: E402
 from training.step import simclr_step  # noqa: E402
 from utils.allocator import tune_cpu_allocator  # noqa: E402
 from utils.precision import AtPrecision, resolve_precision  # noqa: E402
@@ -67,7 +66,7 @@ def measure(batch: int, chunk: int, args: argparse.Namespace, device: torch.devi
     torch.manual_seed(0)
     precision = resolve_precision(args.precision, device)
     model = SimCLR(args.arch, args.stem, proj_dim=128).to(device, memory_format=precision.memory_format).train()
-    optimizer = LARS(param_groups(model, 1e-6), lr=0.1)
+    optimizer = build_optimizer(model, "lars", 0.1, 1e-6)
     net, criterion = AtPrecision(model, precision), NTXentLoss(0.5)
 
     def step(n: int) -> None:
