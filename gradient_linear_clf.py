@@ -27,7 +27,7 @@ from models.probe import LinearProbe
 from models.resnet import ARCHS, STEMS
 from optim.groups import build_optimizer
 from optim.schedules import lr_schedule
-from training.recipe import LINEAR_EVAL
+from training.recipe import LINEAR_EVAL, fill
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import find_checkpoint
 from utils.distributed import select_device
@@ -104,12 +104,8 @@ def main(args: argparse.Namespace) -> dict:
 
 def fill_recipe(args: argparse.Namespace, dataset: str) -> None:
     """Batch size and epochs from training/recipe.LINEAR_EVAL where not given; reject values that cannot train."""
-    for key, value in LINEAR_EVAL.get(dataset, {}).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.batch_size is None or args.num_epochs is None:
-        raise UserError(f"{dataset} has no linear-evaluation recipe in training/recipe.py: pass --batch-size and "
-                        f"--num-epochs")
+    vars(args).update(fill(LINEAR_EVAL, dataset, {"batch_size": args.batch_size, "num_epochs": args.num_epochs},
+                           "linear-evaluation recipe"))
     if args.num_epochs < 1 or args.base_lr <= 0:
         raise UserError("--num-epochs must be >= 1 and --base-lr > 0")
 

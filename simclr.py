@@ -23,7 +23,7 @@ from models.simclr import SimCLR
 from optim.groups import build_optimizer
 from optim.schedules import lr_schedule, scaled_lr
 from training.loop import NonFiniteLoss, train_epoch
-from training.recipe import RECIPE_KEYS, recipe
+from training.recipe import RECIPE_KEYS, RECIPES, fill
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import Saver, checkpoint_path, git_commit, resume, save_checkpoint
 from utils.csvlog import CSVLog, NullLog
@@ -106,13 +106,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the dataset's recipe (training/recipe.py) and reject values that cannot train."""
     dataset_info(args.dataset)  # a clear error for an unknown name
-    for key, value in recipe(args.dataset).items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    missing = [k for k in RECIPE_KEYS if getattr(args, k) is None]
-    if missing:
-        raise UserError(f"{args.dataset} has no recipe in training/recipe.py: pass --" +
-                        ", --".join(k.replace("_", "-") for k in missing))
+    vars(args).update(fill(RECIPES, args.dataset, {k: getattr(args, k) for k in RECIPE_KEYS}))
     checks = [
         (args.num_epochs >= 1, f"--num-epochs must be at least 1, got {args.num_epochs}"),
         (args.batch_size >= 2, f"--batch-size must be at least 2 (NT-Xent needs negatives), got {args.batch_size}"),
@@ -120,12 +114,14 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         (args.temperature > 0, f"--temperature must be > 0, got {args.temperature}"),
         (args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
         (args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}"),
-        ((args.save_freq or 1) >= 1 and args.log_freq >= 1, "--save-freq and --log-freq must be at least 1"),
+        ((args.save_freq is None or args.save_freq >= 1) and args.log_freq >= 1,
+         "--save-freq and --log-freq must be at least 1"),
         (args.test_freq >= 0, "--test-freq must be >= 0 (0 disables the kNN monitor)"),
         (args.chunk_size >= 0, f"--chunk-size must be >= 0 (0 disables gradient caching), got {args.chunk_size}"),
     ]
-    if any(not ok for ok, _ in checks):
-        raise UserError(next(message for ok, message in checks if not ok))
+    failed = [message for ok, message in checks if not ok]
+    if failed:
+        raise UserError(failed[0])
     args.lr = scaled_lr(args.base_lr, args.batch_size, args.lr_scaling)
     return args
 
@@ -177,7 +173,10 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     if args.resume:
         where, start_epoch, step = resume(args.filename if args.resume is True else args.resume, model, optimizer,
                                           {k: getattr(args, k) for k in MODEL_KEYS}, args.optimizer, steps_per_epoch)
-        say(f"resumed from {where}: epoch {start_epoch}, step {step}")
+        skip = step - start_epoch * steps_per_epoch  # > 0 after a mid-epoch stop
+        say(f"resumed from {where}: epoch {start_epoch}, step {step}"
+            + (f" ({skip} steps into epoch {start_epoch + 1})" if skip else "")
+            + (f"; nothing to do: --num-epochs is {args.num_epochs}" if start_epoch >= args.num_epochs else ""))
     log_path = os.path.splitext(path)[0] + ".csv"
     log = CSVLog(log_path, LOG_FIELDS, keep_until_step=step if args.resume else 0) if info.is_main else NullLog()
     monitor = KNNMonitor(args.dataset, args.dataset_paths, args.image_size, args.native_size, device, precision,
@@ -185,6 +184,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     say(f"{args.dataset}: {len(pretrain)} images, {steps_per_epoch} steps/epoch of {args.batch_size}; {args.arch} "
         f"({args.stem} stem) on {device}, {precision.name}, {parallel}, SyncBN {args.sync_bn}"
         + (" (--compile breaks the graph at every SyncBatchNorm)" if args.compile and args.sync_bn else "")
+        + (" (--sync-bn has no effect without torchrun)" if args.sync_bn and not info.distributed else "")
         + (f", gradient caching in chunks of {args.chunk_size} pairs" if args.chunk_size else "")
         + f"; lr {args.lr:.4g} ({args.lr_scaling} scaling of {args.base_lr}); checkpoint {path}, log {log_path}")
 
@@ -223,6 +223,7 @@ def run_epoch(args, info, net, batches, optimizer, lr_at, epoch, step, log, stop
             batch_size=args.batch_size, chunk_size=args.chunk_size,
             gather=gather_with_grad if info.world_size > 1 else None, log_every=args.log_freq,
             log=lambda **row: log.write(epoch=epoch + 1, **row), stop=lambda: any_rank(stop.requested, info),
+            stop_every=args.log_freq if info.distributed else 1,  # under DDP asking is an all-reduce
             desc=f"epoch {epoch + 1}/{args.num_epochs}", show=info.is_main)
     except NonFiniteLoss as e:
         raise UserError(f"{e} (epoch {epoch + 1}); stopped without saving, the last good checkpoint "

@@ -67,6 +67,30 @@ def test_stop_is_asked_only_when_the_loss_is_read_and_ends_the_epoch():
     assert (step, stopped, len(asked)) == (16, True, 2)  # asked after steps 3 and 6, stopped after 6
 
 
+def test_a_single_process_stops_after_the_step_in_progress():
+    """stop_every=1 (simclr.py without torchrun): asked after every step, the loss of the steps since the last
+    read still logged."""
+    asked, rows = [], []
+
+    def stop():
+        asked.append(True)
+        return len(asked) == 4
+
+    net = TinyNet()
+    step, _, stopped = train_epoch(net, batches(7), LOSS, build_optimizer(net, "sgd", 0.1, 0.0), lr_at, 0,
+                                   device=torch.device("cpu"), batch_size=8, log_every=3, stop=stop, stop_every=1,
+                                   log=lambda **row: rows.append(row), show=False)
+    assert (step, stopped, len(asked)) == (4, True, 4)
+    assert [r["step"] for r in rows] == [3, 4]
+
+
+def test_save_freq_zero_is_refused():
+    import simclr
+
+    with pytest.raises(UserError, match="--save-freq"):
+        simclr.resolve_args(simclr.get_args_parser().parse_args(["--save-freq", "0"]))
+
+
 def test_non_finite_loss_raises():
     net = TinyNet()
     x1, x2 = tiny_batch(8)

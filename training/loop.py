@@ -43,16 +43,18 @@ class LossMeter:
 def train_epoch(net, batches, loss_fn: Callable, optimizer: torch.optim.Optimizer, lr_at: Callable[[int], float],
                 step: int, *, device: torch.device, batch_size: int, chunk_size: int = 0,
                 gather: Callable | None = None, log_every: int = 10, log: Callable[..., None] = lambda **row: None,
-                stop: Callable[[], bool] = lambda: False, desc: str = "", show: bool = True) -> tuple[int, float, bool]:
+                stop: Callable[[], bool] = lambda: False, stop_every: int | None = None, desc: str = "",
+                show: bool = True) -> tuple[int, float, bool]:
     """One pass over ``batches`` of (x1, x2); returns the global step after it, the epoch's mean loss, and
-    whether ``stop()`` (asked every ``log_every`` steps, when the loss is read) ended it early. Each read
-    calls ``log(step=, lr=, loss=, images_per_s=)``; a non-finite loss raises NonFiniteLoss.
-    ``batch_size``: images per step over all processes (for images/s)."""
+    whether ``stop()``, asked every ``stop_every`` steps (default ``log_every``: under DDP asking is a
+    collective, so it waits for the loss read), ended it early. Each read of the loss, every ``log_every``
+    steps and after the last, calls ``log(step=, lr=, loss=, images_per_s=)``; a non-finite loss raises
+    NonFiniteLoss. ``batch_size``: images per step over all processes (for images/s)."""
     net.train()
     meter = LossMeter()
     bar = tqdm(batches, desc=desc, dynamic_ncols=True, leave=False, disable=not show)
-    lr, stopped = 0.0, False
-    for x1, x2 in bar:
+    lr, stopped, stop_every = 0.0, False, stop_every or log_every
+    for done, (x1, x2) in enumerate(bar, 1):
         lr = lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -63,9 +65,9 @@ def train_epoch(net, batches, loss_fn: Callable, optimizer: torch.optim.Optimize
         step += 1
         if meter.n == log_every:
             _report(meter, step, lr, batch_size, log, bar)
-            if stop():
-                stopped = True
-                break
+        if done % stop_every == 0 and stop():
+            stopped = True
+            break
     if meter.n:
         _report(meter, step, lr, batch_size, log, bar)
     bar.close()

@@ -4,6 +4,8 @@ differently. STL-10 (96 px photos) takes the CIFAR optimisation and the ImageNet
 choice, not the paper's. A dataset missing here has no default: its options must be given."""
 from __future__ import annotations
 
+from utils.errors import UserError
+
 _CIFAR = dict(stem="cifar", image_size=32, base_lr=1.0, weight_decay=1e-4, temperature=0.5, jitter_strength=0.5,
               blur=False, test_freq=10)
 RECIPES: dict[str, dict] = {
@@ -29,3 +31,15 @@ FINETUNE_BASE_LR = {"sqrt": 0.005, "linear": 0.05, "none": 0.16}
 def recipe(dataset: str) -> dict:
     """The dataset's defaults (a copy)."""
     return dict(RECIPES.get(dataset, {}))
+
+
+def fill(table: dict[str, dict], dataset: str, given: dict, what: str = "recipe") -> dict:
+    """``given`` (option -> value, None where not given) with its Nones taken from ``dataset``'s row of
+    ``table``; a UserError names the options still None (a dataset without a row has no defaults)."""
+    row = table.get(dataset, {})
+    filled = {k: row.get(k) if v is None else v for k, v in given.items()}
+    missing = [k for k, v in filled.items() if v is None]
+    if missing:
+        raise UserError(f"{dataset} has no {what} in training/recipe.py: pass --" +
+                        ", --".join(k.replace("_", "-") for k in missing))
+    return filled

@@ -76,9 +76,10 @@ def resume(filename: str, model: torch.nn.Module, optimizer: torch.optim.Optimiz
     path = find_checkpoint(filename)
     state = load_checkpoint(path)
     saved = state.get("args", {})
-    if {k: saved.get(k) for k in signature} != signature:
-        raise UserError(f"{path} holds a different model ({ {k: saved.get(k) for k in signature} }) than asked for "
-                        f"({signature}): pass the same --arch/--stem/--proj-* options")
+    held = {k: saved.get(k) for k in signature}
+    if held != signature:
+        raise UserError(f"{path} holds a different model ({held}) than asked for ({signature}): pass the same "
+                        f"--arch/--stem/--proj-* options")
     if saved.get("optimizer") != optimizer_name:
         raise UserError(f"{path} was trained with --optimizer {saved.get('optimizer')}: resume with it")
     model.load_state_dict(state["model"])
