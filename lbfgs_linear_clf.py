@@ -86,9 +86,9 @@ def frozen_features(args: argparse.Namespace, device: torch.device, precision: P
     transform = eval_transform(size, info.mean, info.std, native)
     backbone = backbone.to(device)
     x_train, y_train = extract_features(backbone, Transformed(train, transform), device, args.batch_size,
-                                        args.num_workers, autocast_dtype=precision.dtype, desc="train features")
+                                        args.num_workers, precision=precision, desc="train features")
     x_test, y_test = extract_features(backbone, Transformed(test, transform), device, args.batch_size,
-                                      args.num_workers, autocast_dtype=precision.dtype, desc="test features")
+                                      args.num_workers, precision=precision, desc="test features")
     if args.cache_features:
         torch.save({"stamp": stamp, "x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
                     "classes": list(train.classes)}, cache)

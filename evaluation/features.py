@@ -1,16 +1,21 @@
 """Features h of a frozen backbone, computed once, batched, without augmentation."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from utils.precision import Precision
+
 
 @torch.inference_mode()
 def extract_features(backbone: torch.nn.Module, dataset, device: torch.device, batch_size: int = 512,
-                     num_workers: int = 0, autocast_dtype: torch.dtype | None = None,
+                     num_workers: int = 0, precision: Precision | None = None,
                      desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (features (N, D) float32, labels (N,) int64) on the CPU, in dataset order, in eval mode.
+    """Return (features (N, D) float32, labels (N,) int64) on the CPU, in dataset order, in eval mode, the
+    backbone run under ``precision``'s autocast (fp32 without one).
 
     The backbone's train/eval mode is restored afterwards."""
     was_training = backbone.training
@@ -20,7 +25,7 @@ def extract_features(backbone: torch.nn.Module, dataset, device: torch.device, b
     feats, labels = [], []
     for x, y in tqdm(loader, desc=desc, disable=desc is None, leave=False):
         x = x.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with precision.autocast() if precision is not None else contextlib.nullcontext():
             h = backbone(x)
         feats.append(h.float().cpu())
         labels.append(y)

@@ -50,7 +50,7 @@ class KNNMonitor:
 
     def features(self, backbone: torch.nn.Module, images, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
         return extract_features(backbone, Transformed(images, self.transform), self.device, batch_size=512,
-                                num_workers=self.num_workers, autocast_dtype=self.precision.dtype, desc=desc)
+                                num_workers=self.num_workers, precision=self.precision, desc=desc)
 
     def __call__(self, backbone: torch.nn.Module) -> float:
         x_train, y_train = self.features(backbone, self.train_set, "kNN: train features")
