@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from evaluation.accuracy import classification_scores
+from training.loop import LossMeter
 from utils.errors import UserError
 from utils.precision import Precision
 
@@ -25,8 +26,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     The loss is summed on the device and read back once, at the end: no host sync per step. A loss that
     is not finite stops training with a message (a diverged run is worth nothing past that point)."""
     model.train()
-    loss_sum = torch.zeros((), device=device)
-    batches = 0
+    meter = LossMeter()
     for x, y in tqdm(loader, desc=desc, leave=False):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
@@ -38,10 +38,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.detach()
+        meter.add(loss.detach())
         step += 1
-        batches += 1
-    mean_loss = loss_sum.item() / max(batches, 1)
+    mean_loss = meter.read()[0] if meter.n else 0.0
     if not math.isfinite(mean_loss):
         raise UserError(f"loss is {mean_loss} in {desc}: lower --base-lr")
     return mean_loss, step
