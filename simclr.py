@@ -61,6 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=None, help="on weights (ndim > 1) only (default: recipe)")
     p.add_argument("--trust-coefficient", type=float, default=1e-3, help="LARS eta (default: 1e-3)")
     p.add_argument("--temperature", type=float, default=None, help="NT-Xent temperature (default: recipe)")
+    p.add_argument("--loss-scale", default="official", choices=["official", "paper"],
+                   help="official: loss_a + loss_b over the N pairs, the scale the official lr and weight decay\n"
+                        "were tuned at; paper: Algorithm 1's mean over the 2N anchors, half of it (default: official)")
     p.add_argument("--cosine-anneal", action="store_true",
                    help="cosine decay to 0 after warmup (default: off, constant lr after warmup)")
     p.add_argument("--warmup-epochs", type=float, default=10, help="linear warmup length in epochs (default: 10)")
@@ -219,8 +222,8 @@ def run_epoch(args, info, net, batches, optimizer, lr_at, epoch, step, log, stop
     """One epoch, then (unless stopped) its log line and the kNN monitor; returns the step and whether stopped."""
     try:
         step, mean_loss, stopped = train_epoch(
-            net, batches, NTXentLoss(args.temperature), optimizer, lr_at, step, device=info.device,
-            batch_size=args.batch_size, chunk_size=args.chunk_size,
+            net, batches, NTXentLoss(args.temperature, scale=args.loss_scale), optimizer, lr_at, step,
+            device=info.device, batch_size=args.batch_size, chunk_size=args.chunk_size,
             gather=gather_with_grad if info.world_size > 1 else None, log_every=args.log_freq,
             log=lambda **row: log.write(epoch=epoch + 1, **row), stop=lambda: any_rank(stop.requested, info),
             stop_every=args.log_freq if info.distributed else 1,  # under DDP asking is an all-reduce

@@ -6,8 +6,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+SCALES = {"official": 2.0, "paper": 1.0}
+
+
 class NTXentLoss(nn.Module):
-    """Mean over all 2N anchors of -log softmax of the positive among the other 2N-1 embeddings.
+    """-log softmax of the positive among the other 2N-1 embeddings, averaged over the 2N anchors
+    (``scale="paper"``: Algorithm 1, Eq. 1) or summed over the two views and averaged over the N pairs
+    (``scale="official"``, the default: the official ``objective.py``'s ``loss_a + loss_b``, twice the
+    paper's mean; the official lr and weight decay were tuned at this scale).
 
     ``forward(z1, z2)`` takes the projections of the two views, each (N, d); row i of z1 and row i
     of z2 are the positive pair. Computed in float32 even under autocast. Depends only on its
@@ -22,16 +28,22 @@ class NTXentLoss(nn.Module):
 
     BLOCK_ELEMENTS = 2**24
 
-    def __init__(self, temperature: float = 0.5, block_rows: int | None = None) -> None:
+    def __init__(self, temperature: float = 0.5, block_rows: int | None = None, scale: str = "official") -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
         if block_rows is not None and block_rows < 1:
             raise ValueError(f"block_rows must be >= 1, got {block_rows}")
         self.temperature = temperature
         self.block_rows = block_rows
+        self.scale = scale
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return SCALES[self.scale] * self.mean_over_anchors(z1, z2)
+
+    def mean_over_anchors(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         if z1.shape != z2.shape or z1.ndim != 2:
             raise ValueError(f"z1 and z2 must both be (N, d); got {tuple(z1.shape)} and {tuple(z2.shape)}")
         n = z1.shape[0]

@@ -153,3 +153,67 @@ def test_param_groups_split_by_shape_and_exclude_frozen_and_plain():
     assert ids(groups[1]["params"]) == {id(p) for p in trained if p.ndim <= 1 and id(p) not in plain}
     assert ids(groups[2]["params"]) == plain
     assert id(net.backbone.conv1.weight) not in set().union(*(ids(g["params"]) for g in groups))
+
+
+class _Tiny(torch.nn.Module):
+    """A small SimCLR-shaped network whose parameter names carry the official exclusions ('bn', 'bias')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.bn, self.fc2 = torch.nn.Linear(6, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+
+def official_step(model: torch.nn.Module, x1, x2, t, lr, m, wd, eta, steps) -> dict:
+    """``steps`` steps of the official code, written from its sources: the loss of ``objective.py``
+    (mean over the N pairs of loss_a + loss_b) and the update of ``lars_optimizer.py``, weight decay and
+    the trust ratio for every variable whose name holds neither 'bn' (batch_normalization) nor 'bias'."""
+    params = dict(model.named_parameters())
+    vs = {k: torch.zeros_like(p) for k, p in params.items()}
+    for _ in range(steps):
+        z = torch.nn.functional.normalize(model(torch.cat([x1, x2])), dim=1)
+        a, b = z.chunk(2)
+        n = a.shape[0]
+        masked = torch.eye(n) * 1e9
+        labels = torch.arange(n)
+        loss_a = torch.nn.functional.cross_entropy(torch.cat([a @ b.T / t, a @ a.T / t - masked], 1), labels,
+                                                   reduction="none")
+        loss_b = torch.nn.functional.cross_entropy(torch.cat([b @ a.T / t, b @ b.T / t - masked], 1), labels,
+                                                   reduction="none")
+        grads = torch.autograd.grad((loss_a + loss_b).mean(), list(params.values()))
+        with torch.no_grad():
+            for (name, p), g in zip(params.items(), grads):
+                trust = 1.0
+                if "bn" not in name and "bias" not in name:
+                    g = g + wd * p
+                    w_norm, g_norm = p.norm(), g.norm()
+                    trust = eta * w_norm / g_norm if w_norm > 0 and g_norm > 0 else 1.0
+                vs[name] = m * vs[name] + lr * trust * g
+                p -= vs[name]
+    return {k: p.detach() for k, p in params.items()}
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_simclr_step_and_lars_equal_the_official_update(steps):
+    """simclr.py's pieces (NTXentLoss at its default scale, optim.groups + LARS, training.step) move every
+    parameter as the official code does: at the paper's scale (half the gradient) the BN parameters and biases
+    would move half as far and weight decay would weigh twice as much in the trust ratio."""
+    from models.loss import NTXentLoss
+    from optim.groups import build_optimizer
+    from training.step import simclr_step
+
+    torch.manual_seed(0)
+    ours, ref = _Tiny().double(), _Tiny().double()
+    ref.load_state_dict(ours.state_dict())
+    x1, x2 = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 6, dtype=torch.float64)
+    lr, m, wd, eta, t = 0.5, 0.9, 1e-2, 1e-3, 0.5
+    optimizer = build_optimizer(ours, "lars", lr, wd, m, eta)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        simclr_step(ours, x1, x2, NTXentLoss(t))
+        optimizer.step()
+    expected = official_step(ref, x1, x2, t, lr, m, wd, eta, steps)
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=1e-5, atol=1e-7, msg=name)  # the loss runs in float32
