@@ -216,4 +216,4 @@ def test_simclr_step_and_lars_equal_the_official_update(steps):
         optimizer.step()
     expected = official_step(ref, x1, x2, t, lr, m, wd, eta, steps)
     for name, p in ours.named_parameters():
-        torch.testing.assert_close(p.detach(), expected[name], rtol=1e-5, atol=1e-7, msg=name)  # the loss runs in float32
+        torch.testing.assert_close(p.detach(), expected[name], rtol=1e-5, atol=1e-7, msg=name)  # loss in fp32
