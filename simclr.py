@@ -93,8 +93,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="synchronise BatchNorm statistics over all torchrun processes (the paper's global BN)\n"
                         "(default: on under torchrun with several processes; no effect without torchrun)")
     p.add_argument("--chunk-size", type=int, default=0,
-                   help="gradient caching: the loss over the whole batch with the activation memory of N pairs\n"
-                        "per process; BN statistics per chunk (README). 0: off (default: 0)")
+                   help="gradient caching: the loss over the whole batch with the activation memory of N images\n"
+                        "per process; BN statistics per chunk and view (README). 0: off (default: 0)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="bf16 autocast for the network, loss in fp32; auto: bf16 on GPUs with native bf16\n"
                         "(Ampere or newer), fp32 elsewhere (default: auto)")
@@ -120,7 +120,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         ((args.save_freq is None or args.save_freq >= 1) and args.log_freq >= 1,
          "--save-freq and --log-freq must be at least 1"),
         (args.test_freq >= 0, "--test-freq must be >= 0 (0 disables the kNN monitor)"),
-        (args.chunk_size >= 0, f"--chunk-size must be >= 0 (0 disables gradient caching), got {args.chunk_size}"),
+        (args.chunk_size != 1 and args.chunk_size >= 0,
+         f"--chunk-size must be 0 (off) or >= 2 (pairs per chunk; 1 image is no BN batch), got {args.chunk_size}"),
     ]
     failed = [message for ok, message in checks if not ok]
     if failed:

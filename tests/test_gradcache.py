@@ -1,9 +1,10 @@
 """Gradient caching (training/gradcache.py): the full-batch NT-Xent step, chunk by chunk.
 
 Without BatchNorm (or with BN in eval mode) a step equals the full-batch step. With BN in training
-mode the statistics are per chunk, so the references are (a) an explicit per-chunk-BN computation
-in one process (every chunk forwarded with its graph, one loss over all embeddings) and (b) a
-2-process DDP run without SyncBN, one chunk per process, spawned with gloo on the CPU.
+mode the statistics are those of each chunk's view-1 images and, separately, of its view-2 images, so
+the references are (a) an explicit computation in one process (every chunk's two views forwarded with
+their graphs, one loss over all embeddings) and (b) a 2-process run without SyncBN, one chunk per
+process, each process forwarding its two views separately, spawned with gloo on the CPU.
 """
 import os
 
@@ -32,13 +33,13 @@ def full_batch(model, x1, x2):
 
 
 def per_chunk_reference(model, x1, x2, chunk):
-    """Each chunk's pairs forwarded as one batch, with its graph (BN statistics per chunk); one loss."""
+    """Each chunk's view-1 images and its view-2 images forwarded as two batches, with their graphs (BN
+    statistics per chunk and view: no BN batch holds both views of a pair); one loss over all embeddings."""
     z1s, z2s = [], []
     for a in range(0, x1.shape[0], chunk):
         b = min(a + chunk, x1.shape[0])
-        z = model(torch.cat([x1[a:b], x2[a:b]]))  # (2c, d)
-        z1s.append(z[:b - a])
-        z2s.append(z[b - a:])
+        z1s.append(model(x1[a:b]))  # (c, d)
+        z2s.append(model(x2[a:b]))
     loss = LOSS(torch.cat(z1s), torch.cat(z2s))
     loss.backward()
     return loss.item(), grads(model)
@@ -78,16 +79,30 @@ def test_batchnorm_in_train_mode_equals_per_chunk_batchnorm(chunk, wrapper):
     loss, ref = per_chunk_reference(ref_model, x1, x2, chunk)
     got_loss, got = cached(model, x1, x2, chunk, wrapper)
     assert got_loss == pytest.approx(loss, rel=1e-6) and max_rel_err(got, ref) < 1e-5
-    # Running statistics updated once per chunk (the first pass leaves no trace), as in the reference.
-    n_chunks = -(-PAIRS // chunk)
+    # Running statistics updated once per chunk and view (the first pass leaves no trace), as in the reference.
+    n_forwards = 2 * -(-PAIRS // chunk)
     buffers, ref_buffers = dict(model.named_buffers()), dict(ref_model.named_buffers())
     for k, v in ref_buffers.items():
         if k.endswith("num_batches_tracked"):
-            assert int(v) == int(buffers[k]) == n_chunks, k
+            assert int(v) == int(buffers[k]) == n_forwards, k
         else:
             torch.testing.assert_close(buffers[k], v, rtol=1e-5, atol=1e-7, msg=k)
     full_loss, _ = full_batch(fresh(), x1, x2)
     assert abs(full_loss - loss) > 1e-4  # per-chunk BN is indeed a different computation
+
+
+def test_no_bn_batch_holds_both_views_of_a_pair():
+    """Every batch the network sees holds images of one view only (the first pass and the second)."""
+    x1, x2 = tiny_batch(PAIRS)
+    seen = []
+    model = fresh()
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    cached(model, x1, x2, 3)
+    assert len(seen) == 2 * 2 * 3  # 3 chunks, 2 views, 2 passes
+    for batch in seen:
+        from_view1 = [any(torch.equal(img, x) for x in x1) for img in batch]
+        from_view2 = [any(torch.equal(img, x) for x in x2) for img in batch]
+        assert all(from_view1) != all(from_view2) and (all(from_view1) or all(from_view2))
 
 
 def test_both_passes_replay_the_same_randomness():
@@ -112,6 +127,13 @@ def test_bf16_autocast():
     assert all(g.dtype == torch.float32 for g in got.values())
 
 
+def test_chunk_bounds_never_leave_a_single_pair_alone():
+    from training.gradcache import chunk_bounds
+    assert chunk_bounds(8, 3) == [(0, 3), (3, 6), (6, 8)]
+    assert chunk_bounds(7, 3) == [(0, 3), (3, 7)]
+    assert chunk_bounds(1, 1) == [(0, 1)] and chunk_bounds(4, 1) == [(0, 1), (1, 2), (2, 4)]
+
+
 def test_rejects_bad_chunk_size():
     with pytest.raises(ValueError, match="chunk_size"):
         gradcache_step(fresh(), *tiny_batch(2), LOSS, 0)
@@ -126,7 +148,16 @@ def _gradcache_worker(info: DistInfo, out_dir: str) -> None:
     rows = slice(info.rank * PAIRS // WORLD, (info.rank + 1) * PAIRS // WORLD)
     x1, x2 = tiny_batch(PAIRS)
     out = {}
-    # DDP without SyncBN, one plain step: each process's 4 pairs are one BN group.
+    # Without SyncBN, each process's view-1 images and its view-2 images two BN batches; gradients averaged.
+    model = fresh()
+    z1, z2 = gather_pairs(model(x1[rows]), model(x2[rows]), gather_with_grad)
+    loss = LOSS(z1, z2)
+    loss.backward()
+    for p in (p for p in model.parameters() if p.grad is not None):
+        dist.all_reduce(p.grad)
+        p.grad /= WORLD
+    out["separate_views"] = (loss.item(), grads(model))
+    # DDP, one plain step: the number of gradient all-reduces of a step.
     model = fresh()
     ddp = DistributedDataParallel(model)
     state = {"all_reduces": 0}
@@ -153,11 +184,11 @@ def ddp_results(tmp_path_factory):
     return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
 
 
-def test_equals_ddp_without_syncbn_one_chunk_per_process(ddp_results):
+def test_equals_processes_without_syncbn_one_chunk_per_process(ddp_results):
     x1, x2 = tiny_batch(PAIRS)
     loss, got = cached(fresh(), x1, x2, PAIRS // WORLD)
     for r in ddp_results:
-        ddp_loss, ddp_grads, _ = r["ddp"]
+        ddp_loss, ddp_grads = r["separate_views"]
         assert ddp_loss == pytest.approx(loss, rel=1e-6) and max_rel_err(ddp_grads, got) < 1e-5
 
 
@@ -184,6 +215,7 @@ def test_simclr_script_with_chunk_size(tmp_path):
     assert state["step"] == 2 and state["args"]["chunk_size"] == 3
     assert torch.isfinite(torch.tensor(result["losses"])).all()
     bn = state["model"]["backbone.bn1.num_batches_tracked"]
-    assert int(bn) == 2 * 3  # 2 steps of 3 chunks (3, 3, 2 pairs), each counted once
-    with pytest.raises(simclr.UserError, match="--chunk-size must be >= 0"):
-        simclr.main(simclr.get_args_parser().parse_args(argv[:-1] + ["-1"]))
+    assert int(bn) == 2 * 3 * 2  # 2 steps of 3 chunks (3, 3, 2 pairs) of 2 views, each counted once
+    for bad in ("-1", "1"):
+        with pytest.raises(simclr.UserError, match="--chunk-size must be 0"):
+            simclr.main(simclr.get_args_parser().parse_args(argv[:-1] + [bad]))
