@@ -74,11 +74,12 @@ def gradcache_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor,
     """Accumulate into ``.grad`` the gradient of ``loss_fn(z1, z2)`` over the batch, ``chunk_size`` pairs at a time.
 
     ``model`` maps (c, 3, H, W) to (c, d); it may be wrapped in DataParallel or
-    DistributedDataParallel (then gradients are all-reduced once, after the last chunk: the others
+    DistributedDataParallel (then gradients are all-reduced once, after the last backward: the others
     run under ``no_sync()``); its precision is its own (utils.precision.AtPrecision). ``x1``, ``x2``
     (N, 3, H, W) are the two views (row i of both is pair i), on the model's device. ``chunk_size``
-    need not divide N (the last chunk is shorter, or one longer: ``chunk_bounds``). ``gather`` (e.g. ``utils.distributed.gather_with_grad``)
-    collects the embeddings of all ranks once, before the loss. Returns the loss, detached.
+    need not divide N (the last chunk is shorter, or one longer: ``chunk_bounds``). ``gather`` (e.g.
+    ``utils.distributed.gather_with_grad``) collects the embeddings of all ranks once, before the loss.
+    Returns the loss, detached.
 
     The caller zeroes the gradients before and steps the optimizer after, as around ``backward()``.
     """
