@@ -23,7 +23,7 @@ from models.simclr import SimCLR
 from optim.groups import build_optimizer
 from optim.schedules import lr_schedule, scaled_lr
 from training.loop import NonFiniteLoss, train_epoch
-from training.recipe import RECIPE_KEYS, RECIPES, fill
+from training.recipe import RECIPE_KEYS, RECIPES, fill, learning_rate
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import Saver, checkpoint_path, git_commit, resume, save_checkpoint
 from utils.csvlog import CSVLog, NullLog
@@ -54,8 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(default: 512)")
     p.add_argument("--num-epochs", type=int, default=100, help="total epochs of the run (default: 100)")
     p.add_argument("--base-lr", type=float, default=None, help="lr before --lr-scaling (default: recipe)")
-    p.add_argument("--lr-scaling", default="linear", choices=["linear", "sqrt", "none"],
-                   help="linear: lr = base_lr*B/256; sqrt: lr = base_lr*sqrt(B); none: lr = base_lr (default: linear)")
+    p.add_argument("--lr-scaling", default=None, choices=["linear", "sqrt", "none"],
+                   help="linear: lr = base_lr*B/256; sqrt: lr = base_lr*sqrt(B); none: lr = base_lr\n"
+                        "(default: recipe: sqrt for ImageNet below batch 4096, else linear)")
     p.add_argument("--optimizer", default="lars", choices=["lars", "sgd"], help="(default: lars)")
     p.add_argument("--momentum", type=float, default=0.9, help="(default: 0.9)")
     p.add_argument("--weight-decay", type=float, default=None, help="on weights (ndim > 1) only (default: recipe)")
@@ -110,6 +111,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the dataset's recipe (training/recipe.py) and reject values that cannot train."""
     dataset_info(args.dataset)  # a clear error for an unknown name
     vars(args).update(fill(RECIPES, args.dataset, {k: getattr(args, k) for k in RECIPE_KEYS}))
+    args.base_lr, args.lr_scaling = learning_rate(args.dataset, args.batch_size, args.base_lr, args.lr_scaling)
     checks = [
         (args.num_epochs >= 1, f"--num-epochs must be at least 1, got {args.num_epochs}"),
         (args.batch_size >= 2, f"--batch-size must be at least 2 (NT-Xent needs negatives), got {args.batch_size}"),

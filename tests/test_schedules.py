@@ -31,3 +31,27 @@ def test_lr_scaling_rules():
     assert scaled_lr(1.0, 512, "none") == 1.0
     with pytest.raises(ValueError):
         scaled_lr(1.0, 512, "cubic")
+
+
+@pytest.mark.parametrize("dataset,batch,given,expected", [
+    ("imagenet", 256, [], (0.075, "sqrt", 0.075 * 16)),        # B.1: square root below 4096
+    ("imagenet", 4096, [], (0.3, "linear", 4.8)),              # the two rules agree at 4096
+    ("imagenet", 8192, [], (0.3, "linear", 9.6)),
+    ("imagenet", 256, ["--lr-scaling", "linear"], (0.3, "linear", 0.3)),
+    ("imagenet", 8192, ["--lr-scaling", "sqrt"], (0.075, "sqrt", 0.075 * 8192 ** 0.5)),
+    ("cifar10", 512, [], (1.0, "linear", 2.0)),                # the official CIFAR-10 command
+    ("cifar10", 512, ["--lr-scaling", "sqrt", "--base-lr", "0.1"], (0.1, "sqrt", 0.1 * 512 ** 0.5)),
+])
+def test_simclr_learning_rate_follows_the_recipe(dataset, batch, given, expected):
+    import simclr
+    args = simclr.resolve_args(simclr.get_args_parser().parse_args(
+        ["--dataset", dataset, "--batch-size", str(batch)] + given))
+    assert (args.base_lr, args.lr_scaling) == expected[:2] and args.lr == pytest.approx(expected[2])
+    assert 0.075 * 4096 ** 0.5 == pytest.approx(0.3 * 4096 / 256)
+
+
+def test_a_rule_without_a_recipe_base_lr_asks_for_it():
+    import simclr
+    from utils.errors import UserError
+    with pytest.raises(UserError, match="pass --base-lr"):
+        simclr.resolve_args(simclr.get_args_parser().parse_args(["--dataset", "cifar10", "--lr-scaling", "sqrt"]))

@@ -18,7 +18,10 @@ RECIPES: dict[str, dict] = {
     "imagenet": dict(stem="imagenet", image_size=224, base_lr=0.3, weight_decay=1e-6, temperature=0.1,
                      jitter_strength=1.0, blur=True, test_freq=0),
 }
-RECIPE_KEYS = tuple(_CIFAR)
+RECIPE_KEYS = tuple(k for k in _CIFAR if k != "base_lr")  # base_lr: learning_rate(), by the scaling rule
+# ImageNet below batch 4096: 0.075 x sqrt(B), which the paper (B.1) finds better for small batches and which
+# equals 0.3 x B/256 at 4096; from 4096 on, linear scaling (its Fig. 9 and Table 6 runs).
+SQRT_BASE_LR: dict[str, tuple[float, int]] = {"imagenet": (0.075, 4096)}
 # Linear evaluation by SGD (gradient_linear_clf.py): the paper's B.6 on ImageNet (batch 4096, 90 epochs);
 # on the small datasets batch 512 and 100 epochs. lr = 0.1 x B/256 for both, Nesterov momentum 0.9.
 _SMALL_LINEAR = dict(batch_size=512, num_epochs=100)
@@ -31,6 +34,20 @@ FINETUNE_BASE_LR = {"sqrt": 0.005, "linear": 0.05, "none": 0.16}
 def recipe(dataset: str) -> dict:
     """The dataset's defaults (a copy)."""
     return dict(RECIPES.get(dataset, {}))
+
+
+def learning_rate(dataset: str, batch_size: int, base_lr: float | None, scaling: str | None) -> tuple[float, str]:
+    """(base lr, scaling rule), each the given one or the recipe's: square-root scaling below the batch of
+    ``SQRT_BASE_LR``, linear otherwise. A rule without a base lr in the recipe asks for --base-lr."""
+    sqrt = SQRT_BASE_LR.get(dataset)
+    scaling = scaling or ("sqrt" if sqrt and batch_size < sqrt[1] else "linear")
+    if base_lr is None and scaling == "sqrt" and sqrt:
+        base_lr = sqrt[0]
+    elif base_lr is None and scaling == "linear":
+        base_lr = fill(RECIPES, dataset, {"base_lr": None})["base_lr"]
+    if base_lr is None:
+        raise UserError(f"{dataset} has no base lr for --lr-scaling {scaling} in training/recipe.py: pass --base-lr")
+    return base_lr, scaling
 
 
 def fill(table: dict[str, dict], dataset: str, given: dict, what: str = "recipe") -> dict:
