@@ -1,10 +1,9 @@
 """SimCLR pretraining (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations").
 
-    python simclr.py --dataset cifar10 --arch resnet18 --num-epochs 1000 --cosine-anneal --filename output.pth
+    python simclr.py --dataset cifar10 --arch resnet18 --num-epochs 1000 --filename output.pth
     torchrun --nproc_per_node=8 simclr.py --dataset imagenet --batch-size 4096 ...
 
-The parser, the recipe and the wiring (README, "Where things are"). Writes ``checkpoint/<filename>``
-(model, optimizer, epoch/step, args, git commit) and a CSV log beside it.
+The parser, the recipe and the wiring. Writes checkpoint/<filename> (model, optimizer, step, args, commit), a CSV log.
 """
 from __future__ import annotations
 
@@ -46,12 +45,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="JSON file mapping dataset names to folders (default: the repository's dataset-paths.json)")
     p.add_argument("--arch", default="resnet50", choices=list(ARCHS), help="encoder (default: resnet50)")
     p.add_argument("--stem", default=None, choices=STEMS, help="ResNet stem (default: recipe)")
-    p.add_argument("--width-multiplier", type=int, default=1,
-                   help="scale every ResNet width, e.g. 2 for ResNet-50 (2x) (default: 1)")
+    p.add_argument("--width-multiplier", type=int, default=1, help="every ResNet width times N (default: 1)")
     p.add_argument("--image-size", type=int, default=None, help="crop side in pixels (default: recipe)")
     p.add_argument("--batch-size", type=int, default=512,
-                   help="images per step, over all processes under torchrun (each takes B/W); each gives 2 views\n"
-                        "(default: 512)")
+                   help="images per step over all torchrun processes (B/W each), 2 views each (default: 512)")
     p.add_argument("--num-epochs", type=int, default=100, help="total epochs of the run (default: 100)")
     p.add_argument("--base-lr", type=float, default=None, help="lr before --lr-scaling (default: recipe)")
     p.add_argument("--lr-scaling", default=None, choices=["linear", "sqrt", "none"],
@@ -65,27 +62,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-scale", default="official", choices=["official", "paper"],
                    help="official: loss_a + loss_b over the N pairs, the scale the official lr and weight decay\n"
                         "were tuned at; paper: Algorithm 1's mean over the 2N anchors, half of it (default: official)")
-    p.add_argument("--cosine-anneal", action="store_true",
-                   help="cosine decay to 0 after warmup (default: off, constant lr after warmup)")
+    p.add_argument("--cosine-anneal", action=argparse.BooleanOptionalAction, default=True,
+                   help="cosine decay to 0 after warmup, the paper's; --no-cosine-anneal: constant (default: on)")
     p.add_argument("--warmup-epochs", type=float, default=10, help="linear warmup length in epochs (default: 10)")
     p.add_argument("--jitter-strength", type=float, default=None, help="colour distortion strength s (default: recipe)")
     p.add_argument("--blur", action=argparse.BooleanOptionalAction, default=None, help="blur, p=0.5 (default: recipe)")
     p.add_argument("--proj-dim", type=int, default=128, help="projection output size (default: 128)")
-    p.add_argument("--proj-hidden-dim", type=int, default=None,
-                   help="projection hidden size (default: the encoder's feature size, 2048 for ResNet-50)")
+    p.add_argument("--proj-hidden-dim", type=int, default=None, help="(default: the encoder's feature size)")
     p.add_argument("--proj-layers", type=int, default=2, help="linear layers in the head; 3 is SimCLRv2 (default: 2)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes for image trees and the kNN monitor\n"
                         "(default: the CPU cores per process on this machine, 2 to 16)")
     p.add_argument("--test-freq", type=int, default=None, help="kNN top-1 every N epochs, 0: off (default: recipe)")
     p.add_argument("--knn-k", type=int, default=200, help="neighbours of the kNN monitor (default: 200)")
-    p.add_argument("--filename", default="ckpt.pth",
-                   help="checkpoint file; a bare name goes into ./checkpoint/ (default: ckpt.pth)")
+    p.add_argument("--filename", default="ckpt.pth", help="bare names go in ./checkpoint/ (default: ckpt.pth)")
     p.add_argument("--save-freq", type=int, default=None,
                    help="write the checkpoint every N epochs, at the end, and on SIGINT/SIGTERM (default: after\n"
                         "any epoch that ends 100 times the last write's duration after it: < 1%% of the time)")
-    p.add_argument("--resume", "-r", nargs="?", const=True, default=None,
-                   help="resume from --filename, or from the checkpoint given here")
+    p.add_argument("--resume", "-r", nargs="?", const=True, default=None, help="from --filename or the file given")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentations (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: all visible GPUs (DataParallel when several), else the CPU; under torchrun one GPU\n"

@@ -55,3 +55,10 @@ def test_a_rule_without_a_recipe_base_lr_asks_for_it():
     from utils.errors import UserError
     with pytest.raises(UserError, match="pass --base-lr"):
         simclr.resolve_args(simclr.get_args_parser().parse_args(["--dataset", "cifar10", "--lr-scaling", "sqrt"]))
+
+
+def test_simclr_decays_by_cosine_by_default():
+    import simclr
+    parse = simclr.get_args_parser().parse_args
+    assert parse([]).cosine_anneal and parse(["--cosine-anneal"]).cosine_anneal
+    assert not parse(["--no-cosine-anneal"]).cosine_anneal
