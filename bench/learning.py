@@ -4,6 +4,7 @@ backbone and of the same backbone at random initialisation, side by side.
     python bench/learning.py                      # CPU: ResNet-18, CIFAR-10 (JPEG copy), 1 epoch,
                                                   # about an hour on 2 cores
     python bench/learning.py --epochs 100 --batch-size 512 --device cuda   # the official CIFAR-10 recipe on a GPU
+    python bench/learning.py --epochs 2 --out-dir runs/t02 -- --temperature 0.2   # other simclr.py options
 
 Re-running with more --epochs resumes the same run (the schedule follows the new total), so a GPU
 session can extend it command by command. Prints both linear accuracies and their difference, writes
@@ -41,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="resnet18", help="(default: resnet18)")
     p.add_argument("--epochs", type=int, default=1, help="total pretraining epochs (default: 1)")
     p.add_argument("--batch-size", type=int, default=128, help="(default: 128)")
-    p.add_argument("--base-lr", type=float, default=1.0, help="official CIFAR-10 recipe: 1.0 with linear scaling")
+    p.add_argument("--base-lr", type=float, default=None, help="(default: simclr.py's recipe)")
     p.add_argument("--warmup-epochs", type=float, default=None,
                    help="(default: 10 when --epochs >= 100, else 10%% of the epochs)")
     p.add_argument("--test-freq", type=int, default=0, help="kNN monitor every N epochs, 0: never (default: 0)")
@@ -49,6 +50,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="(default: auto)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--out-dir", default="runs/learning", help="(default: runs/learning)")
+    p.add_argument("simclr_args", nargs=argparse.REMAINDER,
+                   help="after --: more simclr.py options, e.g. -- --temperature 0.2 (the rest: its defaults)")
     return p
 
 
@@ -57,17 +60,21 @@ def main(args: argparse.Namespace) -> dict:
     ckpt = os.path.join(args.out_dir, "pretrain.pth")
     warmup = args.warmup_epochs if args.warmup_epochs is not None else (10 if args.epochs >= 100 else 0.1 * args.epochs)
     pre_args = ["--dataset", args.dataset, "--dataset-paths", args.dataset_paths, "--arch", args.arch,
-                "--batch-size", str(args.batch_size), "--num-epochs", str(args.epochs), "--base-lr", str(args.base_lr),
-                "--warmup-epochs", str(warmup), "--cosine-anneal", "--test-freq", str(args.test_freq),
+                "--batch-size", str(args.batch_size), "--num-epochs", str(args.epochs),
+                "--warmup-epochs", str(warmup), "--test-freq", str(args.test_freq),
                 "--num-workers", str(args.num_workers), "--device", args.device, "--seed", str(args.seed),
-                "--filename", ckpt]
+                "--filename", ckpt] + (["--base-lr", str(args.base_lr)] if args.base_lr else [])
+    pre_args += [a for a in args.simclr_args if a != "--"]
     if os.path.isfile(ckpt):
         pre_args.append("--resume")
     t0 = time.time()
     script("simclr.py", pre_args)
     pretrain_s = time.time() - t0
     with open(os.path.join(args.out_dir, "pretrain.csv"), newline="") as f:
-        knn = [float(row["knn_top1"]) for row in csv.DictReader(f) if row["knn_top1"]]
+        rows = list(csv.DictReader(f))
+    knn = [float(row["knn_top1"]) for row in rows if row["knn_top1"]]
+    speeds = sorted(float(row["images_per_s"]) for row in rows if row["images_per_s"])
+    images_per_s = speeds[len(speeds) // 2] if speeds else None  # median over the logged steps
     results = {}
     for name, extra in (("pretrained", []), ("random_init", ["--random-init"])):
         t, output = time.time(), os.path.join(args.out_dir, f"lbfgs-{name}.json")
@@ -78,7 +85,8 @@ def main(args: argparse.Namespace) -> dict:
             summary = json.load(f)
         results[name] = {"test_acc": summary["test_acc"], "best_l2": summary["best_l2"], "seconds": time.time() - t}
     out = {"dataset": args.dataset, "arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size,
-           "seed": args.seed, "pretrain_seconds_this_command": pretrain_s, "knn_top1": knn, **results,
+           "seed": args.seed, "simclr_args": pre_args, "pretrain_seconds_this_command": pretrain_s,
+           "images_per_s": images_per_s, "knn_top1": knn, **results,
            "difference": results["pretrained"]["test_acc"] - results["random_init"]["test_acc"]}
     with open(os.path.join(args.out_dir, "summary.json"), "w") as f:
         json.dump(out, f, indent=1)
@@ -92,7 +100,8 @@ def main(args: argparse.Namespace) -> dict:
     print(f"\nlinear (L-BFGS) test accuracy on {args.dataset}: pretrained {out['pretrained']['test_acc']:.2f}% vs "
           f"random init {out['random_init']['test_acc']:.2f}%: {out['difference']:+.2f} points "
           f"({args.arch}, {args.epochs} epochs, batch {args.batch_size}, seed {args.seed}; "
-          f"pretraining took {pretrain_s / 60:.1f} min in this command)")
+          f"pretraining took {pretrain_s / 60:.1f} min in this command"
+          + (f", {images_per_s:.1f} images/s" if images_per_s else "") + ")")
     return out
 
 
