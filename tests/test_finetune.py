@@ -121,7 +121,8 @@ def test_finetune_trains_everything_and_scores_test_once(pretrained, tmp_path, m
         monkeypatch.setattr(module, "evaluate", spy)
     # 3 epochs of 1 step, validated after epochs 2 and 3: the kept weights have had >= 2 steps (the first step
     # moves only the classifier: with zero weights it sends no gradient back to the encoder)
-    result = run(ckpt, paths, tmp_path, "--from-head-layer", "1", "--num-epochs", "3", "--val-freq", "2")
+    result = run(ckpt, paths, tmp_path, "--from-head-layer", "1", "--num-epochs", "3", "--val-fraction", "0.1",
+                 "--val-freq", "2")
     assert calls == ["validation", "validation", "test"]
     original = backbone_state(load_checkpoint(ckpt))
     tuned = {k[len("backbone."):]: v for k, v in result["model"].state_dict().items() if k.startswith("backbone.")}
@@ -130,13 +131,41 @@ def test_finetune_trains_everything_and_scores_test_once(pretrained, tmp_path, m
         assert not torch.equal(tuned[key], original[key]), key
     saved = json.load(open(result["output"]))
     assert saved["num_labelled"] == 30 and saved["num_val"] == 3 and saved["num_train"] == 27
-    assert saved["batch_size"] == 27 and saved["epochs"] == 3 and saved["best_epoch"] in (2, 3)
+    assert saved["batch_size"] == 27 and saved["epochs"] == 3 and saved["reported_epoch"] in (2, 3)
+    assert saved["reported_by"] == "best validation top-1" and saved["reported_val_top1"] is not None
     assert 0 <= saved["top1"] <= saved["top5"] <= 100 and len(saved["history"]) == 3
     # the subset written beside the result gives the same images when passed back
     subset = json.load(open(saved["subset_file"]))
     assert saved["subset_file"].endswith("r.subset.json") and len(subset["indices"]) == 30
     again = run(ckpt, paths, tmp_path, "--subset-file", saved["subset_file"], "--num-epochs", "1", name="again.json")
     assert again["subset_file"] == saved["subset_file"] and again["num_labelled"] == 30
+
+
+def test_default_trains_on_whole_subset_and_reports_last_epoch(pretrained, tmp_path, monkeypatch):
+    """The paper's and official protocol: no validation split, fixed epochs, the last epoch's weights."""
+    ckpt, paths = pretrained
+    states, evaluations = [], []
+    train_one_epoch, evaluate = evaluation.supervised.train_one_epoch, evaluation.supervised.evaluate
+
+    def record(model, *a, **k):
+        out = train_one_epoch(model, *a, **k)
+        states.append({key: v.clone() for key, v in model.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(evaluation.supervised, "train_one_epoch", record)
+    for module in (evaluation.supervised, finetune):
+        monkeypatch.setattr(module, "evaluate", lambda *a, **k: evaluations.append(k.get("desc")) or evaluate(*a, **k))
+    result = run(ckpt, paths, tmp_path)  # 2 epochs, every option at its default
+    saved = json.load(open(result["output"]))
+    assert saved["val_fraction"] == 0 and saved["num_val"] == 0
+    assert saved["num_train"] == saved["num_labelled"] == saved["batch_size"] == 30
+    assert saved["reported_epoch"] == 2 and saved["reported_by"] == "last epoch"
+    assert saved["reported_val_top1"] is None and evaluations == ["test"]
+    final = result["model"].state_dict()
+    assert len(states) == 2 and all(torch.equal(final[k], states[-1][k]) for k in final)
+    assert not all(torch.equal(final[k], states[0][k]) for k in final)  # epoch 2 moved the weights
+    with pytest.raises(UserError, match="--val-freq goes with --val-fraction"):
+        run(ckpt, paths, tmp_path, "--val-freq", "2")
 
 
 def test_finetune_from_layer4_keeps_earlier_blocks_identical(pretrained, tmp_path):
@@ -161,7 +190,7 @@ def test_from_scratch_baseline_and_errors(pretrained, tmp_path):
     result = run(None, paths, tmp_path, "--from-scratch", *base, "--val-fraction", "0", name="s.json")
     saved = json.load(open(result["output"]))
     assert saved["from_scratch"] and saved["checkpoint"] is None and saved["num_val"] == 0
-    assert saved["best_epoch"] == 1 and saved["best_val_top1"] is None and saved["num_train"] == 30
+    assert saved["reported_epoch"] == 1 and saved["reported_val_top1"] is None and saved["num_train"] == 30
     with pytest.raises(UserError, match="--batch-size 31 is larger"):
         run(None, paths, tmp_path, "--from-scratch", *base, "--val-fraction", "0", "--batch-size", "31")
     with pytest.raises(UserError, match="needs --arch and --dataset"):
