@@ -4,7 +4,7 @@
     python finetune.py --load-from output.pth --label-fraction 0.1       # 10%, 30 epochs
     python finetune.py --load-from output.pth --label-fraction 0.1 --from-scratch   # baseline, same recipe
 
-The encoder (from ``--finetune-from`` on; the earlier part frozen, BN in eval mode), the first
+The encoder (from ``--finetune-from`` on; the earlier part frozen, see ``--frozen-bn``), the first
 ``--from-head-layer`` layers of its projection head and a new zero-initialised linear classifier
 (models/finetune.py) are trained on a class-balanced labelled subset (data/subsets.py) as the official
 code's fine-tuning: random resized crop + flip only, LARS (the classifier without adaptation),
@@ -31,7 +31,7 @@ from data.subsets import IndexedImages, draw_subset, holdout_split, requested_su
 from data.views import SeededTransformed, Transformed
 from evaluation.load import evaluation_target, finetune_encoder, state_equal
 from evaluation.supervised import evaluate, fit
-from models.finetune import STAGES, FineTuneNet
+from models.finetune import FROZEN_BN, STAGES, FineTuneNet
 from models.resnet import ARCHS, STEMS
 from optim.groups import build_optimizer
 from optim.schedules import lr_schedule, scaled_lr
@@ -77,8 +77,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(default: 1)")
     g = p.add_argument_group("model")
     g.add_argument("--finetune-from", default="conv1", choices=STAGES,
-                   help="first trained part, the earlier ones frozen in eval mode: conv1 (the paper) trains all,\n"
+                   help="first trained part, the earlier ones frozen (--frozen-bn): conv1 (the paper) trains all,\n"
                         "head only the kept head layers and the classifier (default: conv1)")
+    g.add_argument("--frozen-bn", default="train", choices=FROZEN_BN,
+                   help="BN of the frozen stages (their weights never change). train: as the official code,\n"
+                        "batch statistics, running statistics updated; eval: running statistics, frozen\n"
+                        "(default: train)")
     g.add_argument("--from-head-layer", type=int, default=0,
                    help="keep the first K layers of the checkpoint's projection head between encoder and\n"
                         "classifier, and fine-tune them; SimCLRv2: 1 with its 3-layer head (default: 0, none)")
@@ -204,17 +208,18 @@ def main(args: argparse.Namespace) -> dict:
     train_loader, val_loader, test_loader = loaders(args, train_full, test, fit_idx, val_idx, size, info,
                                                     batch_size, device)
     torch.manual_seed(args.seed)
-    model = FineTuneNet(backbone, head, len(train_full.classes), args.finetune_from)
+    model = FineTuneNet(backbone, head, len(train_full.classes), args.finetune_from, args.frozen_bn)
     model = model.to(device, memory_format=precision.memory_format)
     frozen_before = model.frozen_state()
     total_steps = epochs * (len(fit_idx) // batch_size)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     kind = "random-init" if args.from_scratch else "pretrained"
+    frozen = f" (frozen BN: {args.frozen_bn} mode)" if model.num_frozen else ""
     reported = ("the epoch of the best validation top-1" if val_loader is not None
                 else "the last epoch (the whole subset trained on)")
     print(f"{dataset}: {len(record['indices'])} labelled ({record['per_class']} per class, {subset_file}): "
           f"{len(fit_idx)} train / {len(val_idx)} validation / {len(test)} test. {kind} {name} ({backbone.stem} "
-          f"stem) + {len(head.layers)} head layer(s) from {args.finetune_from}: {trainable / 1e6:.2f}M trained "
+          f"stem) + {len(head.layers)} head layer(s) from {args.finetune_from}{frozen}: {trainable / 1e6:.2f}M trained "
           f"parameters; {epochs} epochs of {total_steps // epochs} steps of {batch_size}, {args.optimizer} lr "
           f"{lr:.4g} ({args.lr_scaling} of {base_lr}), {args.schedule}; {device}, {precision.name}. Reports "
           f"{reported} on the test set")
@@ -235,8 +240,9 @@ def main(args: argparse.Namespace) -> dict:
         "subset_file": subset_file, "subset_seed": record["seed"], "num_labelled": len(record["indices"]),
         "num_train": len(fit_idx), "num_val": len(val_idx), "num_test": len(test), "epochs": epochs,
         "batch_size": batch_size, "base_lr": base_lr, "lr": lr, "precision": precision.name,
-        **{k: vars(args)[k] for k in ("val_fraction", "from_scratch", "finetune_from", "from_head_layer",
-                                      "optimizer", "nesterov", "lr_scaling", "schedule", "weight_decay", "seed")},
+        **{k: vars(args)[k] for k in ("val_fraction", "from_scratch", "finetune_from", "frozen_bn",
+                                      "from_head_layer", "optimizer", "nesterov", "lr_scaling", "schedule",
+                                      "weight_decay", "seed")},
         "reported_epoch": best["epoch"], "reported_by": "best validation top-1" if chosen else "last epoch",
         "reported_val_top1": best["val_top1"], "top1": top1, "top5": top5,
         "test_loss": test_loss, "train_seconds": train_seconds, "history": history, "git_commit": git_commit(),

@@ -1,4 +1,5 @@
 """Label subsets and fine-tuning (finetune.py) on tiny data; the ResNet-50 (2x)/(4x) parameter counts."""
+import copy
 import json
 import os
 import subprocess
@@ -12,9 +13,9 @@ import evaluation.supervised
 import finetune
 import simclr
 from data.subsets import balanced_subset, read_subset, subset_record, write_subset
-from evaluation.load import backbone_state
-from models.finetune import FineTuneNet
-from models.resnet import resnet50
+from evaluation.load import backbone_state, state_equal
+from models.finetune import FineTuneNet, KeptHead
+from models.resnet import resnet18, resnet50
 from tests.tiny_data import write_image_folder, write_paths
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
@@ -168,20 +169,70 @@ def test_default_trains_on_whole_subset_and_reports_last_epoch(pretrained, tmp_p
         run(ckpt, paths, tmp_path, "--val-freq", "2")
 
 
-def test_finetune_from_layer4_keeps_earlier_blocks_identical(pretrained, tmp_path):
+@pytest.mark.parametrize("frozen_bn", ["train", "eval"])
+def test_finetune_from_layer4_keeps_frozen_weights(pretrained, tmp_path, frozen_bn):
+    """Frozen weights and BN affine never move; the frozen BN statistics follow the batches in train mode
+    (the official code), stay as loaded in eval mode."""
     ckpt, paths = pretrained
-    result = run(ckpt, paths, tmp_path, "--finetune-from", "layer4", "--optimizer", "sgd", "--lr-scaling", "none",
-                 "--base-lr", "0.1", "--val-fraction", "0")  # the last epoch: 2 steps
+    result = run(ckpt, paths, tmp_path, "--finetune-from", "layer4", "--frozen-bn", frozen_bn, "--optimizer", "sgd",
+                 "--lr-scaling", "none", "--base-lr", "0.1")  # 2 steps
     original = backbone_state(load_checkpoint(ckpt))
     tuned = {k[len("backbone."):]: v for k, v in result["model"].state_dict().items() if k.startswith("backbone.")}
     frozen = [k for k in original if k.startswith(STEM_AND_BLOCKS)]
-    assert any("running_var" in k for k in frozen) and any("num_batches_tracked" in k for k in frozen)
-    assert all(torch.equal(tuned[k], original[k]) for k in frozen)  # weights and BN statistics
+    stats = [k for k in frozen if "running_" in k or "num_batches_tracked" in k]
+    assert any("running_var" in k for k in stats) and any("num_batches_tracked" in k for k in stats)
+    assert all(torch.equal(tuned[k], original[k]) for k in frozen if k not in stats)  # weights, BN affine
+    moved = [k for k in stats if not torch.equal(tuned[k], original[k])]
+    assert moved == (stats if frozen_bn == "train" else [])
     assert not torch.equal(tuned["layer4.0.conv1.weight"], original["layer4.0.conv1.weight"])
     assert not torch.equal(tuned["layer4.0.bn1.running_mean"], original["layer4.0.bn1.running_mean"])
     model = result["model"].train()
-    assert not model.backbone.layer3.training and model.backbone.layer4.training
+    assert model.backbone.layer3.training == (frozen_bn == "train") and model.backbone.layer4.training
     assert not any(p.requires_grad for p in model.backbone.layer3.parameters())
+    assert json.load(open(result["output"]))["frozen_bn"] == frozen_bn
+
+
+@pytest.mark.parametrize("frozen_bn", ["train", "eval"])
+def test_frozen_stem_against_plain_batch_norm(frozen_bn):
+    """One step with the stem and layer1 frozen: the stem's output is conv -> F.batch_norm (batch statistics
+    in train mode, running ones in eval mode) -> relu, its running statistics move as F.batch_norm's in train
+    mode only, and no frozen parameter gets a gradient or moves."""
+    torch.manual_seed(0)
+    backbone = resnet18(stem="cifar")
+    for m in backbone.modules():  # statistics and affine unlike a batch's, so that the two modes differ
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.normal_(1, 0.2)
+            m.bias.data.normal_(0, 0.2)
+    net = FineTuneNet(backbone, KeptHead(torch.nn.ModuleList()), 3, "layer2", frozen_bn).train()
+    torch.nn.init.normal_(net.classifier.weight)  # not zero: gradients reach the trained stages
+    x, y = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    b, seen = net.backbone, {}
+    b.layer1.register_forward_pre_hook(lambda m, inputs: seen.update(stem=inputs[0]))
+    mean, var = b.bn1.running_mean.clone(), b.bn1.running_var.clone()
+    before, frozen_before = copy.deepcopy(net.state_dict()), net.frozen_state()
+    assert any("running_mean" in k for k in frozen_before) == (frozen_bn == "eval")
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    optimizer.step()
+
+    train = frozen_bn == "train"
+    with torch.no_grad():  # F.batch_norm updates ref_mean and ref_var in place when training
+        ref_mean, ref_var = mean.clone(), var.clone()
+        ref = torch.relu(torch.nn.functional.batch_norm(b.conv1(x), ref_mean, ref_var, b.bn1.weight, b.bn1.bias,
+                                                        training=train, momentum=b.bn1.momentum, eps=b.bn1.eps))
+    assert torch.allclose(seen["stem"], ref, rtol=0, atol=1e-6) and not seen["stem"].requires_grad
+    assert torch.equal(b.bn1.running_mean, ref_mean) and torch.equal(b.bn1.running_var, ref_var)
+    assert torch.equal(b.bn1.running_mean, mean) != train
+    after = net.state_dict()
+    for name, p in [*b.conv1.named_parameters("conv1"), *b.bn1.named_parameters("bn1"),
+                    *b.layer1.named_parameters("layer1")]:
+        assert p.grad is None and torch.equal(p, before[f"backbone.{name}"]), name
+    assert state_equal(net.frozen_state(), frozen_before)  # what finetune.py checks after training
+    assert not torch.equal(after["backbone.layer2.0.conv1.weight"], before["backbone.layer2.0.conv1.weight"])
+    stats = [k for k in after if k.startswith("backbone.layer1.") and "running_" in k]
+    assert [k for k in stats if not torch.equal(after[k], before[k])] == (stats if train else [])
 
 
 def test_from_scratch_baseline_and_errors(pretrained, tmp_path):
