@@ -11,6 +11,9 @@ from utils.errors import UserError
 
 # ResNet stages, head kept up to layer K: the first trained part (the official --fine_tune_after_block -1..4).
 STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4", "head")
+# BN of the frozen stages: "train" as the official code (batch statistics, running statistics updated),
+# "eval" with their running statistics, frozen too.
+FROZEN_BN = ("train", "eval")
 
 
 class KeptHead(nn.Module):
@@ -28,11 +31,17 @@ class KeptHead(nn.Module):
 
 class FineTuneNet(nn.Module):
     """backbone -> kept head layers -> linear classifier (zero-initialised, as the official
-    ``zero_init_logits_layer``). Parts before ``finetune_from`` are frozen: no gradients, eval-mode BN,
-    run under no_grad."""
+    ``zero_init_logits_layer``). Parts before ``finetune_from`` are frozen: run under no_grad, their
+    weights never updated. Their BN follows the model's mode with ``frozen_bn="train"``, as the official
+    code (a stop_gradient before the first trained stage, every layer called with training=True), or stays
+    in eval mode with ``"eval"``."""
 
-    def __init__(self, backbone: ResNetBackbone, head: KeptHead, num_classes: int, finetune_from: str = "conv1"):
+    def __init__(self, backbone: ResNetBackbone, head: KeptHead, num_classes: int, finetune_from: str = "conv1",
+                 frozen_bn: str = "train"):
         super().__init__()
+        if frozen_bn not in FROZEN_BN:
+            raise ValueError(f"frozen_bn must be one of {FROZEN_BN}, got {frozen_bn!r}")
+        self.frozen_bn = frozen_bn
         self.backbone, self.head = backbone, head
         dim = head.layers[-1][0].out_features if len(head.layers) else backbone.num_features
         self.classifier = nn.Linear(dim, num_classes)
@@ -40,7 +49,9 @@ class FineTuneNet(nn.Module):
         nn.init.zeros_(self.classifier.bias)
         self.num_frozen = STAGES.index(finetune_from)
         for module in self.frozen_modules():
-            module.requires_grad_(False).eval()
+            module.requires_grad_(False)
+            if frozen_bn == "eval":
+                module.eval()
 
     def frozen_modules(self) -> list[nn.Module]:
         b = self.backbone
@@ -48,14 +59,16 @@ class FineTuneNet(nn.Module):
         return [m for stage in stages[:self.num_frozen] for m in stage]
 
     def frozen_state(self) -> dict[str, torch.Tensor]:
-        """Copies of the frozen modules' tensors (weights and BN statistics), to check that they never move."""
+        """Copies of what must never move, to check it: the frozen parameters (conv weights, BN affine), and
+        with ``frozen_bn="eval"`` the BN statistics too (in train mode they follow the batches)."""
         return {f"{i}.{k}": v.detach().clone() for i, m in enumerate(self.frozen_modules())
-                for k, v in m.state_dict().items()}
+                for k, v in (m.state_dict() if self.frozen_bn == "eval" else dict(m.named_parameters())).items()}
 
     def train(self, mode: bool = True) -> "FineTuneNet":
         super().train(mode)
-        for module in self.frozen_modules():
-            module.eval()  # frozen BN keeps its running statistics
+        if self.frozen_bn == "eval":
+            for module in self.frozen_modules():
+                module.eval()  # frozen BN keeps its running statistics
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Label subsets and fine-tuning (finetune.py) on tiny data; the ResNet-50 (2x)/(4x) parameter counts."""
+import copy
 import json
 import os
 import subprocess
@@ -12,9 +13,9 @@ import evaluation.supervised
 import finetune
 import simclr
 from data.subsets import balanced_subset, read_subset, subset_record, write_subset
-from evaluation.load import backbone_state
-from models.finetune import FineTuneNet
-from models.resnet import resnet50
+from evaluation.load import backbone_state, state_equal
+from models.finetune import FineTuneNet, KeptHead
+from models.resnet import resnet18, resnet50
 from tests.tiny_data import write_image_folder, write_paths
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
@@ -121,7 +122,8 @@ def test_finetune_trains_everything_and_scores_test_once(pretrained, tmp_path, m
         monkeypatch.setattr(module, "evaluate", spy)
     # 3 epochs of 1 step, validated after epochs 2 and 3: the kept weights have had >= 2 steps (the first step
     # moves only the classifier: with zero weights it sends no gradient back to the encoder)
-    result = run(ckpt, paths, tmp_path, "--from-head-layer", "1", "--num-epochs", "3", "--val-freq", "2")
+    result = run(ckpt, paths, tmp_path, "--from-head-layer", "1", "--num-epochs", "3", "--val-fraction", "0.1",
+                 "--val-freq", "2")
     assert calls == ["validation", "validation", "test"]
     original = backbone_state(load_checkpoint(ckpt))
     tuned = {k[len("backbone."):]: v for k, v in result["model"].state_dict().items() if k.startswith("backbone.")}
@@ -130,7 +132,8 @@ def test_finetune_trains_everything_and_scores_test_once(pretrained, tmp_path, m
         assert not torch.equal(tuned[key], original[key]), key
     saved = json.load(open(result["output"]))
     assert saved["num_labelled"] == 30 and saved["num_val"] == 3 and saved["num_train"] == 27
-    assert saved["batch_size"] == 27 and saved["epochs"] == 3 and saved["best_epoch"] in (2, 3)
+    assert saved["batch_size"] == 27 and saved["epochs"] == 3 and saved["reported_epoch"] in (2, 3)
+    assert saved["reported_by"] == "best validation top-1" and saved["reported_val_top1"] is not None
     assert 0 <= saved["top1"] <= saved["top5"] <= 100 and len(saved["history"]) == 3
     # the subset written beside the result gives the same images when passed back
     subset = json.load(open(saved["subset_file"]))
@@ -139,20 +142,97 @@ def test_finetune_trains_everything_and_scores_test_once(pretrained, tmp_path, m
     assert again["subset_file"] == saved["subset_file"] and again["num_labelled"] == 30
 
 
-def test_finetune_from_layer4_keeps_earlier_blocks_identical(pretrained, tmp_path):
+def test_default_trains_on_whole_subset_and_reports_last_epoch(pretrained, tmp_path, monkeypatch):
+    """The paper's and official protocol: no validation split, fixed epochs, the last epoch's weights."""
     ckpt, paths = pretrained
-    result = run(ckpt, paths, tmp_path, "--finetune-from", "layer4", "--optimizer", "sgd", "--lr-scaling", "none",
-                 "--base-lr", "0.1", "--val-fraction", "0")  # the last epoch: 2 steps
+    states, evaluations = [], []
+    train_one_epoch, evaluate = evaluation.supervised.train_one_epoch, evaluation.supervised.evaluate
+
+    def record(model, *a, **k):
+        out = train_one_epoch(model, *a, **k)
+        states.append({key: v.clone() for key, v in model.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(evaluation.supervised, "train_one_epoch", record)
+    for module in (evaluation.supervised, finetune):
+        monkeypatch.setattr(module, "evaluate", lambda *a, **k: evaluations.append(k.get("desc")) or evaluate(*a, **k))
+    result = run(ckpt, paths, tmp_path)  # 2 epochs, every option at its default
+    saved = json.load(open(result["output"]))
+    assert saved["val_fraction"] == 0 and saved["num_val"] == 0
+    assert saved["num_train"] == saved["num_labelled"] == saved["batch_size"] == 30
+    assert saved["reported_epoch"] == 2 and saved["reported_by"] == "last epoch"
+    assert saved["reported_val_top1"] is None and evaluations == ["test"]
+    final = result["model"].state_dict()
+    assert len(states) == 2 and all(torch.equal(final[k], states[-1][k]) for k in final)
+    assert not all(torch.equal(final[k], states[0][k]) for k in final)  # epoch 2 moved the weights
+    with pytest.raises(UserError, match="--val-freq goes with --val-fraction"):
+        run(ckpt, paths, tmp_path, "--val-freq", "2")
+
+
+@pytest.mark.parametrize("frozen_bn", ["train", "eval"])
+def test_finetune_from_layer4_keeps_frozen_weights(pretrained, tmp_path, frozen_bn):
+    """Frozen weights and BN affine never move; the frozen BN statistics follow the batches in train mode
+    (the official code), stay as loaded in eval mode."""
+    ckpt, paths = pretrained
+    result = run(ckpt, paths, tmp_path, "--finetune-from", "layer4", "--frozen-bn", frozen_bn, "--optimizer", "sgd",
+                 "--lr-scaling", "none", "--base-lr", "0.1")  # 2 steps
     original = backbone_state(load_checkpoint(ckpt))
     tuned = {k[len("backbone."):]: v for k, v in result["model"].state_dict().items() if k.startswith("backbone.")}
     frozen = [k for k in original if k.startswith(STEM_AND_BLOCKS)]
-    assert any("running_var" in k for k in frozen) and any("num_batches_tracked" in k for k in frozen)
-    assert all(torch.equal(tuned[k], original[k]) for k in frozen)  # weights and BN statistics
+    stats = [k for k in frozen if "running_" in k or "num_batches_tracked" in k]
+    assert any("running_var" in k for k in stats) and any("num_batches_tracked" in k for k in stats)
+    assert all(torch.equal(tuned[k], original[k]) for k in frozen if k not in stats)  # weights, BN affine
+    moved = [k for k in stats if not torch.equal(tuned[k], original[k])]
+    assert moved == (stats if frozen_bn == "train" else [])
     assert not torch.equal(tuned["layer4.0.conv1.weight"], original["layer4.0.conv1.weight"])
     assert not torch.equal(tuned["layer4.0.bn1.running_mean"], original["layer4.0.bn1.running_mean"])
     model = result["model"].train()
-    assert not model.backbone.layer3.training and model.backbone.layer4.training
+    assert model.backbone.layer3.training == (frozen_bn == "train") and model.backbone.layer4.training
     assert not any(p.requires_grad for p in model.backbone.layer3.parameters())
+    assert json.load(open(result["output"]))["frozen_bn"] == frozen_bn
+
+
+@pytest.mark.parametrize("frozen_bn", ["train", "eval"])
+def test_frozen_stem_against_plain_batch_norm(frozen_bn):
+    """One step with the stem and layer1 frozen: the stem's output is conv -> F.batch_norm (batch statistics
+    in train mode, running ones in eval mode) -> relu, its running statistics move as F.batch_norm's in train
+    mode only, and no frozen parameter gets a gradient or moves."""
+    torch.manual_seed(0)
+    backbone = resnet18(stem="cifar")
+    for m in backbone.modules():  # statistics and affine unlike a batch's, so that the two modes differ
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.normal_(1, 0.2)
+            m.bias.data.normal_(0, 0.2)
+    net = FineTuneNet(backbone, KeptHead(torch.nn.ModuleList()), 3, "layer2", frozen_bn).train()
+    torch.nn.init.normal_(net.classifier.weight)  # not zero: gradients reach the trained stages
+    x, y = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    b, seen = net.backbone, {}
+    b.layer1.register_forward_pre_hook(lambda m, inputs: seen.update(stem=inputs[0]))
+    mean, var = b.bn1.running_mean.clone(), b.bn1.running_var.clone()
+    before, frozen_before = copy.deepcopy(net.state_dict()), net.frozen_state()
+    assert any("running_mean" in k for k in frozen_before) == (frozen_bn == "eval")
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    optimizer.step()
+
+    train = frozen_bn == "train"
+    with torch.no_grad():  # F.batch_norm updates ref_mean and ref_var in place when training
+        ref_mean, ref_var = mean.clone(), var.clone()
+        ref = torch.relu(torch.nn.functional.batch_norm(b.conv1(x), ref_mean, ref_var, b.bn1.weight, b.bn1.bias,
+                                                        training=train, momentum=b.bn1.momentum, eps=b.bn1.eps))
+    assert torch.allclose(seen["stem"], ref, rtol=0, atol=1e-6) and not seen["stem"].requires_grad
+    assert torch.equal(b.bn1.running_mean, ref_mean) and torch.equal(b.bn1.running_var, ref_var)
+    assert torch.equal(b.bn1.running_mean, mean) != train
+    after = net.state_dict()
+    for name, p in [*b.conv1.named_parameters("conv1"), *b.bn1.named_parameters("bn1"),
+                    *b.layer1.named_parameters("layer1")]:
+        assert p.grad is None and torch.equal(p, before[f"backbone.{name}"]), name
+    assert state_equal(net.frozen_state(), frozen_before)  # what finetune.py checks after training
+    assert not torch.equal(after["backbone.layer2.0.conv1.weight"], before["backbone.layer2.0.conv1.weight"])
+    stats = [k for k in after if k.startswith("backbone.layer1.") and "running_" in k]
+    assert [k for k in stats if not torch.equal(after[k], before[k])] == (stats if train else [])
 
 
 def test_from_scratch_baseline_and_errors(pretrained, tmp_path):
@@ -161,7 +241,7 @@ def test_from_scratch_baseline_and_errors(pretrained, tmp_path):
     result = run(None, paths, tmp_path, "--from-scratch", *base, "--val-fraction", "0", name="s.json")
     saved = json.load(open(result["output"]))
     assert saved["from_scratch"] and saved["checkpoint"] is None and saved["num_val"] == 0
-    assert saved["best_epoch"] == 1 and saved["best_val_top1"] is None and saved["num_train"] == 30
+    assert saved["reported_epoch"] == 1 and saved["reported_val_top1"] is None and saved["num_train"] == 30
     with pytest.raises(UserError, match="--batch-size 31 is larger"):
         run(None, paths, tmp_path, "--from-scratch", *base, "--val-fraction", "0", "--batch-size", "31")
     with pytest.raises(UserError, match="needs --arch and --dataset"):
