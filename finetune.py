@@ -107,7 +107,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--num-workers", type=int, default=2, help="(default: 2)")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="bf16 autocast (loss in fp32); auto: bf16 on GPUs with native bf16 (default: auto)")
+                   help="bf16 autocast (loss in fp32); auto: as simclr.py (default: auto)")
     g.add_argument("--output", default=None,
                    help="JSON result (default: <checkpoint>.finetune-<dataset>-<N>pct[-scratch].json)")
     g.add_argument("--save-model", default=None, help="also write the reported fine-tuned weights to this file")
@@ -221,7 +221,7 @@ def main(args: argparse.Namespace) -> dict:
           f"{len(fit_idx)} train / {len(val_idx)} validation / {len(test)} test. {kind} {name} ({backbone.stem} "
           f"stem) + {len(head.layers)} head layer(s) from {args.finetune_from}{frozen}: {trainable / 1e6:.2f}M trained "
           f"parameters; {epochs} epochs of {total_steps // epochs} steps of {batch_size}, {args.optimizer} lr "
-          f"{lr:.4g} ({args.lr_scaling} of {base_lr}), {args.schedule}; {device}, {precision.name}. Reports "
+          f"{lr:.4g} ({args.lr_scaling} of {base_lr}), {args.schedule}; {device}, {precision.label}. Reports "
           f"{reported} on the test set")
     start = time.perf_counter()
     optimizer = build_optimizer(model, args.optimizer, lr, args.weight_decay, args.momentum, args.trust_coefficient,

@@ -54,8 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="on the classifier's weights, not its bias (default: 0; the official code: 1e-6 on ImageNet)")
     p.add_argument("--num-workers", type=int, default=2, help="(default: 2)")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
-                   help="autocast of the frozen backbone, the classifier stays fp32; auto: bf16 on GPUs with\n"
-                        "native bf16 (default: fp32)")
+                   help="autocast of the frozen backbone, the classifier stays fp32; auto: as simclr.py\n"
+                        "(default: fp32)")
     p.add_argument("--output", default=None, help="JSON result file (default: <checkpoint>.sgd-<dataset>.json)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")

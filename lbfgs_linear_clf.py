@@ -54,8 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations per fit (default: 500)")
     p.add_argument("--batch-size", type=int, default=512, help="feature extraction batch (default: 512)")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
-                   help="autocast of the backbone while extracting features; auto: bf16 on GPUs with native bf16 "
-                        "(default: fp32)")
+                   help="autocast of the backbone while extracting features; auto: as simclr.py (default: fp32)")
     p.add_argument("--num-workers", type=int, default=2, help="(default: 2)")
     p.add_argument("--cache-features", action="store_true",
                    help="save the features next to the checkpoint and reuse them while the checkpoint is unchanged")

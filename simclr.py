@@ -91,8 +91,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="gradient caching: the loss over the whole batch with the activation memory of N images\n"
                         "per process; BN statistics per chunk and view (README). 0: off (default: 0)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="bf16 autocast for the network, loss in fp32; auto: bf16 on GPUs with native bf16\n"
-                        "(Ampere or newer), fp32 elsewhere (default: auto)")
+                   help="bf16 autocast for the network, loss in fp32; auto: bf16 where it is fast (GPUs of\n"
+                        "compute capability 8.0 or newer, CPUs with AMX), fp32 elsewhere (default: auto)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on with bf16, off with fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (not under DataParallel)")
@@ -182,7 +182,7 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     monitor = KNNMonitor(args.dataset, args.dataset_paths, args.image_size, args.native_size, device, precision,
                          args.num_workers, args.knn_k) if args.test_freq > 0 and info.is_main else None
     say(f"{args.dataset}: {len(pretrain)} images, {steps_per_epoch} steps/epoch of {args.batch_size}; {args.arch} "
-        f"({args.stem} stem) on {device}, {precision.name}, {parallel}, SyncBN {args.sync_bn}"
+        f"({args.stem} stem) on {device}, {precision.label}, {parallel}, SyncBN {args.sync_bn}"
         + (" (--compile breaks the graph at every SyncBatchNorm)" if args.compile and args.sync_bn else "")
         + (" (--sync-bn has no effect without torchrun)" if args.sync_bn and not info.distributed else "")
         + (f", gradient caching in chunks of {args.chunk_size} pairs" if args.chunk_size else "")

@@ -47,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=32, help="image side in pixels")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="as simclr.py: auto is bf16 on GPUs with native bf16, else fp32")
+                   help="as simclr.py (default: auto)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--plain-up-to", type=int, default=None, metavar="BATCH",
                    help="run without chunking only up to this batch (None: every batch)")

@@ -12,7 +12,8 @@ measurement in a fresh process so that no path inherits another's worker process
 and printed as ratios to (a); the same for augmentation alone; and the compute ceiling of (b) and (c):
 the same step on random tensors already on the device, so no data path can beat it. On CPU it says
 which targets are reachable at all (a 2x over (a) above the ceiling is not); with --memory (GPU), peak
-memory per batch size.
+memory per batch size. The full step of simclr.py's path (the last column) is also measured at the
+other precision, so that fp32, bf16 and the one --precision auto picks show side by side.
 """
 from __future__ import annotations
 
@@ -173,12 +174,12 @@ def peak_memory(step, augment, hw, device) -> dict:
     return peaks
 
 
-def run_column(args: argparse.Namespace, column: str, memory: bool = False) -> dict:
+def run_column(args: argparse.Namespace, column: str, memory: bool = False, precision: str | None = None) -> dict:
     """``measure`` for one column in a fresh process (no tuned heap, no worker processes carried over);
-    ``memory``: also the peak memory per batch size (GPU)."""
+    ``memory``: also the peak memory per batch size (GPU); ``precision``: instead of ``args.precision``."""
     argv = [sys.executable, os.path.abspath(__file__), "--one", column, "--dataset", args.dataset, "--arch", args.arch,
             "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--num-workers", str(args.num_workers),
-            "--device", args.device, "--precision", args.precision] + (["--memory"] if memory else [])
+            "--device", args.device, "--precision", precision or args.precision] + (["--memory"] if memory else [])
     argv += ["--compile"] if args.compile else []
     env = dict(os.environ, SIMCLR_MALLOC_TUNING="1" if CONFIGS[column][1] else "0")
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
@@ -190,12 +191,15 @@ def run_column(args: argparse.Namespace, column: str, memory: bool = False) -> d
 def main(args: argparse.Namespace) -> dict:
     device = select_device(args.device)
     columns = ["a", "b", "c"] if device.type == "cpu" else ["a", "b"]
-    results: dict[str, list[dict]] = {c: [] for c in columns}
+    other = "fp32" if resolve_precision(args.precision, device).name == "bf16" else "bf16"
+    results: dict[str, list[dict]] = {c: [] for c in columns + [other]}
     for r in range(args.rounds):
         for c in columns:  # peak memory once: in the last round's column b, the one printed
             results[c].append(run_column(args, c, memory=args.memory and c == "b" and r == args.rounds - 1))
+        results[other].append(run_column(args, columns[-1], precision=other))  # simclr.py's path, other precision
         print(f"round {r + 1}: " + ", ".join(f"{LABELS[c]} aug {results[c][-1]['aug']:.0f} step "
-                                             f"{results[c][-1]['step']:.1f}" for c in columns), flush=True)
+                                             f"{results[c][-1]['step']:.1f}" for c in columns)
+              + f"; {LABELS[columns[-1]]} at {other} step {results[other][-1]['step']:.1f}", flush=True)
     device_columns = [c for c in columns if CONFIGS[c][0] == "device"]
     keys = {c: ("aug", "step", "ceiling") if c in device_columns else ("aug", "step") for c in columns}
     med = {c: {k: statistics.median(res[k] for res in results[c]) for k in keys[c]} for c in columns}
@@ -214,6 +218,10 @@ def main(args: argparse.Namespace) -> dict:
     best = max(med[c]["ceiling"] for c in device_columns)
     print(f"\nThe best ceiling is {best / med['a']['step']:.2f}x the full step of (a): no data path can make a "
           f"step faster than that on this machine.")
+    step = {precision.name: med[columns[-1]]["step"], other: statistics.median(x["step"] for x in results[other])}
+    auto = resolve_precision("auto", device)
+    print(f"\nfull step of {LABELS[columns[-1]]}: fp32 {step['fp32']:.1f}, bf16 {step['bf16']:.1f} views/s; "
+          f"auto picks {auto.label}: {100 * step[auto.name] / max(step.values()):.0f}% of the faster")
     if device.type == "cuda" and args.memory:
         print("\npeak GPU memory of a full step (device path):")
         for b, gib in results["b"][-1]["memory"].items():

@@ -13,6 +13,7 @@ from training.loop import NonFiniteLoss, train_epoch
 from utils.checkpoint import Saver
 from utils.distributed import DistInfo, any_rank, wrap_model
 from utils.errors import UserError
+import utils.precision
 from utils.precision import AtPrecision, Precision, resolve_precision
 
 LOSS = NTXentLoss(0.5)
@@ -150,14 +151,35 @@ def test_autocast_inside_the_wrapper_survives_a_replica_thread():
     assert seen["dtype"] == torch.bfloat16 and seen["out"].dtype == torch.float32
 
 
-def test_bf16_only_on_gpus_with_native_bf16(monkeypatch):
+def test_auto_is_bf16_only_on_gpus_with_native_bf16(monkeypatch):
     cuda = torch.device("cuda")
     for capability, expected in (((7, 0), "fp32"), ((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
         p = resolve_precision("auto", cuda)
         assert (p.name, p.channels_last) == (expected, expected == "bf16")
-    assert resolve_precision("auto", torch.device("cpu")).name == "fp32"
+    assert p.label == "bf16 (GPU of compute capability 9.0)"
     assert resolve_precision("bf16", torch.device("cpu"), channels_last=False).memory_format == torch.preserve_format
+
+
+def test_auto_is_bf16_only_on_cpus_with_amx(monkeypatch):
+    """On the CPU bf16 is fast only with AMX (Sapphire Rapids and later); without it, emulated and slower."""
+    cpu = torch.device("cpu")
+    for amx, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda a=amx: a, raising=False)
+        p = resolve_precision("auto", cpu)
+        assert (p.name, p.channels_last) == (expected, amx)
+        assert p.label == f"{expected} (CPU {'with' if amx else 'without'} AMX)"
+    assert resolve_precision("fp32", cpu).label == "fp32"  # an explicit choice needs no reason
+
+
+def test_amx_falls_back_to_cpuinfo_without_torch_probe(monkeypatch, tmp_path):
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(utils.precision, "open", lambda path: open(cpuinfo if path == "/proc/cpuinfo" else path),
+                        raising=False)
+    for flags, expected in (("fpu avx512f amx_bf16 amx_tile", "bf16"), ("fpu avx2", "fp32")):
+        cpuinfo.write_text(f"flags\t\t: {flags}\n")
+        assert resolve_precision("auto", torch.device("cpu")).name == expected
 
 
 def test_compile_is_refused_under_data_parallel(monkeypatch):

@@ -15,6 +15,12 @@ class Precision:
     name: str  # "bf16" or "fp32"
     channels_last: bool
     device_type: str
+    reason: str = ""  # what --precision auto went by, e.g. "CPU with AMX"; empty for an explicit choice
+
+    @property
+    def label(self) -> str:
+        """The name and, under auto, its reason: "bf16 (CPU with AMX)"."""
+        return f"{self.name} ({self.reason})" if self.reason else self.name
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -32,18 +38,38 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
 
-def native_bf16(device: torch.device) -> bool:
-    """bf16 with tensor cores: CUDA GPUs of compute capability 8.0 (Ampere) or newer."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+def _cpu_has_amx() -> bool:
+    """AMX tiles (Intel Sapphire Rapids and later), through torch's private probe, else /proc/cpuinfo."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if probe is not None:
+        return bool(probe())
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_bf16" in f.read()
+    except OSError:
+        return False
+
+
+def fast_bf16(device: torch.device) -> tuple[bool, str]:
+    """Whether bf16 outruns fp32 on ``device``, and why: CUDA GPUs of compute capability 8.0 (Ampere) or
+    newer (tensor cores), CPUs with AMX (bf16 matrix units); elsewhere bf16 is emulated and slower."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return major >= 8, f"GPU of compute capability {major}.{minor}"
+    amx = _cpu_has_amx()
+    return amx, f"CPU {'with' if amx else 'without'} AMX"
 
 
 def resolve_precision(choice: str, device: torch.device, channels_last: bool | None = None) -> Precision:
-    """``auto``: bf16 on GPUs with native bf16, fp32 elsewhere (the CPU, pre-Ampere GPUs, which would
-    emulate it); channels_last follows bf16 unless given."""
+    """``auto``: bf16 where it is fast (:func:`fast_bf16`), fp32 elsewhere; channels_last follows bf16
+    unless given."""
     if choice not in ("auto", "fp32", "bf16"):
         raise UserError(f"unknown precision {choice!r}: use auto, fp32 or bf16")
-    name = choice if choice != "auto" else ("bf16" if native_bf16(device) else "fp32")
-    return Precision(name, name == "bf16" if channels_last is None else channels_last, device.type)
+    name, reason = choice, ""
+    if choice == "auto":
+        fast, reason = fast_bf16(device)
+        name = "bf16" if fast else "fp32"
+    return Precision(name, name == "bf16" if channels_last is None else channels_last, device.type, reason)
 
 
 class AtPrecision(nn.Module):
