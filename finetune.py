@@ -46,8 +46,7 @@ from utils.precision import resolve_precision
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Fine-tune a SimCLR encoder on a fraction of the labels",
                                 formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--load-from", default=None,
-                   help="checkpoint of simclr.py (or a backbone state_dict); optional with --from-scratch")
+    p.add_argument("--load-from", default=None, help="simclr.py checkpoint or backbone state_dict (or --from-scratch)")
     p.add_argument("--from-scratch", action="store_true",
                    help="the same network, recipe and subset from random init: the baseline for pretraining")
     p.add_argument("--dataset", default=None, choices=list(DATASETS),
@@ -57,8 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--stem", default=None, choices=STEMS, help="(default: the checkpoint's, else the dataset's)")
     p.add_argument("--width-multiplier", type=int, default=None,
                    help="ResNet width multiplier (default: the checkpoint's, else 1)")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="crop side (default: the checkpoint's for its own dataset, else the dataset's)")
+    p.add_argument("--image-size", type=int, default=None, help="(default: the checkpoint's, else the dataset's)")
     g = p.add_argument_group("labels")
     g.add_argument("--label-fraction", type=float, default=None,
                    help="fraction of the training labels, in (0, 1]: 0.01 and 0.1 are the paper's Table 7;\n"
@@ -68,21 +66,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(refused for another dataset); without it one is drawn and written as <result>.subset.json")
     g.add_argument("--subset-seed", type=int, default=0, help="seed of the subset and validation split (default: 0)")
     g.add_argument("--val-fraction", type=float, default=0.0,
-                   help="part of every class of the subset held out to choose the epoch by its top-1 (at least 1\n"
-                        "image of a class with 2 or more). Not the default: the official fine-tuning trains on the\n"
-                        "whole subset and reports the last epoch, and at 1%% of CIFAR-10 0.1 chooses on 5 images\n"
-                        "per class (default: 0: the whole subset, fixed epochs, the last epoch's weights)")
+                   help="part of every class of the subset held out to choose the epoch by top-1; at 1%% of CIFAR-10,\n"
+                        "0.1 chooses on 5 images per class (default: 0: the whole subset, the last epoch, as official)")
     g.add_argument("--val-freq", type=int, default=1,
-                   help="with --val-fraction: validate every N epochs and after the last; the best top-1 is kept\n"
-                        "(default: 1)")
+                   help="with --val-fraction: validate every N epochs and after the last (default: 1)")
     g = p.add_argument_group("model")
     g.add_argument("--finetune-from", default="conv1", choices=STAGES,
                    help="first trained part, the earlier ones frozen (--frozen-bn): conv1 (the paper) trains all,\n"
                         "head only the kept head layers and the classifier (default: conv1)")
     g.add_argument("--frozen-bn", default="train", choices=FROZEN_BN,
-                   help="BN of the frozen stages (their weights never change). train: as the official code,\n"
-                        "batch statistics, running statistics updated; eval: running statistics, frozen\n"
-                        "(default: train)")
+                   help="BN of the frozen stages. train: batch statistics, running ones updated, as the official\n"
+                        "code; eval: running statistics, frozen. Their weights never change (default: train)")
     g.add_argument("--from-head-layer", type=int, default=0,
                    help="keep the first K layers of the checkpoint's projection head between encoder and\n"
                         "classifier, and fine-tune them; SimCLRv2: 1 with its 3-layer head (default: 0, none)")
@@ -101,8 +95,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--base-lr", type=float, default=None,
                    help="(default: training/recipe.FINETUNE_BASE_LR: 0.005 with sqrt scaling, the official\n"
                         "fine-tuning; 0.05 with linear, the paper's App. B.5; 0.16 with none)")
-    g.add_argument("--schedule", default="cosine", choices=["cosine", "constant"],
-                   help="no warmup; cosine decay to 0 or constant (default: cosine)")
+    g.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="no warmup (default: cosine)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="on weights, ndim > 1 (default: 0, the paper)")
     g = p.add_argument_group("run")
     g.add_argument("--num-workers", type=int, default=2, help="(default: 2)")
