@@ -53,7 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-lr", type=float, default=None, help="lr before --lr-scaling (default: recipe)")
     p.add_argument("--lr-scaling", default=None, choices=["linear", "sqrt", "none"],
                    help="linear: lr = base_lr*B/256; sqrt: lr = base_lr*sqrt(B); none: lr = base_lr\n"
-                        "(default: recipe: sqrt for ImageNet below batch 4096, else linear)")
+                        "(default: recipe: sqrt for ImageNet and Imagenette below batch 4096, else linear)")
     p.add_argument("--optimizer", default="lars", choices=["lars", "sgd"], help="(default: lars)")
     p.add_argument("--momentum", type=float, default=0.9, help="(default: 0.9)")
     p.add_argument("--weight-decay", type=float, default=None, help="on weights (ndim > 1) only (default: recipe)")

@@ -5,7 +5,7 @@ Layouts read (the folder comes from ``dataset-paths.json``):
   - cifar100: ``cifar-100-python/`` (fine labels), or the ImageFolder layout
   - stl10:    ``stl10_binary/`` (``*_X.bin``, ``*_y.bin``), or the ImageFolder layout
               (pretraining uses ``train+unlabeled``: 105k images, labels ignored)
-  - imagenet: ``train/<wnid>/*`` + ``val/<wnid>/*`` (any ImageFolder tree, e.g. imagenette)
+  - imagenet, imagenette: ``train/<wnid>/*`` + ``val/<wnid>/*`` (any ImageFolder tree; val is the test split)
 Small datasets (CIFAR, STL, the bundled sample) are decoded once into a uint8 array in memory;
 ImageNet-sized trees are read from disk by the DataLoader workers. Nothing is ever downloaded.
 """
@@ -49,6 +49,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "stl10": DatasetInfo("stl10", (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), True,
                          "train+unlabeled", "test"),
     "imagenet": DatasetInfo("imagefolder", IMAGENET_MEAN, IMAGENET_STD, False, "train", "val"),
+    "imagenette": DatasetInfo("imagefolder", IMAGENET_MEAN, IMAGENET_STD, False, "train", "val"),  # 10 classes
 }
 
 

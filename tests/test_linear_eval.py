@@ -128,7 +128,8 @@ def test_gradient_defaults_follow_the_dataset_and_use_nesterov():
     """Nesterov on by default (the official optimizer); batch and epochs from training/recipe.LINEAR_EVAL:
     the paper's B.6 on ImageNet, batch 512 and 100 epochs on the small datasets; explicit options win."""
     parse = gradient_linear_clf.get_args_parser().parse_args
-    for dataset, expected in (("cifar10", (512, 100)), ("stl10", (512, 100)), ("imagenet", (4096, 90))):
+    for dataset, expected in (("cifar10", (512, 100)), ("stl10", (512, 100)), ("imagenette", (512, 100)),
+                              ("imagenet", (4096, 90))):
         args = parse(["--load-from", "x.pth"])
         gradient_linear_clf.fill_recipe(args, dataset)
         assert (args.batch_size, args.num_epochs, args.nesterov) == (*expected, True)

@@ -1,7 +1,8 @@
 """The training recipe: one table keyed by dataset name, the defaults that the paper's CIFAR-10
 recipe (Appendix B.9 and the official single-GPU command) and its ImageNet recipe (Sec. B.1) set
 differently. STL-10 (96 px photos) takes the CIFAR optimisation and the ImageNet augmentation: our
-choice, not the paper's. A dataset missing here has no default: its options must be given."""
+choice, not the paper's. Imagenette (10 ImageNet classes) takes the ImageNet recipe at 128 px, with the kNN
+monitor on. A dataset missing here has no default: its options must be given."""
 from __future__ import annotations
 
 from utils.errors import UserError
@@ -18,15 +19,19 @@ RECIPES: dict[str, dict] = {
     "imagenet": dict(stem="imagenet", image_size=224, base_lr=0.3, weight_decay=1e-6, temperature=0.1,
                      jitter_strength=1.0, blur=True, test_freq=0),
 }
+# Imagenette: ImageNet's row at 128 px (the ImageNet stem gives 32x32 maps after its max-pool); its ~10k
+# training images are cheap to embed, so the kNN monitor is on.
+RECIPES["imagenette"] = dict(RECIPES["imagenet"], image_size=128, test_freq=10)
 RECIPE_KEYS = tuple(k for k in _CIFAR if k != "base_lr")  # base_lr: learning_rate(), by the scaling rule
 # ImageNet below batch 4096: 0.075 x sqrt(B), which the paper (B.1) finds better for small batches and which
 # equals 0.3 x B/256 at 4096; from 4096 on, linear scaling (its Fig. 9 and Table 6 runs).
-SQRT_BASE_LR: dict[str, tuple[float, int]] = {"imagenet": (0.075, 4096)}
+SQRT_BASE_LR: dict[str, tuple[float, int]] = {"imagenet": (0.075, 4096), "imagenette": (0.075, 4096)}
 # Linear evaluation by SGD (gradient_linear_clf.py): the paper's B.6 on ImageNet (batch 4096, 90 epochs);
-# on the small datasets batch 512 and 100 epochs. lr = 0.1 x B/256 for both, Nesterov momentum 0.9.
+# on the small datasets, Imagenette included, batch 512 and 100 epochs. lr = 0.1 x B/256, Nesterov momentum 0.9.
 _SMALL_LINEAR = dict(batch_size=512, num_epochs=100)
 LINEAR_EVAL: dict[str, dict] = {"cifar10": _SMALL_LINEAR, "cifar10-sample": _SMALL_LINEAR, "cifar100": _SMALL_LINEAR,
-                                "stl10": _SMALL_LINEAR, "imagenet": dict(batch_size=4096, num_epochs=90)}
+                                "stl10": _SMALL_LINEAR, "imagenette": _SMALL_LINEAR,
+                                "imagenet": dict(batch_size=4096, num_epochs=90)}
 # Fine-tuning's base lr by scaling rule: 0.005 x sqrt(B) is the official code's, 0.05 x B/256 the paper's B.5.
 FINETUNE_BASE_LR = {"sqrt": 0.005, "linear": 0.05, "none": 0.16}
 
