@@ -4,14 +4,9 @@
     python finetune.py --load-from output.pth --label-fraction 0.1       # 10%, 30 epochs
     python finetune.py --load-from output.pth --label-fraction 0.1 --from-scratch   # baseline, same recipe
 
-The encoder (from ``--finetune-from`` on; the earlier part frozen, see ``--frozen-bn``), the first
-``--from-head-layer`` layers of its projection head and a new zero-initialised linear classifier
-(models/finetune.py) are trained on a class-balanced labelled subset (data/subsets.py) as the official
-code's fine-tuning: random resized crop + flip only, LARS (the classifier without adaptation),
-lr = 0.005 x sqrt(B), no weight decay, no warmup, cosine decay, B = 1024. As the paper (App. B.5) and the
-official command, the whole subset is trained on for a fixed number of epochs and the last epoch's weights
-are scored once on the test set; ``--val-fraction`` instead holds out part of the subset to choose the
-epoch. Writes the subset and a JSON result beside the checkpoint.
+The encoder, the first ``--from-head-layer`` layers of its head and a new zero-initialised classifier
+(models/finetune.py) are trained on a class-balanced labelled subset (data/subsets.py) with the official
+fine-tuning recipe (README, "Fine-tuning on few labels"); writes the subset and a JSON result beside the checkpoint.
 """
 from __future__ import annotations
 
@@ -177,6 +172,20 @@ def write_results(summary: dict, output: str, model: FineTuneNet, args: argparse
         print(f"wrote {args.save_model}")
 
 
+def train(model: FineTuneNet, args: argparse.Namespace, lr: float, total_steps: int, epochs: int, train_loader,
+          val_loader, precision, device: torch.device) -> tuple[dict, list, float]:
+    """Fine-tune (models/finetune.py's frozen parts checked unmoved after); (reported epoch, history, seconds)."""
+    frozen_before, start = model.frozen_state(), time.perf_counter()
+    optimizer = build_optimizer(model, args.optimizer, lr, args.weight_decay, args.momentum, args.trust_coefficient,
+                                plain=model.classifier, nesterov=args.nesterov)  # classifier: official head_supervised
+    best, history = fit(model, optimizer, lr_schedule(lr, total_steps, 0, args.schedule == "cosine"), train_loader,
+                        epochs, precision, device, val_loader, args.val_freq)
+    seconds = time.perf_counter() - start
+    if not state_equal(model.frozen_state(), frozen_before):
+        raise RuntimeError("a frozen part of the encoder changed during fine-tuning: this is a bug, please report it")
+    return best, history, seconds
+
+
 def main(args: argparse.Namespace) -> dict:
     check_args(args)
     device = select_device(args.device)
@@ -203,7 +212,6 @@ def main(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     model = FineTuneNet(backbone, head, len(train_full.classes), args.finetune_from, args.frozen_bn)
     model = model.to(device, memory_format=precision.memory_format)
-    frozen_before = model.frozen_state()
     total_steps = epochs * (len(fit_idx) // batch_size)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     kind = "random-init" if args.from_scratch else "pretrained"
@@ -216,16 +224,8 @@ def main(args: argparse.Namespace) -> dict:
           f"parameters; {epochs} epochs of {total_steps // epochs} steps of {batch_size}, {args.optimizer} lr "
           f"{lr:.4g} ({args.lr_scaling} of {base_lr}), {args.schedule}; {device}, {precision.label}. Reports "
           f"{reported} on the test set")
-    start = time.perf_counter()
-    optimizer = build_optimizer(model, args.optimizer, lr, args.weight_decay, args.momentum, args.trust_coefficient,
-                                plain=model.classifier, nesterov=args.nesterov)  # classifier: official head_supervised
-    best, history = fit(model, optimizer, lr_schedule(lr, total_steps, 0, args.schedule == "cosine"), train_loader,
-                        epochs, precision, device, val_loader, args.val_freq)
-    train_seconds = time.perf_counter() - start
-    if not state_equal(model.frozen_state(), frozen_before):
-        raise RuntimeError("a frozen part of the encoder changed during fine-tuning: this is a bug, please report it")
+    best, history, seconds = train(model, args, lr, total_steps, epochs, train_loader, val_loader, precision, device)
     top1, top5, test_loss = evaluate(model, test_loader, device, precision, desc="test")  # the only test evaluation
-
     chosen = best["state"] is not None  # an epoch chosen on validation, else the last
     summary = {
         "checkpoint": ckpt, "dataset": dataset, "arch": arch, "stem": backbone.stem,
@@ -238,7 +238,7 @@ def main(args: argparse.Namespace) -> dict:
                                       "weight_decay", "seed")},
         "reported_epoch": best["epoch"], "reported_by": "best validation top-1" if chosen else "last epoch",
         "reported_val_top1": best["val_top1"], "top1": top1, "top5": top5,
-        "test_loss": test_loss, "train_seconds": train_seconds, "history": history, "git_commit": git_commit(),
+        "test_loss": test_loss, "train_seconds": seconds, "history": history, "git_commit": git_commit(),
     }
     print(f"test top-1 {top1:.2f}%, top-5 {top5:.2f}% ({len(test)} images) with the weights of epoch "
           f"{best['epoch']} ({'best validation top-1' if chosen else 'the last'})")

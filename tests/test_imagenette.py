@@ -10,7 +10,7 @@ import simclr
 from data.datasets import DATASETS, load_split
 from data.paths import DEFAULT_PATHS_FILE, load_paths, resolve
 from tests.tiny_data import write_image_folder, write_paths
-from training.recipe import LINEAR_EVAL, RECIPES, SQRT_BASE_LR
+from training.recipe import LINEAR_EVAL, RECIPES
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
@@ -20,7 +20,7 @@ def test_imagenette_is_the_imagenet_recipe_at_128_px_with_the_knn_monitor():
     net, nette = RECIPES["imagenet"], RECIPES["imagenette"]
     assert {k for k in net if net[k] != nette[k]} == {"image_size", "test_freq"}
     assert (nette["image_size"], nette["test_freq"]) == (128, 10)
-    assert SQRT_BASE_LR["imagenette"] == SQRT_BASE_LR["imagenet"]
+    assert RECIPES["imagenette"]["sqrt_lr"] == RECIPES["imagenet"]["sqrt_lr"] == (0.075, 4096)
     assert DATASETS["imagenette"] == DATASETS["imagenet"]
     assert LINEAR_EVAL["imagenette"] == LINEAR_EVAL["cifar10"] == dict(batch_size=512, num_epochs=100)
     args = simclr.resolve_args(simclr.get_args_parser().parse_args(["--dataset", "imagenette", "--batch-size", "256"]))

@@ -16,16 +16,16 @@ RECIPES: dict[str, dict] = {
     "stl10": dict(stem="stl", image_size=96, base_lr=1.0, weight_decay=1e-4, temperature=0.5, jitter_strength=1.0,
                   blur=True, test_freq=10),
     # The kNN monitor off: rank 0 alone would embed the whole training set while the others wait.
+    # sqrt_lr: (base lr, batch) of square-root scaling below that batch (training.recipe.learning_rate).
     "imagenet": dict(stem="imagenet", image_size=224, base_lr=0.3, weight_decay=1e-6, temperature=0.1,
-                     jitter_strength=1.0, blur=True, test_freq=0),
+                     jitter_strength=1.0, blur=True, test_freq=0, sqrt_lr=(0.075, 4096)),
 }
 # Imagenette: ImageNet's row at 128 px (the ImageNet stem gives 32x32 maps after its max-pool); its ~10k
 # training images are cheap to embed, so the kNN monitor is on.
 RECIPES["imagenette"] = dict(RECIPES["imagenet"], image_size=128, test_freq=10)
 RECIPE_KEYS = tuple(k for k in _CIFAR if k != "base_lr")  # base_lr: learning_rate(), by the scaling rule
 # ImageNet below batch 4096: 0.075 x sqrt(B), which the paper (B.1) finds better for small batches and which
-# equals 0.3 x B/256 at 4096; from 4096 on, linear scaling (its Fig. 9 and Table 6 runs).
-SQRT_BASE_LR: dict[str, tuple[float, int]] = {"imagenet": (0.075, 4096), "imagenette": (0.075, 4096)}
+# equals 0.3 x B/256 at 4096; from 4096 on, linear scaling (its Fig. 9 and Table 6 runs). Imagenette inherits it.
 # Linear evaluation by SGD (gradient_linear_clf.py): the paper's B.6 on ImageNet (batch 4096, 90 epochs);
 # on the small datasets, Imagenette included, batch 512 and 100 epochs. lr = 0.1 x B/256, Nesterov momentum 0.9.
 _SMALL_LINEAR = dict(batch_size=512, num_epochs=100)
@@ -43,8 +43,8 @@ def recipe(dataset: str) -> dict:
 
 def learning_rate(dataset: str, batch_size: int, base_lr: float | None, scaling: str | None) -> tuple[float, str]:
     """(base lr, scaling rule), each the given one or the recipe's: square-root scaling below the batch of
-    ``SQRT_BASE_LR``, linear otherwise. A rule without a base lr in the recipe asks for --base-lr."""
-    sqrt = SQRT_BASE_LR.get(dataset)
+    the row's ``sqrt_lr``, linear otherwise. A rule without a base lr in the recipe asks for --base-lr."""
+    sqrt = RECIPES.get(dataset, {}).get("sqrt_lr")
     scaling = scaling or ("sqrt" if sqrt and batch_size < sqrt[1] else "linear")
     if base_lr is None and scaling == "sqrt" and sqrt:
         base_lr = sqrt[0]
