@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> dict:
                 "--batch-size", str(args.batch_size), "--num-epochs", str(args.epochs),
                 "--warmup-epochs", str(warmup), "--test-freq", str(args.test_freq),
                 "--num-workers", str(args.num_workers), "--device", args.device, "--seed", str(args.seed),
-                "--filename", ckpt] + (["--base-lr", str(args.base_lr)] if args.base_lr else [])
+                "--filename", ckpt] + (["--base-lr", str(args.base_lr)] if args.base_lr is not None else [])
     pre_args += [a for a in args.simclr_args if a != "--"]
     if os.path.isfile(ckpt):
         pre_args.append("--resume")
