@@ -86,3 +86,27 @@ def test_repo_paths_tell_imagenette_from_imagenet():
     if not os.path.isdir(paths["imagenet"]):  # the placeholder for the user's ImageNet
         with pytest.raises(UserError, match=f"'imagenet' not found: {paths['imagenet']} .*dataset-paths.json"):
             resolve("imagenet", DEFAULT_PATHS_FILE)
+
+
+def test_eval_transform_keeps_a_128_px_image_whole_and_follows_the_imagenet_rule_on_larger_ones():
+    """128 px images at --image-size 128 pass unchanged (they were enlarged to 146 and cut to 128); a large image
+    gets the standard resize-to-size/0.875 + centre crop; one in between is only centre-cropped."""
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+
+    from data.augment import eval_transform
+
+    rng = np.random.default_rng(0)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    norm = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    img = Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+    assert eval_transform(128, mean, std)(img).equal(norm(img))
+    big = Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    standard = T.Compose([T.Resize(256, interpolation=InterpolationMode.BICUBIC), T.CenterCrop(224), norm])
+    assert eval_transform(224, mean, std)(big).equal(standard(big))
+    mid = Image.fromarray(rng.integers(0, 256, (140, 150, 3), dtype=np.uint8))
+    assert eval_transform(128, mean, std)(mid).equal(norm(T.CenterCrop(128)(mid)))
+    small = Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8))
+    assert eval_transform(128, mean, std)(small).shape == (3, 128, 128)
