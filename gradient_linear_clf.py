@@ -21,7 +21,7 @@ from data.augment import eval_transform, train_linear_transform
 from data.datasets import DATASETS, ArrayImages, load_train_test
 from data.paths import DEFAULT_PATHS_FILE
 from data.views import Transformed
-from evaluation.load import evaluation_target, load_backbone, state_equal
+from evaluation.load import evaluation_target, load_backbone, random_init_like, state_equal
 from evaluation.supervised import evaluate, fit
 from models.probe import LinearProbe
 from models.resnet import ARCHS, STEMS
@@ -43,6 +43,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-paths", default=DEFAULT_PATHS_FILE, help="(default: the repository's dataset-paths.json)")
     p.add_argument("--arch", default=None, choices=list(ARCHS), help="override the checkpoint's arch")
     p.add_argument("--stem", default=None, choices=STEMS, help="override the checkpoint's stem")
+    p.add_argument("--random-init", action="store_true",
+                   help="evaluate the same backbone at random initialisation instead (baseline)")
     p.add_argument("--image-size", type=int, default=None, help="crop side (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=None, help="(default: 4096 ImageNet, 512 the others)")
     p.add_argument("--num-epochs", type=int, default=None, help="(default: 90 ImageNet, 100 the others)")
@@ -69,6 +71,8 @@ def main(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     ckpt = find_checkpoint(args.load_from)
     backbone, saved = load_backbone(ckpt, args.arch, args.stem)
+    if args.random_init:  # the same network at initialisation: the baseline a representation must beat
+        backbone = random_init_like(backbone, args.arch or saved.get("arch"), args.seed)
     reference = {k: v.clone() for k, v in backbone.state_dict().items()}
     dataset, info, size = evaluation_target(ckpt, saved, args.dataset, args.image_size)
     fill_recipe(args, dataset)
@@ -93,9 +97,10 @@ def main(args: argparse.Namespace) -> dict:
     if not state_equal(model.backbone.state_dict(), reference):
         raise RuntimeError("the frozen backbone changed during linear evaluation: this is a bug, please report it")
     summary = {"checkpoint": ckpt, "dataset": dataset, "epochs": args.num_epochs, "batch_size": args.batch_size,
+               "random_init": args.random_init,
                "lr": lr, "nesterov": args.nesterov, "precision": precision.name, "top1": top1, "top5": top5}
     print(f"test top-1 {top1:.2f}%, top-5 {top5:.2f}% ({len(test)} images); backbone unchanged")
-    output = args.output or f"{os.path.splitext(ckpt)[0]}.sgd-{dataset}.json"
+    output = args.output or f"{os.path.splitext(ckpt)[0]}.sgd-{dataset}{'-random' if args.random_init else ''}.json"
     with open(output, "w") as f:
         json.dump(summary, f, indent=1)
     print(f"wrote {output}")

@@ -21,9 +21,9 @@ from data.datasets import DATASETS, ArrayImages, load_train_test
 from data.paths import DEFAULT_PATHS_FILE
 from data.views import Transformed
 from evaluation.features import extract_features
-from evaluation.load import evaluation_target, load_backbone
+from evaluation.load import evaluation_target, load_backbone, random_init_like
 from evaluation.logreg import l2_sweep
-from models.resnet import ARCHS, STEMS, build_backbone
+from models.resnet import ARCHS, STEMS
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import find_checkpoint
 from utils.distributed import select_device
@@ -70,8 +70,7 @@ def frozen_features(args: argparse.Namespace, device: torch.device, precision: P
     backbone, saved = load_backbone(ckpt, args.arch, args.stem)
     dataset, info, size = evaluation_target(ckpt, saved, args.dataset, args.image_size)
     if args.random_init:  # the same network at initialisation: the baseline a representation must beat
-        torch.manual_seed(args.seed)
-        backbone = build_backbone(args.arch or saved.get("arch"), backbone.stem, backbone.width_multiplier)
+        backbone = random_init_like(backbone, args.arch or saved.get("arch"), args.seed)
     tag = f"{dataset}-{size}{'-random' if args.random_init else ''}{'-bf16' if precision.name == 'bf16' else ''}"
     cache = f"{os.path.splitext(ckpt)[0]}.features-{tag}.pt"
     stamp = [os.path.getsize(ckpt), os.path.getmtime(ckpt)]

@@ -47,6 +47,12 @@ def load_backbone(filename: str, arch: str | None = None, stem: str | None = Non
     return backbone, saved
 
 
+def random_init_like(backbone: ResNetBackbone, arch: str, seed: int) -> ResNetBackbone:
+    """The same network (``arch``, stem, width) at a seeded random initialisation: the baseline of linear evaluation."""
+    torch.manual_seed(seed)
+    return build_backbone(arch, backbone.stem, backbone.width_multiplier)
+
+
 def finetune_encoder(ckpt: str | None, from_scratch: bool, arch: str | None, stem: str | None,
                      width_multiplier: int | None, dataset: str | None, head_layers: int,
                      seed: int) -> tuple[ResNetBackbone, KeptHead, dict]:

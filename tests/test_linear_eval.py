@@ -138,3 +138,18 @@ def test_gradient_defaults_follow_the_dataset_and_use_nesterov():
     assert (args.batch_size, args.num_epochs, args.nesterov) == (64, 90, False)
     with pytest.raises(UserError, match="no linear-evaluation recipe"):
         gradient_linear_clf.fill_recipe(parse(["--load-from", "x.pth"]), "mystery")
+
+
+def test_gradient_script_random_init_is_the_lbfgs_baseline_network(pretrained, tmp_path):
+    """--random-init trains the probe on the same seeded random network as lbfgs_linear_clf.py's baseline, which
+    is not the checkpoint's backbone, and writes its own JSON."""
+    ckpt, paths = pretrained
+    result = gradient_linear_clf.main(gradient_linear_clf.get_args_parser().parse_args(
+        ["--load-from", ckpt, "--dataset-paths", paths, "--batch-size", "10", "--num-epochs", "1",
+         "--num-workers", "0", "--random-init", "--seed", "3"]))
+    assert result["random_init"] and os.path.isfile(ckpt.replace(".pth", ".sgd-cifar10-random.json"))
+    torch.manual_seed(3)
+    expected = resnet18(stem="cifar").state_dict()
+    assert all(torch.equal(result["backbone_state"][k], expected[k]) for k in expected)
+    original = backbone_state(load_checkpoint(ckpt))
+    assert not torch.equal(result["backbone_state"]["conv1.weight"], original["conv1.weight"])
