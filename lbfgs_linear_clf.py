@@ -117,9 +117,11 @@ def main(args: argparse.Namespace) -> dict:
         "num_test": result.num_test,
         "l2_grid": result.l2_grid, "val_acc": [100 * a for a in result.val_acc], "best_l2": result.best_l2,
         "train_acc": 100 * result.train_acc, "test_acc": 100 * result.test_acc,
+        "test_top5": 100 * result.test_top5,
     }
     print(f"chosen l2 {result.best_l2:.3g} (on validation); refit on all {result.num_train} training images: "
-          f"train accuracy {summary['train_acc']:.2f}%, test accuracy {summary['test_acc']:.2f}%")
+          f"train accuracy {summary['train_acc']:.2f}%, test accuracy {summary['test_acc']:.2f}% "
+          f"(top-5 {summary['test_top5']:.2f}%)")
     output = args.output or (f"{os.path.splitext(summary['checkpoint'])[0]}.lbfgs-{dataset}"
                              f"{'-random' if args.random_init else ''}.json")
     with open(output, "w") as f:

@@ -236,6 +236,13 @@ def predict(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return torch.addmm(W[-1], x, W[:-1]).argmax(dim=1)
 
 
+def top5_accuracy(x: torch.Tensor, W: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of rows whose label is among the 5 largest of ``x @ W[:-1] + W[-1]`` (all classes when fewer)."""
+    x = x.to(device=W.device, dtype=W.dtype)
+    top = torch.addmm(W[-1], x, W[:-1]).topk(min(5, W.shape[1]), dim=1).indices   # (n, 5)
+    return (top == y.to(W.device).reshape(-1, 1)).any(dim=1).double().mean().item()
+
+
 def _accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
     if y.numel() == 0:
         return float("nan")
@@ -255,6 +262,7 @@ class SweepResult:
         best_l2: chosen l2 (best val accuracy; ties -> the larger l2).
         train_acc: accuracy of the final (whole-train) model on the whole training set.
         test_acc: accuracy of the final model on the test set (scored once).
+        test_top5: its top-5 accuracy on the test set.
         W: (d + 1, C) final weights (CPU), for inputs standardised with the whole-train statistics.
         fit_weights: (d + 1, C) fit-split solutions for each ``l2_grid`` entry (CPU), in the fit-split
             standardisation.
@@ -267,6 +275,7 @@ class SweepResult:
     best_l2: float
     train_acc: float
     test_acc: float
+    test_top5: float = float("nan")
     W: torch.Tensor | None = None
     fit_weights: list[torch.Tensor] = field(default_factory=list)
     num_fit: int = 0
@@ -369,6 +378,7 @@ def l2_sweep(
     W = fit_logreg(x_all_z, yt, num_classes, best_l2, init=init, max_iter=max_iter, tol=tol, dtype=dt)
     train_acc = _accuracy(predict(x_all_z, W), yt)
     test_acc = _accuracy(predict(x_test_z, W), y_test.reshape(-1).long())
+    test_top5 = top5_accuracy(x_test_z, W, y_test.reshape(-1).long())
     _sync(dev)
     refit_seconds = time.perf_counter() - t1
     return SweepResult(
@@ -377,6 +387,7 @@ def l2_sweep(
         best_l2=best_l2,
         train_acc=train_acc,
         test_acc=test_acc,
+        test_top5=test_top5,
         W=W.detach().to("cpu"),
         fit_weights=[w for w in fit_weights if w is not None],
         num_fit=int(fit_idx.numel()),

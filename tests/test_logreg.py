@@ -22,6 +22,7 @@ from evaluation.logreg import (  # noqa: E402
     logreg_loss,
     predict,
     standardize,
+    top5_accuracy,
 )
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -298,3 +299,13 @@ def test_default_grid_is_the_papers():
     assert DEFAULT_L2_GRID[0] == pytest.approx(1e-6) and DEFAULT_L2_GRID[-1] == pytest.approx(1e5)
     ratios = np.diff(np.log10(DEFAULT_L2_GRID))
     assert np.allclose(ratios, 11 / 44)
+
+
+def test_top5_accuracy_matches_a_numpy_loop():
+    """Top-5 of the affine scores, counted per row in NumPy; with fewer than 5 classes every row counts."""
+    g = torch.Generator().manual_seed(0)
+    x, W, y = torch.randn(200, 6, generator=g), torch.randn(7, 8, generator=g), torch.randint(0, 8, (200,), generator=g)
+    scores = x.numpy() @ W[:-1].numpy() + W[-1].numpy()
+    hits = [y[i].item() in np.argsort(-scores[i])[:5] for i in range(200)]
+    assert top5_accuracy(x, W, y) == pytest.approx(np.mean(hits))
+    assert top5_accuracy(x, W[:, :3], y % 3) == 1.0
