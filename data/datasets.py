@@ -140,6 +140,29 @@ def _cache_key(samples: list[tuple[str, int]]) -> str:
     return h.hexdigest()[:20]
 
 
+DECODED_LIMIT = 4 * 2**30  # bytes of a uint8 copy of an image tree, at most; a quarter of the RAM where less
+
+
+def fits_in_memory(samples: list[tuple[str, int]]) -> bool:
+    """Whether an image tree is decoded once into memory (as CIFAR: no decoding in workers, the batched views on
+    the device; faster, bench/tree_loader.py) rather than read by DataLoader workers: all its images share one
+    size (read from the headers, stopping at the first that differs, as ImageNet's do at once) and the copy
+    takes at most DECODED_LIMIT bytes and a quarter of the RAM. Imagenette's 128 px copy: 0.43 GiB."""
+    try:
+        with Image.open(samples[0][0]) as im:
+            size = im.size
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if len(samples) * size[0] * size[1] * 3 > min(DECODED_LIMIT, ram // 4):
+            return False
+        for path, _ in samples[1:]:
+            with Image.open(path) as im:
+                if im.size != size:
+                    return False
+    except (OSError, ValueError):
+        return False  # an unreadable file: the workers' path names it when it is read
+    return True
+
+
 def decode_all(samples: list[tuple[str, int]], classes: list[str], threads: int = 4) -> ArrayImages:
     """Decode every image once into one uint8 array; all images must share one size.
 
@@ -220,7 +243,7 @@ def _image_folder_split(root: str, split: str, in_memory: bool):
     else:
         raise UserError(f"no {' or '.join(names)} folder in {root}: expected {root}/{names[0]}/<class>/<image>")
     samples, classes = scan_image_folder(split_dir)
-    return decode_all(samples, classes) if in_memory else FileImages(samples, classes)
+    return decode_all(samples, classes) if in_memory or fits_in_memory(samples) else FileImages(samples, classes)
 
 
 def load_split(name: str, split: str, paths_file: str = DEFAULT_PATHS_FILE):

@@ -10,9 +10,9 @@
 # one: LARS, 0.075 x sqrt(B), wd 1e-6, temperature 0.1, s=1.0), which --optimizer lars etc. bring back.
 # Differs: no weight decay on BN parameters and biases (lightly decays all); BN statistics over both views in
 # one forward (theirs: one forward per view); cosine per step (theirs per epoch); blur kernel 10% of the side
-# (theirs PIL's); crops from our 128x128 copy (theirs from the 160 px version); evaluation resizes to 146 and
-# centre-crops 128 (theirs: resize 128, crop 128); kNN every 10 epochs (theirs every epoch), and their figure is
-# the best epoch on val, ours the last (the CSV has every value).
+# (theirs PIL's); crops from our 128x128 copy (theirs from the 160 px version); kNN every 10 epochs (theirs every
+# epoch), and their figure is the best epoch on val, ours the last (the CSV has every value). Evaluation as
+# theirs: the 128 px images whole (theirs: resize 128, centre crop 128).
 # Needs: 1 GPU (a few GB), a few hours. Not measured here. Re-running resumes. Extra arguments go to simclr.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,9 +5,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from data.augment import blur_kernel_size, simclr_augmentation
-from data.datasets import DATASETS, load_split, load_train_test
+import data.datasets as ds
+from data.datasets import DATASETS, ArrayImages, FileImages, load_split, load_train_test
+from data.device_views import DeviceFinish, DeviceTwoViews
+from data.loaders import pretrain_input
 from data.paths import load_paths, resolve
 from data.sampler import EpochSampler
 from data.views import TwoViews
@@ -48,12 +52,28 @@ def test_image_folder_layout(tmp_path):
     np.testing.assert_array_equal(test.images, written["test"][0])
 
 
-def test_imagenet_reads_from_disk_with_val_split(tmp_path):
+def test_an_image_tree_is_decoded_into_memory_when_its_images_share_one_size_and_fit(tmp_path, monkeypatch):
+    """One size and small: the uint8 copy (as CIFAR); two sizes (as ImageNet) or over the limit: read from disk
+    by workers. Either way the same pixels, and val/ is the test split."""
     written = write_image_folder(str(tmp_path / "in"), per_class=2, size=12, splits=("train", "val"))
     paths = write_paths(str(tmp_path / "p.json"), {"imagenet": "in"})
     val = load_split("imagenet", "test", paths)
-    assert len(val) == 4 and val.classes == ["cat", "dog"]
+    assert isinstance(val, ArrayImages) and len(val) == 4 and val.classes == ["cat", "dog"]
     np.testing.assert_array_equal(np.asarray(val.image(3)), written["val"][0][3])
+    monkeypatch.setattr(ds, "DECODED_LIMIT", 4 * 12 * 12 * 3 - 1)  # one byte short
+    on_disk = load_split("imagenet", "test", paths)
+    assert isinstance(on_disk, FileImages) and len(on_disk) == 4
+    np.testing.assert_array_equal(np.asarray(on_disk.image(3)), written["val"][0][3])
+    monkeypatch.undo()
+    Image.fromarray(np.zeros((12, 13, 3), np.uint8)).save(str(tmp_path / "in" / "val" / "dog" / "odd.png"))
+    mixed = load_split("imagenet", "test", paths)
+    assert isinstance(mixed, FileImages) and len(mixed) == 5
+    # pretraining: the decoded copy's views are made on the device, the files' crops in workers
+    kw = dict(world=1, rank=0, seed=0, device=torch.device("cpu"), image_size=8, jitter_strength=0.5, blur=False,
+              num_workers=0)
+    assert isinstance(pretrain_input("imagenet", paths, 2, **kw)[2], DeviceTwoViews)
+    Image.fromarray(np.zeros((12, 13, 3), np.uint8)).save(str(tmp_path / "in" / "train" / "dog" / "odd.png"))
+    assert isinstance(pretrain_input("imagenet", paths, 2, **kw)[2], DeviceFinish)
 
 
 def test_cifar10_native_pickles(tmp_path):
@@ -210,7 +230,6 @@ def test_augmentation_pipeline_follows_appendix_a():
 
 
 def test_decoded_images_are_cached_and_invalidated(tmp_path, monkeypatch):
-    import data.datasets as ds
     monkeypatch.setattr(ds, "CACHE_DIR", str(tmp_path / "cache"))
     write_image_folder(str(tmp_path / "d"), per_class=2)
     paths = write_paths(str(tmp_path / "p.json"), {"cifar10": "d"})

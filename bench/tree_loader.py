@@ -1,0 +1,175 @@
+"""The pretraining input of an image tree (ImageNet layout, e.g. Imagenette), path by path, in one run.
+
+    python bench/tree_loader.py                                    # Imagenette, 128 px, batch 128, 2 workers
+    python bench/tree_loader.py --dataset imagenet --device cuda --num-workers 16 --batch-size 512
+
+Views per second (two per image) of:
+  (a) torchvision per image in DataLoader workers: decode + the whole SimCLR pipeline (data.views.TwoViews);
+  (b) simclr.py's path for trees that do not fit in memory or mix image sizes (ImageNet): workers decode + cut
+      both crops (data.views.TwoCrops), the device finishes the views in batches (data.device_views.DeviceFinish);
+  (c) decoding alone in the same workers (PIL), the floor under (a) and (b);
+  (d) torchvision.io.decode_jpeg alone in the same workers, the other decoder;
+  (e) simclr.py's path for trees of one image size that fit (data.datasets.fits_in_memory, e.g. Imagenette at
+      128 px): a decoded uint8 copy (data.datasets.decode_all, cached on disk, as CIFAR), batches gathered and
+      augmented on the device, no workers (data.device_views.DeviceTwoViews); its one-off decode is timed;
+and the training step alone on random tensors (simclr.py's model, loss and LARS step at --precision), so that
+each path's share of a step, input time / (input time + step time), reads as what it costs when the two do not
+overlap (on a CPU, workers and the step share the cores). Paths alternate over --rounds; medians are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torchvision.io import ImageReadMode, decode_jpeg, read_file  # noqa: E402
+from torchvision.transforms import functional as TF  # noqa: E402
+
+from data.augment import simclr_augmentation  # noqa: E402
+from data.batched_augment import BatchedSimCLRAugment  # noqa: E402
+from data import datasets  # noqa: E402
+from data.datasets import dataset_info, decode_all, load_split  # noqa: E402
+from data.device_views import DeviceFinish, DeviceTwoViews  # noqa: E402
+from data.paths import DEFAULT_PATHS_FILE  # noqa: E402
+from data.sampler import EpochSampler  # noqa: E402
+from data.views import TwoCrops, TwoViews  # noqa: E402
+from models.loss import NTXentLoss  # noqa: E402
+from models.simclr import SimCLR  # noqa: E402
+from optim.groups import build_optimizer  # noqa: E402
+from optim.schedules import scaled_lr  # noqa: E402
+from training.recipe import learning_rate, recipe  # noqa: E402
+from training.step import simclr_step  # noqa: E402
+from utils.distributed import select_device  # noqa: E402
+from utils.precision import AtPrecision, resolve_precision  # noqa: E402
+
+
+class DecodePIL(Dataset):
+    """Keys (epoch, index) -> the decoded image as a uint8 (3, H, W) tensor, as the workers of (a) and (b) decode."""
+
+    def __init__(self, images) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key):
+        return TF.pil_to_tensor(self.images.image(key[1]))
+
+
+class DecodeTorchvision(DecodePIL):
+    """The same with torchvision.io: file bytes -> decode_jpeg (libjpeg-turbo), RGB."""
+
+    def __getitem__(self, key):
+        return decode_jpeg(read_file(self.images.samples[key[1]][0]), mode=ImageReadMode.RGB)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Views/s of the image-tree input paths and their share of a step")
+    p.add_argument("--dataset", default="imagenette", help="an image-tree dataset (default: imagenette)")
+    p.add_argument("--dataset-paths", default=DEFAULT_PATHS_FILE, help="(default: the repository's dataset-paths.json)")
+    p.add_argument("--arch", default="resnet18", help="(default: resnet18)")
+    p.add_argument("--batch-size", type=int, default=128, help="(default: 128)")
+    p.add_argument("--batches", type=int, default=6, help="timed batches per path and round (default: 6)")
+    p.add_argument("--rounds", type=int, default=2, help="(default: 2)")
+    p.add_argument("--num-workers", type=int, default=2, help="(default: 2)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="of the step (default: auto)")
+    return p
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def views_per_s(batches, n: int, views_per_batch: int, device: torch.device, finish=lambda b: b) -> float:
+    """Views/s over ``n`` batches of the iterable, after one untimed batch (workers started, caches warm)."""
+    it = iter(batches)
+    finish(next(it))
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(n):
+        finish(next(it))
+    sync(device)
+    return n * views_per_batch / (time.perf_counter() - t)
+
+
+def main(args: argparse.Namespace) -> dict:
+    device = select_device(args.device)
+    r, info = recipe(args.dataset), dataset_info(args.dataset)
+    size, b, w = r["image_size"], args.batch_size, args.num_workers
+    files = load_split(args.dataset, "pretrain", args.dataset_paths)
+    sampler = EpochSampler(len(files), seed=0)
+    augment = BatchedSimCLRAugment(size, r["jitter_strength"], r["blur"], mean=info.mean, std=info.std).to(device)
+
+    def loader(dataset, batch_size=b):
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=w, drop_last=True,
+                          pin_memory=device.type == "cuda")
+
+    def to_device(batch):
+        return [x.to(device, non_blocking=True) for x in batch[:2]]
+
+    with tempfile.TemporaryDirectory() as tmp:  # a fresh decode, not the cache of an earlier run
+        datasets.CACHE_DIR = tmp
+        t = time.perf_counter()
+        decoded = decode_all(files.samples, files.classes)
+        decode_s = time.perf_counter() - t
+    pipeline = simclr_augmentation(size, r["jitter_strength"], r["blur"], info.mean, info.std)
+    paths = {
+        "(a) torchvision per image, workers": lambda: views_per_s(loader(TwoViews(files, pipeline)), args.batches,
+                                                                  2 * b, device, to_device),
+        "(b) workers crop + batched finish": lambda: views_per_s(
+            DeviceFinish(loader(TwoCrops(files, size)), augment, sampler, device), args.batches, 2 * b, device),
+        "(c) PIL decode alone, workers": lambda: views_per_s(loader(DecodePIL(files)), args.batches, 2 * b, device,
+                                                             lambda x: x.to(device)),
+        "(d) torchvision.io decode, workers": lambda: views_per_s(loader(DecodeTorchvision(files)), args.batches,
+                                                                  2 * b, device, lambda x: x.to(device)),
+        "(e) decoded uint8 copy, device": lambda: views_per_s(
+            DeviceTwoViews(decoded.images, augment, b, sampler, device), args.batches, 2 * b, device),
+    }
+
+    precision = resolve_precision(args.precision, device)
+    model = SimCLR(args.arch, r["stem"]).to(device, memory_format=precision.memory_format).train()
+    base_lr, rule = learning_rate(args.dataset, b, None, None)
+    optimizer = build_optimizer(model, "lars", scaled_lr(base_lr, b, rule), r["weight_decay"])
+    net, criterion, x = AtPrecision(model, precision), NTXentLoss(r["temperature"]), torch.randn(b, 3, size, size,
+                                                                                                   device=device)
+
+    def steps():
+        while True:
+            optimizer.zero_grad(set_to_none=True)
+            simclr_step(net, x, x, criterion)
+            optimizer.step()
+            yield
+
+    results: dict[str, list[float]] = {name: [] for name in list(paths) + ["training step alone"]}
+    for rnd in range(args.rounds):
+        for epoch, (name, run) in enumerate(paths.items()):
+            sampler.set_epoch(rnd * len(paths) + epoch)  # a fresh order each time: no page-cache favourite
+            results[name].append(run())
+        results["training step alone"].append(views_per_s(steps(), max(2, args.batches // 3), 2 * b, device))
+        print(f"round {rnd + 1}: " + ", ".join(f"{name.split(')')[0]}) {v[-1]:.0f}" for name, v in results.items()),
+              flush=True)
+    med = {name: statistics.median(v) for name, v in results.items()}
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n{args.dataset}: {len(files)} images, {size} px, batch {b} ({2 * b} views), {w} workers, {where}; "
+          f"{args.arch} step at {precision.label}; views/s, median of {args.rounds} rounds of {args.batches} batches")
+    step_s = 1 / med["training step alone"]
+    for name, v in med.items():
+        share = "" if name.startswith("training") else f"   {100 * (1 / v) / (1 / v + step_s):5.1f}% of input + step"
+        print(f"{name:38s} {v:10.0f}{share}")
+    print(f"(e)'s one-off decode of all {len(files)} images: {decode_s:.1f} s "
+          f"({decoded.images.nbytes / 2**30:.2f} GiB, {decode_all.__module__}.decode_all's threads; "
+          f"simclr.py would keep it in .cache/decoded, read back in about a second)")
+    return med
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
