@@ -158,7 +158,7 @@ def fits_in_memory(samples: list[tuple[str, int]]) -> bool:
             with Image.open(path) as im:
                 if im.size != size:
                     return False
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # AttributeError: no os.sysconf (Windows)
         return False  # an unreadable file: the workers' path names it when it is read
     return True
 
