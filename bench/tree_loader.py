@@ -105,12 +105,13 @@ def main(args: argparse.Namespace) -> dict:
     device = select_device(args.device)
     r, info = recipe(args.dataset), dataset_info(args.dataset)
     size, b, w = r["image_size"], args.batch_size, args.num_workers
+    datasets.DECODED_LIMIT = 0  # the files themselves, as the workers of (a)-(d) read them; (e) decodes its own copy
     files = load_split(args.dataset, "pretrain", args.dataset_paths)
     sampler = EpochSampler(len(files), seed=0)
     augment = BatchedSimCLRAugment(size, r["jitter_strength"], r["blur"], mean=info.mean, std=info.std).to(device)
 
-    def loader(dataset, batch_size=b):
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=w, drop_last=True,
+    def loader(dataset):
+        return DataLoader(dataset, batch_size=b, sampler=sampler, num_workers=w, drop_last=True,
                           pin_memory=device.type == "cuda")
 
     def to_device(batch):
