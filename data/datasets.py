@@ -140,20 +140,27 @@ def _cache_key(samples: list[tuple[str, int]]) -> str:
     return h.hexdigest()[:20]
 
 
+def _cache_file(samples: list[tuple[str, int]]) -> str:
+    return os.path.join(CACHE_DIR, _cache_key(samples) + ".npy")
+
+
 DECODED_LIMIT = 4 * 2**30  # bytes of a uint8 copy of an image tree, at most; a quarter of the RAM where less
 
 
 def fits_in_memory(samples: list[tuple[str, int]]) -> bool:
     """Whether an image tree is decoded once into memory (as CIFAR: no decoding in workers, the batched views on
     the device; faster, bench/tree_loader.py) rather than read by DataLoader workers: all its images share one
-    size (read from the headers, stopping at the first that differs, as ImageNet's do at once) and the copy
-    takes at most DECODED_LIMIT bytes and a quarter of the RAM. Imagenette's 128 px copy: 0.43 GiB."""
+    size (read from the headers, stopping at the first that differs, as ImageNet's do at once; not read again
+    once decode_all has cached the copy) and the copy takes at most DECODED_LIMIT bytes and a quarter of the RAM.
+    Imagenette's 128 px copy: 0.43 GiB."""
     try:
         with Image.open(samples[0][0]) as im:
             size = im.size
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if len(samples) * size[0] * size[1] * 3 > min(DECODED_LIMIT, ram // 4):
             return False
+        if os.path.isfile(_cache_file(samples)):  # decoded before: the sizes were checked then
+            return True
         for path, _ in samples[1:]:
             with Image.open(path) as im:
                 if im.size != size:
@@ -167,7 +174,7 @@ def decode_all(samples: list[tuple[str, int]], classes: list[str], threads: int 
     """Decode every image once into one uint8 array; all images must share one size.
 
     The array is cached in ``.cache/decoded/`` (or $SIMCLR_CACHE), so later runs start in a second."""
-    cache = os.path.join(CACHE_DIR, _cache_key(samples) + ".npy")
+    cache = _cache_file(samples)
     labels = np.array([y for _, y in samples])
     if os.path.isfile(cache):
         try:

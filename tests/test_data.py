@@ -60,6 +60,11 @@ def test_an_image_tree_is_decoded_into_memory_when_its_images_share_one_size_and
     val = load_split("imagenet", "test", paths)
     assert isinstance(val, ArrayImages) and len(val) == 4 and val.classes == ["cat", "dog"]
     np.testing.assert_array_equal(np.asarray(val.image(3)), written["val"][0][3])
+    opened, real_open = [], Image.open
+    monkeypatch.setattr(ds.Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    assert isinstance(load_split("imagenet", "test", paths), ArrayImages)
+    assert len(opened) == 1  # decoded and cached before: only the first header is read, to check the size limit
+    monkeypatch.undo()
     monkeypatch.setattr(ds, "DECODED_LIMIT", 4 * 12 * 12 * 3 - 1)  # one byte short
     on_disk = load_split("imagenet", "test", paths)
     assert isinstance(on_disk, FileImages) and len(on_disk) == 4
