@@ -230,16 +230,19 @@ def fit_logreg(
 
 
 @torch.no_grad()
+def scores(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Class scores ``x @ W[:-1] + W[-1]``: x (n, d), W (d + 1, C) -> (n, C) on W's device, in W's dtype."""
+    return torch.addmm(W[-1], x.to(device=W.device, dtype=W.dtype), W[:-1])
+
+
 def predict(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """Class indices ``argmax(x @ W[:-1] + W[-1])``: x (n, d), W (d + 1, C) -> (n,) int64 on W's device."""
-    x = x.to(device=W.device, dtype=W.dtype)
-    return torch.addmm(W[-1], x, W[:-1]).argmax(dim=1)
+    return scores(x, W).argmax(dim=1)
 
 
 def top5_accuracy(x: torch.Tensor, W: torch.Tensor, y: torch.Tensor) -> float:
     """Share of rows whose label is among the 5 largest of ``x @ W[:-1] + W[-1]`` (all classes when fewer)."""
-    x = x.to(device=W.device, dtype=W.dtype)
-    top = torch.addmm(W[-1], x, W[:-1]).topk(min(5, W.shape[1]), dim=1).indices   # (n, 5)
+    top = scores(x, W).topk(min(5, W.shape[1]), dim=1).indices   # (n, 5)
     return (top == y.to(W.device).reshape(-1, 1)).any(dim=1).double().mean().item()
 
 

@@ -1,12 +1,17 @@
 """Imagenette as its own dataset: the ImageNet recipe at 128 px, the val/ split as test set, clear path errors."""
 import os
 
+import numpy as np
 import pytest
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
 
 import finetune
 import gradient_linear_clf
 import lbfgs_linear_clf
 import simclr
+from data.augment import eval_transform
 from data.datasets import DATASETS, load_split
 from data.paths import DEFAULT_PATHS_FILE, load_paths, resolve
 from tests.tiny_data import write_image_folder, write_paths
@@ -91,13 +96,6 @@ def test_repo_paths_tell_imagenette_from_imagenet():
 def test_eval_transform_keeps_a_128_px_image_whole_and_follows_the_imagenet_rule_on_larger_ones():
     """128 px images at --image-size 128 pass unchanged (they were enlarged to 146 and cut to 128); a large image
     gets the standard resize-to-size/0.875 + centre crop; one in between is only centre-cropped."""
-    import numpy as np
-    from PIL import Image
-    from torchvision import transforms as T
-    from torchvision.transforms import InterpolationMode
-
-    from data.augment import eval_transform
-
     rng = np.random.default_rng(0)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     norm = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
