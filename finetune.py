@@ -11,7 +11,6 @@ fine-tuning recipe (README, "Fine-tuning on few labels"); writes the subset and 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -22,9 +21,10 @@ from data.augment import eval_transform, train_linear_transform
 from data.datasets import DATASETS, ArrayImages, load_train_test
 from data.paths import DEFAULT_PATHS_FILE
 from data.sampler import EpochSampler
-from data.subsets import IndexedImages, draw_subset, holdout_split, requested_subset
+from data.subsets import IndexedImages, check_subset, draw_subset, holdout_split, requested_subset
 from data.views import SeededTransformed, Transformed
 from evaluation.load import evaluation_target, finetune_encoder, state_equal
+from evaluation.outputs import prepare_outputs
 from evaluation.supervised import evaluate, fit
 from models.finetune import FROZEN_BN, STAGES, FineTuneNet
 from models.resnet import ARCHS, STEMS
@@ -32,14 +32,16 @@ from optim.groups import build_optimizer
 from optim.schedules import lr_schedule, scaled_lr
 from training.recipe import FINETUNE_BASE_LR
 from utils.allocator import tune_cpu_allocator
-from utils.checkpoint import checkpoint_path, find_checkpoint, git_commit, save_checkpoint
+from utils.checkpoint import checkpoint_path, find_checkpoint, git_commit
+from utils.cli import Parser, nonneg_float, nonneg_int, number, positive_float, positive_int
 from utils.distributed import select_device
 from utils.errors import UserError, run_cli
+from utils.files import save_json, save_torch
 from utils.precision import resolve_precision
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Fine-tune a SimCLR encoder on a fraction of the labels",
+    p = Parser(description="Fine-tune a SimCLR encoder on a fraction of the labels",
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--load-from", default=None, help="simclr.py checkpoint or backbone state_dict (or --from-scratch)")
     p.add_argument("--from-scratch", action="store_true",
@@ -49,21 +51,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-paths", default=DEFAULT_PATHS_FILE, help="(default: the repository's dataset-paths.json)")
     p.add_argument("--arch", default=None, choices=list(ARCHS), help="(default: the checkpoint's)")
     p.add_argument("--stem", default=None, choices=STEMS, help="(default: the checkpoint's, else the dataset's)")
-    p.add_argument("--width-multiplier", type=int, default=None,
+    p.add_argument("--width-multiplier", type=positive_int, default=None,
                    help="ResNet width multiplier (default: the checkpoint's, else 1)")
-    p.add_argument("--image-size", type=int, default=None, help="(default: the checkpoint's, else the dataset's)")
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="(default: the checkpoint's, else the dataset's)")
     g = p.add_argument_group("labels")
-    g.add_argument("--label-fraction", type=float, default=None,
+    g.add_argument("--label-fraction", type=number(float, 0, 1, low_open=True), default=None,
                    help="fraction of the training labels, in (0, 1]: 0.01 and 0.1 are the paper's Table 7;\n"
                         "the same number of images from every class, at least one (required unless --subset-file)")
     g.add_argument("--subset-file", default=None,
                    help="JSON subset of an earlier run or `python -m data.subsets`: train on exactly those images\n"
                         "(refused for another dataset); without it one is drawn and written as <result>.subset.json")
     g.add_argument("--subset-seed", type=int, default=0, help="seed of the subset and validation split (default: 0)")
-    g.add_argument("--val-fraction", type=float, default=0.0,
+    g.add_argument("--val-fraction", type=number(float, 0, 1, high_open=True), default=0.0,
                    help="part of every class of the subset held out to choose the epoch by top-1; at 1%% of CIFAR-10,\n"
                         "0.1 chooses on 5 images per class (default: 0: the whole subset, the last epoch, as official)")
-    g.add_argument("--val-freq", type=int, default=1,
+    g.add_argument("--val-freq", type=positive_int, default=1,
                    help="with --val-fraction: validate every N epochs and after the last (default: 1)")
     g = p.add_argument_group("model")
     g.add_argument("--finetune-from", default="conv1", choices=STAGES,
@@ -72,56 +75,46 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--frozen-bn", default="train", choices=FROZEN_BN,
                    help="BN of the frozen stages. train: batch statistics, running ones updated, as the official\n"
                         "code; eval: running statistics, frozen. Their weights never change (default: train)")
-    g.add_argument("--from-head-layer", type=int, default=0,
+    g.add_argument("--from-head-layer", type=nonneg_int, default=0,
                    help="keep the first K layers of the checkpoint's projection head between encoder and\n"
                         "classifier, and fine-tune them; SimCLRv2: 1 with its 3-layer head (default: 0, none)")
     g = p.add_argument_group("optimisation (defaults: the official code's fine-tuning on ImageNet 1%/10%)")
-    g.add_argument("--num-epochs", type=int, default=None,
+    g.add_argument("--num-epochs", type=positive_int, default=None,
                    help="(default: 60 for fractions <= 1%%, else 30: the paper's 1%% and 10%% settings)")
-    g.add_argument("--batch-size", type=int, default=None,
+    g.add_argument("--batch-size", type=number(int, 2), default=None,
                    help="(default: min(1024, training images): the official command's 1024)")
     g.add_argument("--optimizer", default="lars", choices=["lars", "sgd"],
                    help="lars: trust 1e-3, classifier without adaptation; sgd: momentum SGD (default: lars)")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum with --optimizer sgd (App. B.5)")
-    g.add_argument("--momentum", type=float, default=0.9, help="(default: 0.9)")
-    g.add_argument("--trust-coefficient", type=float, default=1e-3, help="LARS eta (default: 1e-3)")
+    g.add_argument("--momentum", type=nonneg_float, default=0.9, help="(default: 0.9)")
+    g.add_argument("--trust-coefficient", type=positive_float, default=1e-3, help="LARS eta (default: 1e-3)")
     g.add_argument("--lr-scaling", default="sqrt", choices=["sqrt", "linear", "none"],
                    help="sqrt: lr = base_lr*sqrt(B); linear: base_lr*B/256; none: base_lr (default: sqrt)")
-    g.add_argument("--base-lr", type=float, default=None,
+    g.add_argument("--base-lr", type=positive_float, default=None,
                    help="(default: training/recipe.FINETUNE_BASE_LR: 0.005 with sqrt scaling, the official\n"
                         "fine-tuning; 0.05 with linear, the paper's App. B.5; 0.16 with none)")
     g.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="no warmup (default: cosine)")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="on weights, ndim > 1 (default: 0, the paper)")
+    g.add_argument("--weight-decay", type=nonneg_float, default=0.0,
+                   help="on weights, ndim > 1 (default: 0, the paper)")
     g = p.add_argument_group("run")
-    g.add_argument("--num-workers", type=int, default=2, help="(default: 2)")
+    g.add_argument("--num-workers", type=nonneg_int, default=2, help="(default: 2)")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="bf16 autocast (loss in fp32); auto: as simclr.py (default: auto)")
     g.add_argument("--output", default=None,
                    help="JSON result (default: <checkpoint>.finetune-<dataset>-<N>pct[-scratch].json)")
     g.add_argument("--save-model", default=None, help="also write the reported fine-tuned weights to this file")
+    g.add_argument("--overwrite", action="store_true", help="replace existing output files")
     g.add_argument("--seed", type=int, default=0, help="seed of data order, augmentations, new weights (default: 0)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     return p
 
 
 def check_args(args: argparse.Namespace) -> None:
-    checks = [
-        (args.label_fraction is None or 0 < args.label_fraction <= 1,
-         f"--label-fraction must be in (0, 1], e.g. 0.01 or 0.1; got {args.label_fraction}"),
-        (args.num_epochs is None or args.num_epochs >= 1, f"--num-epochs must be at least 1, got {args.num_epochs}"),
-        (args.batch_size is None or args.batch_size >= 2, f"--batch-size must be >= 2 (BN), got {args.batch_size}"),
-        (args.base_lr is None or args.base_lr > 0, f"--base-lr must be > 0, got {args.base_lr}"),
-        (0 <= args.val_fraction < 1, f"--val-fraction must be in [0, 1), got {args.val_fraction}"),
-        (args.val_freq >= 1, f"--val-freq must be at least 1, got {args.val_freq}"),
-        (args.val_freq == 1 or args.val_fraction > 0, "--val-freq goes with --val-fraction (e.g. 0.1)"),
-        (args.from_head_layer >= 0, f"--from-head-layer must be >= 0, got {args.from_head_layer}"),
-        (args.weight_decay >= 0 and args.momentum >= 0, "--weight-decay and --momentum must be >= 0"),
-        (args.width_multiplier is None or args.width_multiplier >= 1, "--width-multiplier must be >= 1"),
-        (not args.nesterov or args.optimizer == "sgd", "--nesterov goes with --optimizer sgd"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    """The checks that relate two options (each option's range is checked at parsing)."""
+    if args.val_freq != 1 and args.val_fraction == 0:
+        raise UserError("--val-freq goes with --val-fraction (e.g. 0.1)")
+    if args.nesterov and args.optimizer != "sgd":
+        raise UserError("--nesterov goes with --optimizer sgd")
 
 
 def build_model(args: argparse.Namespace):
@@ -132,18 +125,21 @@ def build_model(args: argparse.Namespace):
     return backbone, head, saved, ckpt
 
 
-def labelled_subset(args: argparse.Namespace, dataset: str, labels, ckpt: str | None, name: str):
-    """(subset record, its file, result file): the ``--subset-file``, or a new subset written beside the result."""
-    record = requested_subset(args.subset_file, args.label_fraction, dataset, labels)
+def plan_outputs(args: argparse.Namespace, dataset: str, ckpt: str | None, name: str):
+    """(``--subset-file``'s record or None, subset file, result file), every output checked before any compute:
+    not an input nor another output, not existing unless ``--overwrite``, writable (evaluation/outputs.py)."""
+    record = requested_subset(args.subset_file, args.label_fraction)
     fraction = record["fraction"] if record is not None else args.label_fraction
     tag = f"finetune-{dataset}-{100 * fraction:.6g}pct{'-scratch' if args.from_scratch else ''}"
     output = args.output or (f"{os.path.splitext(ckpt)[0]}.{tag}.json" if ckpt
                              else checkpoint_path(f"scratch-{name}.{tag}.json"))
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    if record is not None:
-        return record, args.subset_file, output
-    subset_file = f"{os.path.splitext(output)[0]}.subset.json"
-    return draw_subset(subset_file, dataset, labels, fraction, args.subset_seed), subset_file, output
+    subset_file = args.subset_file or f"{os.path.splitext(output)[0]}.subset.json"
+    drawn = subset_file if record is None else None
+    prepare_outputs({"--output": output, "--save-model": args.save_model, "the subset file of --output": drawn},
+                    {"--load-from": ckpt, "--subset-file": args.subset_file, "--dataset-paths": args.dataset_paths},
+                    args.overwrite, hints={"the subset file of --output": f"pass --subset-file {drawn} to train on "
+                                                                          f"it, or choose another --output"})
+    return record, subset_file, output
 
 
 def loaders(args: argparse.Namespace, train_full, test, fit_idx, val_idx, size: int, info, batch_size: int,
@@ -163,12 +159,11 @@ def loaders(args: argparse.Namespace, train_full, test, fit_idx, val_idx, size: 
 
 def write_results(summary: dict, output: str, model: FineTuneNet, args: argparse.Namespace, classes) -> None:
     """The JSON result, and with ``--save-model`` the reported weights with the run's args and result."""
-    with open(output, "w") as f:
-        json.dump(summary, f, indent=1)
+    save_json(output, summary)
     print(f"wrote {output}")
     if args.save_model:
-        save_checkpoint({"model": model.state_dict(), "args": vars(args), "summary": summary,
-                         "classes": list(classes)}, args.save_model)
+        save_torch(args.save_model, {"model": model.state_dict(), "args": vars(args), "summary": summary,
+                                     "classes": list(classes)})
         print(f"wrote {args.save_model}")
 
 
@@ -194,9 +189,11 @@ def main(args: argparse.Namespace) -> dict:
     backbone, head, saved, ckpt = build_model(args)
     arch = args.arch or saved.get("arch")
     dataset, info, size = evaluation_target(ckpt, saved, args.dataset, args.image_size)
-    train_full, test = load_train_test(dataset, args.dataset_paths)
     name = f"{arch}{f'-{backbone.width_multiplier}x' if backbone.width_multiplier != 1 else ''}"
-    record, subset_file, output = labelled_subset(args, dataset, train_full.labels, ckpt, name)
+    record, subset_file, output = plan_outputs(args, dataset, ckpt, name)
+    train_full, test = load_train_test(dataset, args.dataset_paths)
+    record = (check_subset(record, subset_file, dataset, train_full.labels) if record is not None
+              else draw_subset(subset_file, dataset, train_full.labels, args.label_fraction, args.subset_seed))
     fit_idx, val_idx = holdout_split(record["indices"], train_full.labels, args.val_fraction, args.subset_seed)
     if args.val_fraction > 0 and len(val_idx) == 0:
         print("no validation images (every class has a single labelled image): the last epoch is kept")

@@ -11,7 +11,6 @@ statistics do not move) and is checked to be bit-identical to the checkpoint aft
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import torch
@@ -22,6 +21,7 @@ from data.datasets import DATASETS, ArrayImages, load_train_test
 from data.paths import DEFAULT_PATHS_FILE
 from data.views import Transformed
 from evaluation.load import evaluation_target, load_backbone, random_init_like, state_equal
+from evaluation.outputs import prepare_outputs
 from evaluation.supervised import evaluate, fit
 from models.probe import LinearProbe
 from models.resnet import ARCHS, STEMS
@@ -30,13 +30,15 @@ from optim.schedules import lr_schedule
 from training.recipe import LINEAR_EVAL, fill
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import find_checkpoint
+from utils.cli import Parser, nonneg_float, nonneg_int, positive_float, positive_int
 from utils.distributed import select_device
 from utils.errors import UserError, run_cli
+from utils.files import save_json
 from utils.precision import resolve_precision
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Linear evaluation with SGD on a frozen SimCLR backbone")
+    p = Parser(description="Linear evaluation with SGD on a frozen SimCLR backbone")
     p.add_argument("--load-from", required=True, help="checkpoint of simclr.py (or a backbone state_dict)")
     p.add_argument("--dataset", default=None, choices=list(DATASETS),
                    help="(default: the one the checkpoint was trained on)")
@@ -45,20 +47,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--stem", default=None, choices=STEMS, help="override the checkpoint's stem")
     p.add_argument("--random-init", action="store_true",
                    help="evaluate the same backbone at random initialisation instead (baseline)")
-    p.add_argument("--image-size", type=int, default=None, help="crop side (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=None, help="(default: 4096 ImageNet, 512 the others)")
-    p.add_argument("--num-epochs", type=int, default=None, help="(default: 90 ImageNet, 100 the others)")
-    p.add_argument("--base-lr", type=float, default=0.1, help="lr = base_lr x batch/256 (default: 0.1)")
-    p.add_argument("--momentum", type=float, default=0.9, help="(default: 0.9)")
+    p.add_argument("--image-size", type=positive_int, default=None, help="crop side (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="(default: 4096 ImageNet, 512 the others)")
+    p.add_argument("--num-epochs", type=positive_int, default=None, help="(default: 90 ImageNet, 100 the others)")
+    p.add_argument("--base-lr", type=positive_float, default=0.1, help="lr = base_lr x batch/256 (default: 0.1)")
+    p.add_argument("--momentum", type=nonneg_float, default=0.9, help="(default: 0.9)")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
                    help="Nesterov momentum, as the official optimizer (default: on)")
-    p.add_argument("--weight-decay", type=float, default=0.0,
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0,
                    help="on the classifier's weights, not its bias (default: 0; the official code: 1e-6 on ImageNet)")
-    p.add_argument("--num-workers", type=int, default=2, help="(default: 2)")
+    p.add_argument("--num-workers", type=nonneg_int, default=2, help="(default: 2)")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
                    help="autocast of the frozen backbone, the classifier stays fp32; auto: as simclr.py\n"
                         "(default: fp32)")
     p.add_argument("--output", default=None, help="JSON result file (default: <checkpoint>.sgd-<dataset>.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     return p
@@ -71,11 +74,14 @@ def main(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     ckpt = find_checkpoint(args.load_from)
     backbone, saved = load_backbone(ckpt, args.arch, args.stem)
+    dataset, info, size = evaluation_target(ckpt, saved, args.dataset, args.image_size)
+    fill_recipe(args, dataset)
+    output = args.output or f"{os.path.splitext(ckpt)[0]}.sgd-{dataset}{'-random' if args.random_init else ''}.json"
+    prepare_outputs({"--output": output}, {"--load-from": ckpt, "--dataset-paths": args.dataset_paths},
+                    args.overwrite)
     if args.random_init:  # the same network at initialisation: the baseline a representation must beat
         backbone = random_init_like(backbone, args.arch or saved.get("arch"), args.seed)
     reference = {k: v.clone() for k, v in backbone.state_dict().items()}
-    dataset, info, size = evaluation_target(ckpt, saved, args.dataset, args.image_size)
-    fill_recipe(args, dataset)
     train, test = load_train_test(dataset, args.dataset_paths)
     if args.batch_size > len(train):
         raise UserError(f"--batch-size {args.batch_size} is larger than the training set ({len(train)} images): "
@@ -100,19 +106,15 @@ def main(args: argparse.Namespace) -> dict:
                "random_init": args.random_init,
                "lr": lr, "nesterov": args.nesterov, "precision": precision.name, "top1": top1, "top5": top5}
     print(f"test top-1 {top1:.2f}%, top-5 {top5:.2f}% ({len(test)} images); backbone unchanged")
-    output = args.output or f"{os.path.splitext(ckpt)[0]}.sgd-{dataset}{'-random' if args.random_init else ''}.json"
-    with open(output, "w") as f:
-        json.dump(summary, f, indent=1)
+    save_json(output, summary)
     print(f"wrote {output}")
     return {**summary, "backbone_state": model.backbone.state_dict(), "classifier": model.classifier}
 
 
 def fill_recipe(args: argparse.Namespace, dataset: str) -> None:
-    """Batch size and epochs from training/recipe.LINEAR_EVAL where not given; reject values that cannot train."""
+    """Batch size and epochs from training/recipe.LINEAR_EVAL where not given (the options are checked at parsing)."""
     vars(args).update(fill(LINEAR_EVAL, dataset, {"batch_size": args.batch_size, "num_epochs": args.num_epochs},
                            "linear-evaluation recipe"))
-    if args.num_epochs < 1 or args.base_lr <= 0:
-        raise UserError("--num-epochs must be >= 1 and --base-lr > 0")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import uuid
 
 import torch
 
@@ -21,23 +22,25 @@ from models.resnet import ARCHS, STEMS
 from models.simclr import SimCLR
 from optim.groups import build_optimizer
 from optim.schedules import lr_schedule, scaled_lr
-from training.loop import NonFiniteLoss, train_epoch
+from training.loop import BatchError, NonFiniteLoss, train_epoch
 from training.recipe import RECIPE_KEYS, RECIPES, fill, learning_rate
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import Saver, checkpoint_path, git_commit, resume, save_checkpoint
+from utils.cli import Parser, nonneg_float, nonneg_int, number, positive_float, positive_int
 from utils.csvlog import CSVLog, NullLog
 from utils.distributed import (DistInfo, any_rank, barrier, cleanup_distributed, convert_sync_batchnorm,
                                default_workers, gather_with_grad, init_distributed, wrap_model)
 from utils.errors import UserError, run_cli
+from utils.files import RunLock, check_output, clean_orphans, same_file
 from utils.interrupt import StopRequest
 from utils.precision import AtPrecision, configure_backends, resolve_precision
 
-LOG_FIELDS = ["epoch", "step", "lr", "loss", "images_per_s", "knn_top1"]
+LOG_FIELDS = ["epoch", "step", "lr", "loss", "images_per_s", "knn_top1", "run_id"]
 MODEL_KEYS = ["arch", "stem", "width_multiplier", "proj_dim", "proj_hidden_dim", "proj_layers"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="SimCLR pretraining. 'recipe': the dataset's row of training/recipe.py",
+    p = Parser(description="SimCLR pretraining. 'recipe': the dataset's row of training/recipe.py",
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", "-d", default="cifar10", choices=list(DATASETS),
                    help="dataset name, resolved through --dataset-paths (default: cifar10)")
@@ -45,41 +48,52 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="JSON file mapping dataset names to folders (default: the repository's dataset-paths.json)")
     p.add_argument("--arch", default="resnet50", choices=list(ARCHS), help="encoder (default: resnet50)")
     p.add_argument("--stem", default=None, choices=STEMS, help="ResNet stem (default: recipe)")
-    p.add_argument("--width-multiplier", type=int, default=1, help="every ResNet width times N (default: 1)")
-    p.add_argument("--image-size", type=int, default=None, help="crop side in pixels (default: recipe)")
-    p.add_argument("--batch-size", type=int, default=512,
+    p.add_argument("--width-multiplier", type=positive_int, default=1, help="every ResNet width times N (default: 1)")
+    p.add_argument("--image-size", type=positive_int, default=None, help="crop side in pixels (default: recipe)")
+    p.add_argument("--batch-size", type=number(int, 2), default=512,
                    help="images per step over all torchrun processes (B/W each), 2 views each (default: 512)")
-    p.add_argument("--num-epochs", type=int, default=100, help="total epochs of the run (default: 100)")
-    p.add_argument("--base-lr", type=float, default=None, help="lr before --lr-scaling (default: recipe)")
+    p.add_argument("--num-epochs", type=positive_int, default=100, help="total epochs of the run (default: 100)")
+    p.add_argument("--base-lr", type=positive_float, default=None, help="lr before --lr-scaling (default: recipe)")
     p.add_argument("--lr-scaling", default=None, choices=["linear", "sqrt", "none"],
                    help="linear: lr = base_lr*B/256; sqrt: lr = base_lr*sqrt(B); none: lr = base_lr\n"
                         "(default: recipe: sqrt for ImageNet and Imagenette below batch 4096, else linear)")
     p.add_argument("--optimizer", default="lars", choices=["lars", "sgd"], help="(default: lars)")
-    p.add_argument("--momentum", type=float, default=0.9, help="(default: 0.9)")
-    p.add_argument("--weight-decay", type=float, default=None, help="on weights (ndim > 1) only (default: recipe)")
-    p.add_argument("--trust-coefficient", type=float, default=1e-3, help="LARS eta (default: 1e-3)")
-    p.add_argument("--temperature", type=float, default=None, help="NT-Xent temperature (default: recipe)")
+    p.add_argument("--momentum", type=nonneg_float, default=0.9, help="(default: 0.9)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=None,
+                   help="on weights (ndim > 1) only (default: recipe)")
+    p.add_argument("--trust-coefficient", type=positive_float, default=1e-3, help="LARS eta (default: 1e-3)")
+    p.add_argument("--temperature", type=positive_float, default=None, help="NT-Xent temperature (default: recipe)")
     p.add_argument("--loss-scale", default="official", choices=["official", "paper"],
                    help="official: loss_a + loss_b over the N pairs, the scale the official lr and weight decay\n"
                         "were tuned at; paper: Algorithm 1's mean over the 2N anchors, half of it (default: official)")
     p.add_argument("--cosine-anneal", action=argparse.BooleanOptionalAction, default=True,
                    help="cosine decay to 0 after warmup, the paper's; --no-cosine-anneal: constant (default: on)")
-    p.add_argument("--warmup-epochs", type=float, default=10, help="linear warmup length in epochs (default: 10)")
-    p.add_argument("--jitter-strength", type=float, default=None, help="colour distortion strength s (default: recipe)")
+    p.add_argument("--warmup-epochs", type=nonneg_float, default=10,
+                   help="linear warmup length in epochs (default: 10)")
+    p.add_argument("--jitter-strength", type=nonneg_float, default=None,
+                   help="colour distortion strength s (default: recipe)")
     p.add_argument("--blur", action=argparse.BooleanOptionalAction, default=None, help="blur, p=0.5 (default: recipe)")
-    p.add_argument("--proj-dim", type=int, default=128, help="projection output size (default: 128)")
-    p.add_argument("--proj-hidden-dim", type=int, default=None, help="(default: the encoder's feature size)")
-    p.add_argument("--proj-layers", type=int, default=2, help="linear layers in the head; 3 is SimCLRv2 (default: 2)")
-    p.add_argument("--num-workers", type=int, default=None,
+    p.add_argument("--proj-dim", type=positive_int, default=128, help="projection output size (default: 128)")
+    p.add_argument("--proj-hidden-dim", type=positive_int, default=None, help="(default: the encoder's feature size)")
+    p.add_argument("--proj-layers", type=positive_int, default=2,
+                   help="linear layers in the head; 3 is SimCLRv2 (default: 2)")
+    p.add_argument("--num-workers", type=nonneg_int, default=None,
                    help="DataLoader worker processes for image trees and the kNN monitor\n"
                         "(default: the CPU cores per process on this machine, 2 to 16)")
-    p.add_argument("--test-freq", type=int, default=None, help="kNN top-1 every N epochs, 0: off (default: recipe)")
-    p.add_argument("--knn-k", type=int, default=200, help="neighbours of the kNN monitor (default: 200)")
+    p.add_argument("--test-freq", type=nonneg_int, default=None,
+                   help="kNN top-1 every N epochs, 0: off (default: recipe)")
+    p.add_argument("--knn-k", type=positive_int, default=200, help="neighbours of the kNN monitor (default: 200)")
     p.add_argument("--filename", default="ckpt.pth", help="bare names go in ./checkpoint/ (default: ckpt.pth)")
-    p.add_argument("--save-freq", type=int, default=None,
+    p.add_argument("--save-freq", type=positive_int, default=None,
                    help="write the checkpoint every N epochs, at the end, and on SIGINT/SIGTERM (default: after\n"
                         "any epoch that ends 100 times the last write's duration after it: < 1%% of the time)")
-    p.add_argument("--resume", "-r", nargs="?", const=True, default=None, help="from --filename or the file given")
+    p.add_argument("--resume", "-r", nargs="?", const=True, default=None,
+                   help="continue the run in --filename, or in the file given (its options must be this run's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoint and log at --filename (without it an existing run is refused)")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: apply options that differ from the checkpoint's from here on, recorded in\n"
+                        "its history (without it such a resume is refused with the list of differences)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentations (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: all visible GPUs (DataParallel when several), else the CPU; under torchrun one GPU\n"
@@ -87,7 +101,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="synchronise BatchNorm statistics over all torchrun processes (the paper's global BN)\n"
                         "(default: on under torchrun with several processes; no effect without torchrun)")
-    p.add_argument("--chunk-size", type=int, default=0,
+    p.add_argument("--chunk-size", type=nonneg_int, default=0,
                    help="gradient caching: the loss over the whole batch with the activation memory of N images\n"
                         "per process; BN statistics per chunk and view (README). 0: off (default: 0)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
@@ -96,7 +110,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on with bf16, off with fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (not under DataParallel)")
-    p.add_argument("--log-freq", type=int, default=10,
+    p.add_argument("--log-freq", type=positive_int, default=10,
                    help="read the loss back from the device every N steps; a CSV row each time (default: 10)")
     return p
 
@@ -106,22 +120,10 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     dataset_info(args.dataset)  # a clear error for an unknown name
     vars(args).update(fill(RECIPES, args.dataset, {k: getattr(args, k) for k in RECIPE_KEYS}))
     args.base_lr, args.lr_scaling = learning_rate(args.dataset, args.batch_size, args.base_lr, args.lr_scaling)
-    checks = [
-        (args.num_epochs >= 1, f"--num-epochs must be at least 1, got {args.num_epochs}"),
-        (args.batch_size >= 2, f"--batch-size must be at least 2 (NT-Xent needs negatives), got {args.batch_size}"),
-        (args.base_lr > 0, f"--base-lr must be > 0, got {args.base_lr}"),
-        (args.temperature > 0, f"--temperature must be > 0, got {args.temperature}"),
-        (args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
-        (args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}"),
-        ((args.save_freq is None or args.save_freq >= 1) and args.log_freq >= 1,
-         "--save-freq and --log-freq must be at least 1"),
-        (args.test_freq >= 0, "--test-freq must be >= 0 (0 disables the kNN monitor)"),
-        (args.chunk_size != 1 and args.chunk_size >= 0,
-         f"--chunk-size must be 0 (off) or >= 2 (pairs per chunk; 1 image is no BN batch), got {args.chunk_size}"),
-    ]
-    failed = [message for ok, message in checks if not ok]
-    if failed:
-        raise UserError(failed[0])
+    if args.chunk_size == 1:
+        raise UserError("--chunk-size must be 0 (off) or >= 2 (pairs per chunk; 1 image is no BN batch)")
+    if args.resume is None and args.allow_changes:
+        raise UserError("--allow-changes goes with --resume")
     args.lr = scaled_lr(args.base_lr, args.batch_size, args.lr_scaling)
     return args
 
@@ -161,24 +163,67 @@ def setup(args: argparse.Namespace, info: DistInfo):
     return pretrain, sampler, batches, model, net, optimizer, precision, parallel
 
 
+def claim_run(args: argparse.Namespace, path: str, log_path: str, info: DistInfo) -> RunLock | None:
+    """Rank 0, before any compute: the location is writable, no other run writes there (a lock held until this
+    process ends), and an existing run there is continued (--resume) or replaced (--overwrite), never silently.
+    A refusal on rank 0 stops every rank."""
+    lock, refusal = None, None
+    if info.is_main:
+        try:
+            check_output(path, "--filename")
+            lock = RunLock(path).acquire(path)
+            for p in (path, log_path):
+                clean_orphans(p)  # temporary files of a save that was killed
+            existing = [p for p in (path, log_path) if os.path.exists(p)]
+            if existing and not args.resume and not args.overwrite:
+                raise UserError(f"{existing[0]} exists: pass --resume to continue that run, --overwrite to replace "
+                                f"it, or another --filename")
+        except UserError as e:
+            refusal = e
+    if any_rank(refusal is not None, info):
+        raise refusal or UserError("rank 0 refused the run (its error says why)")
+    return lock
+
+
 def train(args: argparse.Namespace, info: DistInfo) -> dict:
+    """Pretrain into checkpoint_path(--filename) and the CSV log beside it, holding the run's lock throughout."""
+    path = checkpoint_path(args.filename)
+    log_path = os.path.splitext(path)[0] + ".csv"
+    lock = claim_run(args, path, log_path, info)
+    try:
+        return fit(args, info, path, log_path)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def fit(args: argparse.Namespace, info: DistInfo, path: str, log_path: str) -> dict:
     device, world, say = info.device, info.world_size, (print if info.is_main else lambda *a, **k: None)
     tune_cpu_allocator(device)  # on CPU: reuse freed tensors' memory (utils/allocator.py)
     configure_backends(device)
     pretrain, sampler, batches, model, net, optimizer, precision, parallel = setup(args, info)
+    if info.is_main:  # room for one more checkpoint (model and momentum) beside the old one
+        check_output(path, "--filename", 2 * sum(t.numel() * t.element_size() for t in model.state_dict().values()))
     steps_per_epoch = len(pretrain) // args.batch_size  # = len(batches) on every rank
+    start_epoch, step, run_id, history = 0, 0, uuid.uuid4().hex[:12], []
+    if args.resume:
+        resumed = resume(args.filename if args.resume is True else args.resume, model, optimizer, vars(args),
+                         MODEL_KEYS, steps_per_epoch, args.allow_changes)
+        if info.is_main and os.path.exists(path) and not same_file(resumed.path, path) and not args.overwrite:
+            raise UserError(f"{path} holds another run than {resumed.path}: pass --overwrite to replace it with the "
+                            f"continued run, or another --filename")
+        start_epoch, step, history = resumed.epoch, resumed.step, resumed.history
+        run_id = resumed.run_id or run_id  # a checkpoint from before run ids takes a new one
+        skip = step - start_epoch * steps_per_epoch  # > 0 after a mid-epoch stop
+        say(f"resumed from {resumed.path}: epoch {start_epoch}, step {step}"
+            + (f" ({skip} steps into epoch {start_epoch + 1})" if skip else "")
+            + (f"; nothing to do: --num-epochs is {args.num_epochs}" if start_epoch >= args.num_epochs else "")
+            + "".join(f"; --{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in resumed.changes.items())
+            + ("; the lr schedule is recomputed for the new --num-epochs" if "num_epochs" in resumed.changes else ""))
     total, warmup = steps_per_epoch * args.num_epochs, round(args.warmup_epochs * steps_per_epoch)
     lr_at = lr_schedule(args.lr, total, warmup, args.cosine_anneal)
-    path, start_epoch, step = checkpoint_path(args.filename), 0, 0
-    if args.resume:
-        where, start_epoch, step = resume(args.filename if args.resume is True else args.resume, model, optimizer,
-                                          {k: getattr(args, k) for k in MODEL_KEYS}, args.optimizer, steps_per_epoch)
-        skip = step - start_epoch * steps_per_epoch  # > 0 after a mid-epoch stop
-        say(f"resumed from {where}: epoch {start_epoch}, step {step}"
-            + (f" ({skip} steps into epoch {start_epoch + 1})" if skip else "")
-            + (f"; nothing to do: --num-epochs is {args.num_epochs}" if start_epoch >= args.num_epochs else ""))
-    log_path = os.path.splitext(path)[0] + ".csv"
-    log = CSVLog(log_path, LOG_FIELDS, keep_until_step=step if args.resume else 0) if info.is_main else NullLog()
+    keep = step if args.resume and not args.overwrite else None
+    log = CSVLog(log_path, LOG_FIELDS, run_id, keep) if info.is_main else NullLog()
     monitor = KNNMonitor(args.dataset, args.dataset_paths, args.image_size, args.native_size, device, precision,
                          args.num_workers, args.knn_k) if args.test_freq > 0 and info.is_main else None
     say(f"{args.dataset}: {len(pretrain)} images, {steps_per_epoch} steps/epoch of {args.batch_size}; {args.arch} "
@@ -190,8 +235,8 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
 
     def save(epoch: int) -> None:  # epoch: epochs completed; step may be further on after a mid-epoch stop
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                         "step": step, "args": vars(args), "git_commit": git_commit(),
-                         "classes": list(pretrain.classes)}, path)
+                         "step": step, "args": vars(args), "git_commit": git_commit(), "run_id": run_id,
+                         "history": history, "classes": list(pretrain.classes)}, path)
 
     result = {"checkpoint": path, "log": log_path, "losses": [], "knn": []}
     saver = Saver(save, args.save_freq, args.num_epochs)
@@ -199,11 +244,21 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
         for epoch in range(start_epoch, args.num_epochs):
             skip = step - epoch * steps_per_epoch if epoch == start_epoch else 0  # > 0 after a mid-epoch stop
             sampler.set_epoch(epoch, skip=skip * (args.batch_size // world))
-            step, stopped = run_epoch(args, info, net, batches, optimizer, lr_at, epoch, step, log, stop,
-                                      lambda: monitor(model.backbone), result)
-            stopped = any_rank(stopped or stop.requested, info)  # a signal during the kNN monitor, say
-            if info.is_main:
+            try:
+                step, stopped = run_epoch(args, info, net, batches, optimizer, lr_at, epoch, step, log, stop, result)
+            except BatchError as e:  # e.g. an unreadable image: the steps done are kept
+                step = e.step
+                if info.is_main:
+                    saver(epoch, force=True)
+                raise UserError(f"{e}; the {step} steps done are saved in {path}: replace the file, then resume "
+                                f"with --resume") from None
+            stopped = any_rank(stopped or stop.requested, info)
+            if info.is_main:  # saved before the kNN monitor, so that a bad test image costs no epoch
                 saver(epoch + (0 if stopped else 1), force=stopped)
+            if not stopped and monitor_epoch(args, info, epoch, step, lr_at, log, result, monitor, model):
+                stopped = any_rank(stop.requested, info)  # a signal during the kNN monitor
+                if stopped and info.is_main:
+                    saver(epoch + 1, force=True)
             if stopped:
                 log.close()
                 barrier(info)
@@ -215,35 +270,39 @@ def train(args: argparse.Namespace, info: DistInfo) -> dict:
     return result
 
 
-def run_epoch(args, info, net, batches, optimizer, lr_at, epoch, step, log, stop, knn, result) -> tuple[int, bool]:
-    """One epoch, then (unless stopped) its log line and the kNN monitor; returns the step and whether stopped."""
+def run_epoch(args, info, net, batches, optimizer, lr_at, epoch, step, log, stop, result) -> tuple[int, bool]:
+    """One epoch; returns the step and whether a stop was asked for (any rank, asked after every step)."""
     try:
         step, mean_loss, stopped = train_epoch(
             net, batches, NTXentLoss(args.temperature, scale=args.loss_scale), optimizer, lr_at, step,
             device=info.device, batch_size=args.batch_size, chunk_size=args.chunk_size,
             gather=gather_with_grad if info.world_size > 1 else None, log_every=args.log_freq,
             log=lambda **row: log.write(epoch=epoch + 1, **row), stop=lambda: any_rank(stop.requested, info),
-            stop_every=args.log_freq if info.distributed else 1,  # under DDP asking is an all-reduce
-            desc=f"epoch {epoch + 1}/{args.num_epochs}", show=info.is_main)
+            stop_every=1, desc=f"epoch {epoch + 1}/{args.num_epochs}", show=info.is_main)
     except NonFiniteLoss as e:
         raise UserError(f"{e} (epoch {epoch + 1}); stopped without saving, the last good checkpoint "
                         f"{checkpoint_path(args.filename)} is untouched (try a lower --base-lr or --precision fp32)"
                         ) from None
-    if stopped:
-        return step, True
+    if not stopped:
+        result["losses"].append(mean_loss)
+    return step, stopped
+
+
+def monitor_epoch(args, info, epoch, step, lr_at, log, result, monitor, model) -> bool:
+    """The epoch's line, with the kNN top-1 when due (rank 0 alone; the others wait); whether it was due."""
     done = epoch + 1
-    result["losses"].append(mean_loss)
-    message = f"epoch {done}/{args.num_epochs}: loss {mean_loss:.4f}, lr {lr_at(step):.4g}"
-    if args.test_freq > 0 and (done % args.test_freq == 0 or done == args.num_epochs):
+    message = f"epoch {done}/{args.num_epochs}: loss {result['losses'][-1]:.4f}, lr {lr_at(step):.4g}"
+    due = args.test_freq > 0 and (done % args.test_freq == 0 or done == args.num_epochs)
+    if due:
         if info.is_main:
-            acc = knn()
+            acc = monitor(model.backbone)
             log.write(epoch=done, step=step, knn_top1=acc)
             result["knn"].append(acc)
             message += f", kNN top-1 {acc:.2f}%"
         barrier(info)  # the other ranks wait for rank 0's kNN monitor
     if info.is_main:
         print(message, flush=True)
-    return step, False
+    return due
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ sys.path.insert(0, ROOT)
 
 from data.paths import DEFAULT_PATHS_FILE  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
+from utils.files import save_json  # noqa: E402
 
 
 def script(name: str, argv: list[str]) -> None:
@@ -69,8 +70,8 @@ def main(args: argparse.Namespace) -> dict:
                 "--num-workers", str(args.num_workers), "--device", args.device, "--seed", str(args.seed),
                 "--filename", ckpt] + (["--base-lr", str(args.base_lr)] if args.base_lr is not None else [])
     pre_args += [a for a in args.simclr_args if a != "--"]
-    if os.path.isfile(ckpt):
-        pre_args.append("--resume")
+    if os.path.isfile(ckpt):  # a longer run continues this one; what changes with it is recorded in the checkpoint
+        pre_args += ["--resume", "--allow-changes"]
     t0 = time.time()
     script("simclr.py", pre_args)
     pretrain_s = time.time() - t0
@@ -85,7 +86,7 @@ def main(args: argparse.Namespace) -> dict:
         t, output = time.time(), os.path.join(args.out_dir, f"lbfgs-{name}.json")
         script("lbfgs_linear_clf.py", ["--load-from", ckpt, "--dataset-paths", args.dataset_paths, "--num-workers",
                                        str(args.num_workers), "--seed", str(args.seed), "--device", args.device,
-                                       "--output", output] + extra)
+                                       "--output", output, "--overwrite"] + extra)
         with open(output) as f:
             summary = json.load(f)
         results[name] = {"test_acc": summary["test_acc"], "best_l2": summary["best_l2"], "seconds": time.time() - t}
@@ -95,8 +96,7 @@ def main(args: argparse.Namespace) -> dict:
     baseline = results.get("random_init", {}).get("test_acc")
     if baseline is not None:
         out["difference"] = results["pretrained"]["test_acc"] - baseline
-    with open(os.path.join(args.out_dir, "summary.json"), "w") as f:
-        json.dump(out, f, indent=1)
+    save_json(os.path.join(args.out_dir, "summary.json"), out)
     history = os.path.join(args.out_dir, "history.csv")  # linear accuracy versus epochs, one row per command
     new = not os.path.isfile(history)
     with open(history, "a") as f:

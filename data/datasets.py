@@ -8,6 +8,8 @@ Layouts read (the folder comes from ``dataset-paths.json``):
   - imagenet, imagenette: ``train/<wnid>/*`` + ``val/<wnid>/*`` (any ImageFolder tree; val is the test split)
 Small datasets (CIFAR, STL, the bundled sample) are decoded once into a uint8 array in memory;
 ImageNet-sized trees are read from disk by the DataLoader workers. Nothing is ever downloaded.
+CIFAR's pickles are read by a restricted unpickler (numpy arrays only: a data file never runs code), and every
+native file is checked at load (shapes, one label per image, labels within the classes).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from torch.utils.data import Dataset
 
 from data.paths import DEFAULT_PATHS_FILE, resolve
 from utils.errors import UserError
+from utils.files import atomic_write, clean_orphans
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -92,17 +95,57 @@ class FileImages(Dataset):
         return self.image(i), int(self.labels[i])
 
 
+def to_8bit(im: Image.Image) -> Image.Image:
+    """Grayscale deeper than 8 bit scaled to 8 bit ("L"), which ``convert("RGB")`` would clip (a 16-bit PNG turns
+    white): modes I;16* and I (16-bit PNG, TIFF and PGM): value >> 8; F: 0..1 times 255 when the image's largest
+    value is at most 1, 0..65535 divided by 257 when above 255, else 0..255 as is (rounded, clipped). Other modes
+    (L, LA, P, RGBA, CMYK, ...) are returned as they are: ``convert("RGB")`` handles them."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.clip(np.asarray(im).astype(np.int64), 0, 65535) >> 8
+    elif im.mode == "F":
+        a = np.nan_to_num(np.asarray(im).astype(np.float64))
+        top = a.max(initial=0.0)
+        a = np.clip(np.rint(a * 255 if top <= 1 else a / 257 if top > 255 else a), 0, 255)
+    else:
+        return im
+    return Image.fromarray(a.astype(np.uint8))
+
+
 def read_image(path: str) -> Image.Image:
-    """Decode one image to RGB, or raise a UserError naming the file."""
+    """Decode one image to RGB (deep grayscale scaled to 8 bit first: ``to_8bit``), or raise a UserError naming the
+    file."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return to_8bit(im).convert("RGB")
     except Exception as e:  # PIL raises many types for truncated/corrupt data
         raise UserError(f"cannot decode image {path} ({type(e).__name__}: {e}): delete or replace the file") from None
 
 
+def _walk(folder: str) -> list[tuple[str, list[str]]]:
+    """(folder, sorted file names) for ``folder`` and every folder below it, sorted by path: the order of
+    torchvision's ImageFolder (``sorted(os.walk(folder, followlinks=True))``), except that a symbolic link back to
+    a folder above it is not followed (it would never end)."""
+    def unreadable(e: OSError):
+        raise UserError(f"cannot read folder {e.filename} ({e.strerror}): check its permissions")
+
+    above = {folder: frozenset([os.path.realpath(folder)])}  # each folder's real path and its parents'
+    out = []
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        dirs.sort()
+        for d in list(dirs):
+            real = os.path.realpath(os.path.join(root, d))
+            if real in above[root]:
+                dirs.remove(d)
+            else:
+                above[os.path.join(root, d)] = above[root] | {real}
+        out.append((root, sorted(files)))
+    return sorted(out)
+
+
 def scan_image_folder(split_dir: str) -> tuple[list[tuple[str, int]], list[str]]:
-    """(path, class index) for every image under ``split_dir/<class>/``; non-image files are skipped with a warning."""
+    """(path, class index) for every image under ``split_dir/<class>/``, subfolders included (as torchvision's
+    ImageFolder, in its order); the class folders are the top-level ones. Non-image files are skipped with a
+    warning."""
     if not os.path.isdir(split_dir):
         raise UserError(f"folder not found: {split_dir}; expected the layout {split_dir}/<class>/<image>")
     classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
@@ -110,15 +153,15 @@ def scan_image_folder(split_dir: str) -> tuple[list[tuple[str, int]], list[str]]
         raise UserError(f"no class folders in {split_dir}: expected {split_dir}/<class>/<image>")
     samples, skipped = [], []
     for label, cls in enumerate(classes):
-        folder = os.path.join(split_dir, cls)
-        for fname in sorted(os.listdir(folder)):
-            path = os.path.join(folder, fname)
-            if not os.path.isfile(path):
-                continue
-            if fname.lower().endswith(IMAGE_EXTENSIONS):
-                samples.append((path, label))
-            elif not fname.startswith("."):
-                skipped.append(path)
+        for folder, fnames in _walk(os.path.join(split_dir, cls)):
+            for fname in fnames:
+                path = os.path.join(folder, fname)
+                if not os.path.isfile(path):  # a broken link
+                    continue
+                if fname.lower().endswith(IMAGE_EXTENSIONS):
+                    samples.append((path, label))
+                elif not fname.startswith("."):
+                    skipped.append(path)
     if skipped:
         warnings.warn(f"skipped {len(skipped)} non-image file(s) in {split_dir}, e.g. {skipped[0]}", stacklevel=2)
     if not samples:
@@ -142,6 +185,28 @@ def _cache_key(samples: list[tuple[str, int]]) -> str:
 
 def _cache_file(samples: list[tuple[str, int]]) -> str:
     return os.path.join(CACHE_DIR, _cache_key(samples) + ".npy")
+
+
+def content_key(images: ArrayImages | FileImages) -> str:
+    """20 hex digits that identify a loaded split's data by content (the feature cache's key): for files, the
+    digest of their paths, labels, sizes and mtimes (``_cache_key``, as the decoded-image cache); for decoded
+    images, a BLAKE2b hash of the pixels, their shape and the labels. Computed once per object: the arrays of a
+    loaded split are not changed in place."""
+    key = getattr(images, "_content_key", None)
+    if key is None:
+        if isinstance(images, FileImages):
+            key = _cache_key(images.samples)
+        elif isinstance(images, ArrayImages):
+            h = hashlib.blake2b(digest_size=10)
+            x = np.ascontiguousarray(images.images)
+            h.update(f"{x.shape}|{x.dtype.str}|{len(images.labels)}\n".encode())
+            h.update(x.reshape(-1).view(np.uint8))
+            h.update(np.ascontiguousarray(images.labels, dtype="<i8"))
+            key = h.hexdigest()
+        else:
+            raise TypeError(f"content_key takes ArrayImages or FileImages, not {type(images).__name__}")
+        images._content_key = key
+    return key
 
 
 DECODED_LIMIT = 4 * 2**30  # bytes of a uint8 copy of an image tree, at most; a quarter of the RAM where less
@@ -176,11 +241,9 @@ def decode_all(samples: list[tuple[str, int]], classes: list[str], threads: int 
     The array is cached in ``.cache/decoded/`` (or $SIMCLR_CACHE), so later runs start in a second."""
     cache = _cache_file(samples)
     labels = np.array([y for _, y in samples])
-    if os.path.isfile(cache):
-        try:
-            return ArrayImages(np.load(cache), labels, classes)
-        except (OSError, ValueError):
-            pass  # unreadable cache: decode again and overwrite it
+    cached = _load_decoded(cache, len(samples)) if os.path.isfile(cache) else None
+    if cached is not None:
+        return ArrayImages(cached, labels, classes)
     with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding
         arrays = list(pool.map(lambda s: np.asarray(read_image(s[0])), samples))
     shapes = {a.shape for a in arrays}
@@ -188,24 +251,128 @@ def decode_all(samples: list[tuple[str, int]], classes: list[str], threads: int 
         raise UserError(f"images differ in size ({sorted(shapes)[:3]}...) in {os.path.dirname(samples[0][0])}/..: "
                         f"resize them to one size first")
     images = np.stack(arrays)
+    clean_orphans(cache)  # the temporary files of a killed run
     try:
-        os.makedirs(CACHE_DIR, exist_ok=True)
-        tmp = f"{cache}.tmp{os.getpid()}.npy"
-        np.save(tmp, images)
-        os.replace(tmp, cache)
-    except OSError:
+        atomic_write(cache, lambda f: np.save(f, images))  # a temporary file, fsynced, renamed: never half a cache
+    except UserError:
         pass  # a read-only checkout still works, only slower to start
     return ArrayImages(images, labels, classes)
 
 
-def _unpickle(path: str) -> dict:
+def _load_decoded(cache: str, n: int) -> np.ndarray | None:
+    """The cached (n, H, W, 3) uint8 array, or None when the file is truncated, not an array (``np.load`` never
+    unpickles) or of another shape: then the images are decoded again and the cache replaced."""
+    try:
+        with open(cache, "rb") as f:
+            a = np.load(f)
+    except (OSError, ValueError, EOFError):
+        return None
+    if isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 4 and len(a) == n and a.shape[3] == 3:
+        return a
+    return None
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle names a global that no CIFAR file does (its ``module.name`` is the message)."""
+
+
+def _latin1(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as Python 3 pickles bytes at protocol 2 (``encode(text, "latin1")``), and only that."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise _Refused(f"_codecs.encode(..., {encoding!r})")
+    return text.encode("latin1")
+
+
+def _pickle_globals() -> dict[tuple[str, str], object]:
+    """The globals that a pickled CIFAR file names: numpy arrays (numpy 1 and Python 2, as in the original files,
+    write ``numpy.core``, numpy 2 ``numpy._core``; protocol 5 ``_frombuffer`` instead of ``_reconstruct``), and
+    Python 3's bytes at protocol 2. None of them runs code from the file."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray, numeric
+    out: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                          ("_codecs", "encode"): _latin1}
+    for core in ("numpy.core", "numpy._core"):
+        out[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        out[(f"{core}.multiarray", "scalar")] = multiarray.scalar
+        out[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer
+    return out
+
+
+_PICKLE_GLOBALS = _pickle_globals()
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, bytes, numbers and numpy arrays, and nothing else: ``pickle.load`` would
+    call any function that a crafted file names (``os.system``, ``eval``, ...); here naming one is refused before
+    it runs."""
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return _PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise _Refused(f"{module}.{name}") from None
+
+
+def _unpickle(path: str) -> object:
+    """The object in a CIFAR pickle, read with ``_ArraysOnly``: a data file never runs code."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            return _ArraysOnly(f, encoding="bytes").load()
     except FileNotFoundError:
         raise UserError(f"missing file {path}: the folder looks incomplete; unpack the full archive there") from None
+    except _Refused as e:
+        raise UserError(f"{path} holds a pickled {e}, which a CIFAR file never does: refused (nothing was run); "
+                        f"unpack the original archive again") from None
     except Exception as e:
         raise UserError(f"cannot read {path} ({type(e).__name__}): the file is corrupt; unpack it again") from None
+
+
+_AGAIN = "unpack the original archive again"
+
+
+def _cifar_classes(path: str, names_key: bytes) -> list[str]:
+    """The class names in a CIFAR meta file, checked."""
+    meta = _unpickle(path)
+    if not isinstance(meta, dict) or names_key not in meta:
+        found = f"a dict without {names_key!r}" if isinstance(meta, dict) else f"a {type(meta).__name__}"
+        raise UserError(f"{path} holds {found}, not CIFAR class names: {_AGAIN}")
+    names = meta[names_key]
+    if not (isinstance(names, (list, tuple)) and names and all(isinstance(c, (bytes, str)) for c in names)):
+        raise UserError(f"{path}: {names_key!r} is not a list of class names: {_AGAIN}")
+    return [c.decode("utf-8", "replace") if isinstance(c, bytes) else c for c in names]
+
+
+def _cifar_batch(path: str, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(data (N, 3072) uint8, labels (N,) int64) of one CIFAR batch, checked at load: a batch with a label
+    missing would otherwise pretrain and fail only in evaluation."""
+    batch = _unpickle(path)
+    if not isinstance(batch, dict):
+        raise UserError(f"{path} holds a {type(batch).__name__}, not a CIFAR batch (a dict): {_AGAIN}")
+    for key in (b"data", label_key):
+        if key not in batch:
+            found = ", ".join(repr(k) for k in list(batch)[:6]) or "none"
+            raise UserError(f"{path} has no {key!r} entry (it has {found}): not a batch of this dataset; {_AGAIN}")
+    data = batch[b"data"]
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        what = f"a {data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else \
+            f"a {type(data).__name__}"
+        raise UserError(f"{path}: b'data' is {what}, not N x 3072 uint8 (32x32 RGB images): {_AGAIN}")
+    try:
+        labels = np.asarray(batch[label_key])
+    except ValueError:  # a ragged list
+        labels = np.asarray(None)
+    if labels.ndim != 1 or (labels.dtype.kind not in "iu" and len(labels)):
+        raise UserError(f"{path}: {label_key!r} is not a list of integers: {_AGAIN}")
+    if len(labels) != len(data):
+        raise UserError(f"{path} has {len(labels)} labels for {len(data)} images (one each): {_AGAIN}")
+    labels = labels.astype(np.int64)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise UserError(f"{path}: {len(bad)} of {len(labels)} labels are not a class 0..{num_classes - 1} (image "
+                        f"{bad[0]} has {labels[bad[0]]}): {_AGAIN}")
+    return data, labels
 
 
 def _cifar_pickles(folder: str, family: str, split: str) -> ArrayImages:
@@ -215,17 +382,24 @@ def _cifar_pickles(folder: str, family: str, split: str) -> ArrayImages:
     else:
         files = ["train"] if split == "train" else ["test"]
         label_key, meta, names_key = b"fine_labels", "meta", b"fine_label_names"
-    batches = [_unpickle(os.path.join(folder, f)) for f in files]
-    data = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    labels = np.concatenate([np.asarray(b[label_key]) for b in batches])
-    classes = [c.decode() for c in _unpickle(os.path.join(folder, meta))[names_key]]
+    classes = _cifar_classes(os.path.join(folder, meta), names_key)
+    batches = [_cifar_batch(os.path.join(folder, f), label_key, len(classes)) for f in files]
+    data = np.concatenate([x for x, _ in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    labels = np.concatenate([y for _, y in batches])
     return ArrayImages(np.ascontiguousarray(data), labels, classes)
 
 
 def _stl_binary(folder: str, split: str) -> ArrayImages:
-    parts = split.split("+")
+    names_file = os.path.join(folder, "class_names.txt")
+    if os.path.isfile(names_file):
+        with open(names_file) as f:
+            classes = f.read().split()
+        if not classes:
+            raise UserError(f"{names_file} is empty: unpack stl10_binary.tar.gz again (or delete the file)")
+    else:
+        classes = [str(i) for i in range(10)]
     images, labels = [], []
-    for part in parts:
+    for part in split.split("+"):
         x_path = os.path.join(folder, f"{part}_X.bin")
         if not os.path.isfile(x_path):
             raise UserError(f"missing file {x_path}: unpack stl10_binary.tar.gz there")
@@ -234,10 +408,20 @@ def _stl_binary(folder: str, split: str) -> ArrayImages:
             raise UserError(f"{x_path} is truncated ({raw.size} bytes): unpack it again")
         images.append(raw.reshape(-1, 3, 96, 96).transpose(0, 3, 2, 1))  # stored column-major
         y_path = os.path.join(folder, f"{part}_y.bin")
-        labels.append(np.fromfile(y_path, dtype=np.uint8).astype(np.int64) - 1 if os.path.isfile(y_path)
-                      else np.full(len(images[-1]), -1, dtype=np.int64))
-    names_file = os.path.join(folder, "class_names.txt")
-    classes = open(names_file).read().split() if os.path.isfile(names_file) else [str(i) for i in range(10)]
+        if not os.path.isfile(y_path):
+            if part != "unlabeled":
+                raise UserError(f"missing file {y_path} (the labels of {x_path}): unpack stl10_binary.tar.gz there")
+            labels.append(np.full(len(images[-1]), -1, dtype=np.int64))
+            continue
+        y = np.fromfile(y_path, dtype=np.uint8).astype(np.int64)  # 1..10
+        if len(y) != len(images[-1]):
+            raise UserError(f"{y_path} holds {len(y)} labels for the {len(images[-1])} images of {x_path} (one "
+                            f"each): unpack stl10_binary.tar.gz again")
+        bad = np.flatnonzero((y < 1) | (y > len(classes)))
+        if len(bad):
+            raise UserError(f"{y_path}: {len(bad)} of {len(y)} labels are not a class 1..{len(classes)} (image "
+                            f"{bad[0]} has {y[bad[0]]}): unpack stl10_binary.tar.gz again")
+        labels.append(y - 1)
     return ArrayImages(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), classes)
 
 

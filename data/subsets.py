@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ import torch
 from data.paths import DEFAULT_PATHS_FILE
 from data.splits import stratified_split
 from utils.errors import UserError, run_cli
+from utils.files import atomic_write
 
 SUBSET_FORMAT = "simclr-label-subset-v1"
 
@@ -62,15 +62,17 @@ def subset_record(dataset: str, labels: np.ndarray, fraction: float, seed: int, 
 
 
 def write_subset(path: str, record: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-    os.replace(tmp, path)
+    """``record`` as one line of JSON, written atomically (utils/files.py)."""
+    atomic_write(path, lambda f: f.write(json.dumps(record).encode()))
 
 
 def read_subset(path: str, dataset: str, labels: np.ndarray) -> dict:
     """The record in ``path``, checked against the dataset it is used with (name, size, labels)."""
+    return check_subset(open_subset(path), path, dataset, labels)
+
+
+def open_subset(path: str) -> dict:
+    """The record in ``path``, checked to be a subset file (not yet against a dataset: see ``check_subset``)."""
     try:
         with open(path) as f:
             record = json.load(f)
@@ -82,6 +84,15 @@ def read_subset(path: str, dataset: str, labels: np.ndarray) -> dict:
                         f"this repository") from None
     if not isinstance(record, dict) or record.get("format") != SUBSET_FORMAT:
         raise UserError(f"{path} is not a label-subset file (written by data/subsets.py or finetune.py)")
+    missing = sorted({"dataset", "num_images", "fraction", "seed", "per_class", "indices", "labels"} - set(record))
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}: the subset file is damaged; draw a new one")
+    return record
+
+
+def check_subset(record: dict, path: str, dataset: str, labels: np.ndarray) -> dict:
+    """``record`` (read from ``path``) with its indices as an array, checked against ``dataset`` and its
+    training ``labels``: the same name, size and labels at its indices."""
     labels = np.asarray(labels)
     if record["dataset"] != dataset or record["num_images"] != labels.size:
         raise UserError(f"{path} is a subset of {record['dataset']!r} with {record['num_images']} training images, "
@@ -97,15 +108,14 @@ def read_subset(path: str, dataset: str, labels: np.ndarray) -> dict:
     return record
 
 
-def requested_subset(subset_file: str | None, fraction: float | None, dataset: str,
-                     labels: np.ndarray) -> dict | None:
-    """The record of ``--subset-file`` (checked against the dataset and ``--label-fraction`` if both are
-    given), or None when a subset of ``fraction`` is to be drawn."""
+def requested_subset(subset_file: str | None, fraction: float | None) -> dict | None:
+    """The record of ``--subset-file`` (checked against ``--label-fraction`` if both are given; against the
+    dataset by ``check_subset`` once it is loaded), or None when a subset of ``fraction`` is to be drawn."""
     if subset_file is None:
         if fraction is None:
             raise UserError("pass --label-fraction (e.g. 0.01 or 0.1) or --subset-file")
         return None
-    record = read_subset(subset_file, dataset, labels)
+    record = open_subset(subset_file)
     if fraction is not None and not math.isclose(fraction, record["fraction"]):
         raise UserError(f"--label-fraction {fraction} disagrees with {subset_file} (fraction {record['fraction']}): "
                         f"leave out --label-fraction or use another subset file")

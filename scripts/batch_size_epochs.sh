@@ -12,9 +12,9 @@ for epochs in 100 200 400 800; do
     python simclr.py --dataset "$dataset" --arch "$arch" --batch-size "$batch" --num-epochs "$epochs" \
       --cosine-anneal --test-freq 0 --filename "$name.pth" "${resume[@]}" "$@"
     if [ "$dataset" = imagenet ]; then
-      python gradient_linear_clf.py --load-from "$name.pth" --nesterov
+      python gradient_linear_clf.py --load-from "$name.pth" --overwrite --nesterov
     else
-      python lbfgs_linear_clf.py --load-from "$name.pth"
+      python lbfgs_linear_clf.py --load-from "$name.pth" --overwrite
     fi
   done
 done

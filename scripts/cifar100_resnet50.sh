@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 name=cifar100_resnet50
 resume=(); [ -f "checkpoint/$name.pth" ] && resume=(--resume)
 python simclr.py --dataset cifar100 --arch resnet50 --batch-size 512 --num-epochs 1000 --cosine-anneal --base-lr 1.5 --filename "$name.pth" "${resume[@]}" "$@"
-python lbfgs_linear_clf.py --load-from "$name.pth"
+python lbfgs_linear_clf.py --load-from "$name.pth" --overwrite

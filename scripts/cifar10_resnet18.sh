@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 name=cifar10_resnet18
 resume=(); [ -f "checkpoint/$name.pth" ] && resume=(--resume)
 python simclr.py --dataset cifar10 --arch resnet18 --batch-size 512 --num-epochs 1000 --cosine-anneal --base-lr 1.0 --weight-decay 1e-4 --temperature 0.5 --jitter-strength 0.5 --no-blur --filename "$name.pth" "${resume[@]}" "$@"
-python lbfgs_linear_clf.py --load-from "$name.pth"
+python lbfgs_linear_clf.py --load-from "$name.pth" --overwrite

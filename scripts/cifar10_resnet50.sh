@@ -13,4 +13,4 @@ name=cifar10_resnet50
 resume=(); [ -f "checkpoint/$name.pth" ] && resume=(--resume)
 python simclr.py --dataset cifar10 --arch resnet50 --batch-size 512 --num-epochs 1000 --cosine-anneal --base-lr 1.5 \
   --weight-decay 1e-6 --temperature 0.5 --loss-scale paper --filename "$name.pth" "${resume[@]}" "$@"
-python lbfgs_linear_clf.py --load-from "$name.pth"
+python lbfgs_linear_clf.py --load-from "$name.pth" --overwrite

@@ -62,11 +62,11 @@ if [ ! -d "$have_data" ]; then
     echo "== epoch, learning: skipped: ${have_data#*UserError: }"
     echo "   pass a paths file that names it: bash scripts/gpu_checks.sh OUT_DIR paths.json"
 fi
-rm -f checkpoint/gpu_epoch.pth checkpoint/gpu_epoch.csv
+rm -f checkpoint/gpu_epoch.*
 [ -d "$have_data" ] && step epoch "${limits[2]}" python simclr.py --dataset "$dataset" --dataset-paths "$paths" --arch resnet18 \
     --batch-size "$batch" --num-epochs 2 --test-freq 0 --num-workers 8 --device "$device" --filename gpu_epoch.pth
 cat checkpoint/gpu_epoch.csv >>"$out/epoch.log" 2>/dev/null && tail -n 3 checkpoint/gpu_epoch.csv
-rm -f checkpoint/gpu_smoke.pth checkpoint/gpu_smoke.csv
+rm -f checkpoint/gpu_smoke.*
 step smoke "${limits[3]}" bash -c "python -m torch.distributed.run --standalone --nproc_per_node=1 simclr.py \
     --dataset cifar10-sample --arch $smoke_arch --batch-size $smoke_batch --chunk-size $smoke_chunk --num-epochs 2 \
     --test-freq 1 --num-workers 2 --device $device --filename gpu_smoke.pth && cat checkpoint/gpu_smoke.csv && \
@@ -75,7 +75,7 @@ step smoke "${limits[3]}" bash -c "python -m torch.distributed.run --standalone 
     --num-workers 2 --device $device"
 gpus=$( [ "$device" = cuda ] && nvidia-smi -L 2>/dev/null | grep -c '^GPU' || echo 0)
 if [ "$gpus" -ge 2 ]; then
-    rm -f checkpoint/gpu_smoke2.pth checkpoint/gpu_smoke2.csv
+    rm -f checkpoint/gpu_smoke2.*
     step smoke2 "${limits[3]}" python -m torch.distributed.run --standalone --nproc_per_node=2 simclr.py \
         --dataset cifar10-sample --batch-size "$smoke_batch" --num-epochs 2 --test-freq 1 --device cuda \
         --filename gpu_smoke2.pth

@@ -10,4 +10,4 @@ cd "$(dirname "$0")/.."
 name=imagenet_resnet50
 resume=(); [ -f "checkpoint/$name.pth" ] && resume=(--resume)
 torchrun --nproc_per_node=${NPROC:-8} simclr.py --dataset imagenet --arch resnet50 --batch-size 4096 --num-epochs 1000 --cosine-anneal --base-lr 0.3 --test-freq 0 --num-workers 32 --filename "$name.pth" "${resume[@]}" "$@"
-python gradient_linear_clf.py --load-from "$name.pth" --nesterov --num-workers 32
+python gradient_linear_clf.py --load-from "$name.pth" --overwrite --nesterov --num-workers 32

@@ -22,4 +22,4 @@ python simclr.py --dataset imagenette --arch resnet18 --batch-size 256 --num-epo
   --warmup-epochs 0 --optimizer sgd --base-lr 0.06 --lr-scaling linear --weight-decay 5e-4 --temperature 0.5 \
   --loss-scale paper --jitter-strength 0.5 --blur --test-freq 10 --knn-k 200 --filename "$name.pth" \
   "${resume[@]}" "$@"
-python lbfgs_linear_clf.py --load-from "$name.pth"
+python lbfgs_linear_clf.py --load-from "$name.pth" --overwrite

@@ -1,6 +1,8 @@
 """Dataset lookup and loading in every layout, on tiny files written here, and the augmentation."""
 import math
 import os
+import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -9,14 +11,14 @@ from PIL import Image
 
 from data.augment import blur_kernel_size, simclr_augmentation
 import data.datasets as ds
-from data.datasets import DATASETS, ArrayImages, FileImages, load_split, load_train_test
+from data.datasets import DATASETS, ArrayImages, FileImages, content_key, load_split, load_train_test, read_image
 from data.device_views import DeviceFinish, DeviceTwoViews
 from data.loaders import pretrain_input
 from data.paths import load_paths, resolve
 from data.sampler import EpochSampler
 from data.views import TwoViews
-from tests.tiny_data import (write_cifar10_pickles, write_cifar100_pickles, write_image_folder, write_paths,
-                             write_stl_binary)
+from tests.tiny_data import (write_cifar10_pickles, write_cifar100_pickles, write_gray16, write_image_folder,
+                             write_paths, write_pickle, write_py2_pickle, write_stl_binary)
 from utils.errors import UserError
 
 
@@ -253,3 +255,130 @@ def test_paths_file_unreadable(tmp_path):
     (tmp_path / "dir.json").mkdir()  # reading a folder fails even as root (unlike chmod 000)
     with pytest.raises(UserError, match="cannot read"):
         load_paths(str(tmp_path / "dir.json"))
+
+
+# ---- formats and content: what a run reads is what the files hold ----------------------------
+
+@pytest.mark.parametrize("fmt", ["python2", 2, 4, 5])
+def test_cifar_batches_load_in_every_pickle_format(tmp_path, fmt):
+    """The original files (Python 2 and numpy 1: ``numpy.core``, bytes as py2 str), and copies pickled again by
+    Python 3 at protocol 2 (bytes via ``_codecs.encode``), 4 and 5 (``_frombuffer``): the restricted unpickler
+    admits them all, with the same pixels."""
+    images, labels = write_cifar10_pickles(str(tmp_path))
+    folder = tmp_path / "cifar-10-batches-py"
+    for name in os.listdir(folder):
+        batch = ds._unpickle(str(folder / name))
+        if fmt == "python2":
+            write_py2_pickle(str(folder / name), batch)
+        else:
+            with open(folder / name, "wb") as f:
+                pickle.dump(batch, f, protocol=fmt)
+    train = load_split("cifar10", "train", write_paths(str(tmp_path / "p.json"), {"cifar10": "."}))
+    np.testing.assert_array_equal(train.images, images)
+    np.testing.assert_array_equal(train.labels, labels)
+    assert train.classes[9] == "c9"
+
+
+def test_16_bit_grayscale_is_scaled_to_8_bit(tmp_path):
+    """A 16-bit PNG (mode I;16) and PGM (mode I) give value >> 8 in each channel, not white (``convert("RGB")``
+    clips at 255); a float TIFF (mode F) in 0..1 gives round(255 x)."""
+    gradient = (np.arange(16 * 64, dtype=np.int64).reshape(16, 64) * 64 + 17).astype(np.uint16)  # 17..65489
+    expected = (gradient >> 8).astype(np.uint8)
+    for name, mode in (("g.png", "I;16"), ("g.pgm", "I")):
+        path = write_gray16(str(tmp_path / name), gradient)
+        with Image.open(path) as im:
+            assert im.mode == mode
+        rgb = np.asarray(read_image(path))
+        assert rgb.shape == (16, 64, 3) and rgb.dtype == np.uint8
+        for c in range(3):
+            np.testing.assert_array_equal(rgb[..., c], expected)
+    floats = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(floats).save(tmp_path / "f.tif")
+    np.testing.assert_array_equal(np.asarray(read_image(str(tmp_path / "f.tif")))[..., 1],
+                                  np.rint(floats.astype(np.float64) * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("mode,ext", [("L", "png"), ("LA", "png"), ("P", "png"), ("RGBA", "png"), ("CMYK", "jpg"),
+                                      ("RGB", "webp")])
+def test_8_bit_modes_are_converted_as_pil_does(tmp_path, mode, ext):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    path = str(tmp_path / f"x.{ext}")
+    (rgb.convert("RGBA") if mode == "LA" else rgb).convert(mode).save(path)
+    with Image.open(path) as im:
+        assert im.mode == mode
+        np.testing.assert_array_equal(np.asarray(read_image(path)), np.asarray(im.convert("RGB")))
+
+
+def test_images_in_subfolders_of_a_class_are_read_in_torchvisions_order(tmp_path):
+    """Nested folders inside a class folder count for that class; the order is torchvision's ImageFolder's and the
+    same on every scan; a symbolic link back up the tree is not followed forever."""
+    from torchvision.datasets import ImageFolder
+    write_image_folder(str(tmp_path / "d"), per_class=2, splits=("train",))
+    for rel in ("cat/deep/er/0.png", "cat/deep/1.png", "cat/b/2.png", "dog/z/3.png", "dog/z/a/4.png"):
+        os.makedirs(os.path.dirname(tmp_path / "d" / "train" / rel), exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), int(rel[-5]), np.uint8)).save(tmp_path / "d" / "train" / rel)
+    samples, classes = ds.scan_image_folder(str(tmp_path / "d" / "train"))
+    assert classes == ["cat", "dog"] and len(samples) == 9
+    assert [os.path.relpath(p, tmp_path / "d" / "train") for p, y in samples if y == 0] == [
+        "cat/0000.png", "cat/0001.png", "cat/b/2.png", "cat/deep/1.png", "cat/deep/er/0.png"]
+    assert samples == [(p, y) for p, y in ImageFolder(str(tmp_path / "d" / "train")).samples]
+    os.symlink(tmp_path / "d" / "train" / "cat", tmp_path / "d" / "train" / "cat" / "deep" / "loop")
+    assert ds.scan_image_folder(str(tmp_path / "d" / "train")) == (samples, classes)
+    train = load_split("cifar10", "train", write_paths(str(tmp_path / "p.json"), {"cifar10": "d"}))
+    assert train.labels.tolist() == [0] * 5 + [1] * 4 and int(train.images[2, 0, 0, 0]) == 2
+
+
+def test_content_key_follows_pixels_and_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (5, 4, 4, 3), dtype=np.uint8), np.arange(5)
+    key = content_key(ArrayImages(x, y, ["a"]))
+    assert len(key) == 20 and key == content_key(ArrayImages(x.copy(), y.copy(), ["b"]))
+    x2 = x.copy()
+    x2[3, 1, 2, 0] ^= 1
+    assert content_key(ArrayImages(x2, y, ["a"])) != key
+    assert content_key(ArrayImages(x, np.array([0, 1, 2, 3, 3]), ["a"])) != key
+    assert content_key(ArrayImages(x.reshape(5, 2, 8, 3), y, ["a"])) != key  # same bytes, another shape
+    once = ArrayImages(x, y, ["a"])
+    assert content_key(once) == key and once._content_key == key  # kept: a second call does not hash again
+    write_image_folder(str(tmp_path / "d"), per_class=1, splits=("train",))
+    samples, classes = ds.scan_image_folder(str(tmp_path / "d" / "train"))
+    files = FileImages(samples, classes)
+    assert content_key(files) == ds._cache_key(samples) == content_key(FileImages(list(samples), classes))
+    os.utime(samples[0][0], ns=(1, 1))
+    assert content_key(FileImages(samples, classes)) != content_key(files)
+
+
+def test_stl_class_names_file_is_closed(tmp_path):
+    write_stl_binary(str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        assert load_split("stl10", "test", write_paths(str(tmp_path / "p.json"), {"stl10": "."})).classes[9] == "k9"
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_a_truncated_or_foreign_decode_cache_is_decoded_again(tmp_path, monkeypatch):
+    """A cache file cut short (a crash before the atomic write existed, a full disk) or holding another array is
+    decoded again and replaced whole; no temporary file stays behind."""
+    monkeypatch.setattr(ds, "CACHE_DIR", str(tmp_path / "cache"))
+    write_image_folder(str(tmp_path / "d"), per_class=2, splits=("train",))
+    paths = write_paths(str(tmp_path / "p.json"), {"cifar10": "d"})
+    first = load_split("cifar10", "train", paths).images
+    (cache,) = list((tmp_path / "cache").iterdir())
+    whole = cache.read_bytes()
+    for bad in (whole[:len(whole) // 2], whole[:5], b""):
+        cache.write_bytes(bad)
+        np.testing.assert_array_equal(load_split("cifar10", "train", paths).images, first)
+        assert cache.read_bytes() == whole and os.listdir(tmp_path / "cache") == [cache.name]
+    np.save(cache, first[:3])  # another (shorter) array under this key
+    np.testing.assert_array_equal(load_split("cifar10", "train", paths).images, first)
+    assert cache.read_bytes() == whole
+    write_pickle(str(cache), {"not": "an array"})  # np.load never unpickles
+    np.testing.assert_array_equal(load_split("cifar10", "train", paths).images, first)
+
+
+def test_an_unwritable_decode_cache_still_loads(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(ds, "CACHE_DIR", str(tmp_path / "file" / "cache"))  # its folder cannot be made
+    written = write_image_folder(str(tmp_path / "d"), per_class=2, splits=("train",))
+    train = load_split("cifar10", "train", write_paths(str(tmp_path / "p.json"), {"cifar10": "d"}))
+    np.testing.assert_array_equal(train.images, written["train"][0])

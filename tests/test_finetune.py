@@ -64,7 +64,9 @@ def test_subset_file_round_trip_and_refusals(tmp_path):
     labels = np.repeat(np.arange(4), 25)
     idx = balanced_subset(labels, 0.1, seed=3)
     path = str(tmp_path / "s.json")
-    write_subset(path, subset_record("cifar10", labels, 0.1, 3, idx))
+    record = subset_record("cifar10", labels, 0.1, 3, idx)
+    write_subset(path, record)
+    assert open(path).read() == json.dumps(record)  # the format of earlier versions, byte for byte
     saved = json.load(open(path))
     assert saved["dataset"] == "cifar10" and saved["fraction"] == 0.1 and saved["seed"] == 3
     assert saved["indices"] == idx.tolist() and saved["per_class"] == 2
@@ -156,8 +158,12 @@ def test_default_trains_on_whole_subset_and_reports_last_epoch(pretrained, tmp_p
     monkeypatch.setattr(evaluation.supervised, "train_one_epoch", record)
     for module in (evaluation.supervised, finetune):
         monkeypatch.setattr(module, "evaluate", lambda *a, **k: evaluations.append(k.get("desc")) or evaluate(*a, **k))
-    result = run(ckpt, paths, tmp_path)  # 2 epochs, every option at its default
+    model = str(tmp_path / "m.pth")
+    result = run(ckpt, paths, tmp_path, "--save-model", model)  # 2 epochs, every option at its default
     saved = json.load(open(result["output"]))
+    written = load_checkpoint(model)  # weights_only
+    assert written["summary"]["top1"] == saved["top1"] and state_equal(written["model"], result["model"].state_dict())
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f or ".probe" in f]
     assert saved["val_fraction"] == 0 and saved["num_val"] == 0
     assert saved["num_train"] == saved["num_labelled"] == saved["batch_size"] == 30
     assert saved["reported_epoch"] == 2 and saved["reported_by"] == "last epoch"
@@ -242,6 +248,11 @@ def test_from_scratch_baseline_and_errors(pretrained, tmp_path):
     saved = json.load(open(result["output"]))
     assert saved["from_scratch"] and saved["checkpoint"] is None and saved["num_val"] == 0
     assert saved["reported_epoch"] == 1 and saved["reported_val_top1"] is None and saved["num_train"] == 30
+    subset = open(result["subset_file"]).read()
+    with pytest.raises(UserError, match="pass --overwrite"):  # the result and its subset are kept unasked
+        run(None, paths, tmp_path, "--from-scratch", *base, "--val-fraction", "0", name="s.json")
+    again = run(None, paths, tmp_path, "--from-scratch", *base, "--val-fraction", "0", "--overwrite", name="s.json")
+    assert again["top1"] == saved["top1"] and open(result["subset_file"]).read() == subset  # the same draw
     with pytest.raises(UserError, match="--batch-size 31 is larger"):
         run(None, paths, tmp_path, "--from-scratch", *base, "--val-fraction", "0", "--batch-size", "31")
     with pytest.raises(UserError, match="needs --arch and --dataset"):
@@ -258,4 +269,5 @@ def test_from_scratch_baseline_and_errors(pretrained, tmp_path):
     proc = subprocess.run([sys.executable, "finetune.py", "--load-from", ckpt, "--dataset-paths", paths,
                            "--label-fraction", "1.5"], cwd=os.path.dirname(os.path.dirname(__file__)),
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --label-fraction")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: argument --label-fraction: expected a number in (0, 1], got 1.5 (see finetune.py --help)"]

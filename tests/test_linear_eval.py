@@ -1,6 +1,7 @@
 """Linear evaluation scripts and the kNN monitor on a tiny pretraining checkpoint."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 import gradient_linear_clf
 import lbfgs_linear_clf
 import simclr
+from evaluation.features import weights_digest
 from evaluation.knn import knn_predict
 from evaluation.load import backbone_state, evaluation_target, load_backbone, recipe_default
 from models.resnet import resnet18
@@ -54,11 +56,52 @@ def test_lbfgs_script_end_to_end(pretrained, tmp_path):
     saved = json.load(open(out))
     assert saved["test_acc"] == summary["test_acc"] and len(saved["val_acc"]) == 5
     assert saved["best_l2"] in saved["l2_grid"] and saved["num_train"] == 30 and saved["feature_dim"] == 512
-    # the cached features give the same result
+    # the cached features give the same result; the earlier result is replaced only with --overwrite
     again = lbfgs_linear_clf.main(lbfgs_linear_clf.get_args_parser().parse_args(
         ["--load-from", ckpt, "--dataset-paths", paths, "--l2-num", "5", "--num-workers", "0", "--val-fraction",
-         "0.2", "--output", out, "--cache-features"]))
+         "0.2", "--output", out, "--cache-features", "--overwrite"]))
     assert again["test_acc"] == summary["test_acc"] and again["val_acc"] == summary["val_acc"]
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+
+
+def lbfgs(ckpt: str, paths: str, out: str) -> dict:
+    return lbfgs_linear_clf.main(lbfgs_linear_clf.get_args_parser().parse_args(
+        ["--load-from", ckpt, "--dataset-paths", paths, "--l2-num", "2", "--max-iter", "20", "--num-workers", "0",
+         "--val-fraction", "0.2", "--output", out, "--overwrite", "--cache-features"]))
+
+
+def test_feature_cache_is_keyed_by_the_data_and_survives_a_truncated_file(pretrained, tmp_path, capsys):
+    """Other images under the same dataset name are not served the old features; a truncated cache is a
+    warning and is recomputed, to the same result."""
+    ckpt = str(tmp_path / "c.pth")
+    shutil.copy(pretrained[0], ckpt)  # the cache goes beside the checkpoint: keep the shared one's folder clean
+    write_image_folder(str(tmp_path / "other"), classes=("a", "b", "c"), per_class=10, size=8, seed=7)
+    paths = {"first": pretrained[1], "other": write_paths(str(tmp_path / "other.json"), {"cifar10": "other"})}
+    out = str(tmp_path / "r.json")
+    first = lbfgs(ckpt, paths["first"], out)
+    [cache] = [os.path.join(tmp_path, f) for f in os.listdir(tmp_path) if ".features-" in f]
+    features = torch.load(cache, weights_only=True)["x_train"]
+    capsys.readouterr()
+    other = lbfgs(ckpt, paths["other"], out)  # same dataset name and checkpoint, other pixels
+    assert "holds features of other weights, data or settings" in capsys.readouterr().out
+    assert not torch.equal(torch.load(cache, weights_only=True)["x_train"], features)
+    assert lbfgs(ckpt, paths["other"], out) == other and "features from" in capsys.readouterr().out
+    with open(cache, "r+b") as f:  # a save killed half-way (before atomic writes), a disk error
+        f.truncate(os.path.getsize(cache) // 2)
+    assert lbfgs(ckpt, paths["other"], out) == other
+    err = capsys.readouterr().err
+    assert "warning: cannot read the feature cache" in err and "error" not in err
+    assert lbfgs(ckpt, paths["first"], out) == first  # and back: the first data's features again
+
+
+def test_weights_digest_follows_every_tensor():
+    torch.manual_seed(0)
+    a = resnet18(stem="cifar")
+    b = resnet18(stem="cifar")
+    b.load_state_dict(a.state_dict())
+    assert weights_digest(a) == weights_digest(b)
+    b.layer4[1].bn2.running_var[0] += 1e-6  # a buffer, one value
+    assert weights_digest(a) != weights_digest(b)
 
 
 def test_gradient_script_keeps_backbone_frozen(pretrained, tmp_path):
@@ -75,10 +118,12 @@ def test_gradient_script_keeps_backbone_frozen(pretrained, tmp_path):
 
 def test_gradient_script_stops_on_a_diverged_loss(pretrained, tmp_path):
     ckpt, paths = pretrained
+    args = gradient_linear_clf.get_args_parser().parse_args(
+        ["--load-from", ckpt, "--dataset-paths", paths, "--batch-size", "10", "--num-epochs", "2",
+         "--num-workers", "0", "--output", str(tmp_path / "g.json")])
+    args.base_lr = float("inf")  # refused at parsing (tests/test_bad_input_eval.py): set here to make the loss inf
     with pytest.raises(UserError, match="lower --base-lr"):
-        gradient_linear_clf.main(gradient_linear_clf.get_args_parser().parse_args(
-            ["--load-from", ckpt, "--dataset-paths", paths, "--batch-size", "10", "--num-epochs", "2",
-             "--base-lr", "inf", "--num-workers", "0", "--output", str(tmp_path / "g.json")]))
+        gradient_linear_clf.main(args)
     assert not (tmp_path / "g.json").exists()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import struct
 
 import numpy as np
 from PIL import Image
@@ -86,4 +87,56 @@ def write_stl_binary(root: str, n: int = 3, seed: int = 0) -> dict:
 def write_paths(path: str, mapping: dict) -> str:
     with open(path, "w") as f:
         json.dump(mapping, f)
+    return path
+
+
+class Call:
+    """Unpickling this calls ``func(*args)``: the payload of a crafted data file (pickling it calls nothing)."""
+
+    def __init__(self, func, *args) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def write_pickle(path: str, obj) -> str:
+    """``obj`` pickled to ``path`` as the CIFAR files are (a crafted or malformed batch, or a ``Call``)."""
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+    return path
+
+
+def write_gray16(path: str, values: np.ndarray) -> str:
+    """A 2-D uint16 array saved as 16-bit grayscale (PIL mode I;16), in the format of ``path``'s extension."""
+    assert values.dtype == np.uint16 and values.ndim == 2
+    Image.fromarray(values).save(path)
+    return path
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2's cPickle wrote the original CIFAR files: strings and bytes as py2 ``str``
+    (BINSTRING), numpy's module as ``numpy.core``."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj) -> None:
+        b = obj.encode("latin1") if isinstance(obj, str) else obj
+        self.write((pickle.SHORT_BINSTRING + bytes([len(b)]) if len(b) < 256 else
+                    pickle.BINSTRING + struct.pack("<i", len(b))) + b)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+    dispatch[str] = save_py2_str
+
+    def save_global(self, obj, name=None) -> None:
+        module = obj.__module__.replace("numpy._core", "numpy.core")
+        self.write(pickle.GLOBAL + f"{module}\n{name or obj.__qualname__}\n".encode())
+        self.memoize(obj)
+
+
+def write_py2_pickle(path: str, obj) -> str:
+    """``obj`` pickled to ``path`` as Python 2 and numpy 1 wrote the original CIFAR batches."""
+    with open(path, "wb") as f:
+        _Py2Pickler(f, protocol=2).dump(obj)
     return path

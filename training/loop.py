@@ -10,11 +10,19 @@ import torch
 from tqdm import tqdm
 
 from training.step import simclr_step
-from utils.errors import UserError
+from utils.errors import UserError, one_line
 
 
 class NonFiniteLoss(UserError):
     pass
+
+
+class BatchError(UserError):
+    """A step that could not run (e.g. an unreadable image in a worker) after ``step`` completed steps."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 class LossMeter:
@@ -54,20 +62,27 @@ def train_epoch(net, batches, loss_fn: Callable, optimizer: torch.optim.Optimize
     meter = LossMeter()
     bar = tqdm(batches, desc=desc, dynamic_ncols=True, leave=False, disable=not show)
     lr, stopped, stop_every = 0.0, False, stop_every or log_every
-    for done, (x1, x2) in enumerate(bar, 1):
-        lr = lr_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
-        meter.add(simclr_step(net, x1, x2, loss_fn, chunk_size, gather))
-        optimizer.step()
-        step += 1
-        if meter.n == log_every:
+    try:
+        for done, (x1, x2) in enumerate(bar, 1):
+            lr = lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+            meter.add(simclr_step(net, x1, x2, loss_fn, chunk_size, gather))
+            optimizer.step()
+            step += 1
+            if meter.n == log_every:
+                _report(meter, step, lr, batch_size, log, bar)
+            if done % stop_every == 0 and stop():
+                stopped = True
+                break
+    except NonFiniteLoss:
+        raise
+    except UserError as e:  # the steps done so far stand: logged here, saved by the caller
+        if meter.n:
             _report(meter, step, lr, batch_size, log, bar)
-        if done % stop_every == 0 and stop():
-            stopped = True
-            break
+        raise BatchError(one_line(e), step) from None
     if meter.n:
         _report(meter, step, lr, batch_size, log, bar)
     bar.close()

@@ -1,13 +1,15 @@
-"""Checkpoints written atomically and read without running code from the file."""
+"""Checkpoints written atomically, read without running code from the file, and resumed exactly or refused."""
 from __future__ import annotations
 
 import os
 import subprocess
 import time
+from dataclasses import dataclass
 
 import torch
 
 from utils.errors import UserError
+from utils.files import save_torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,19 +28,8 @@ def find_checkpoint(filename: str) -> str:
 
 
 def save_checkpoint(state: dict, path: str) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename over ``path``:
-    a crash while writing leaves the previous checkpoint intact."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write atomically (utils/files.py): a crash or a full disk while writing leaves the previous checkpoint."""
+    save_torch(path, state)
 
 
 def load_checkpoint(path: str) -> dict:
@@ -67,32 +58,80 @@ def git_commit() -> str:
         return "unknown"
 
 
-def resume(filename: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, signature: dict,
-           optimizer_name: str, steps_per_epoch: int) -> tuple[str, int, int]:
-    """Load a checkpoint of ``simclr.py`` into ``model`` and ``optimizer``; returns (path, epochs done, step).
+# Options that do not change what is computed: they may differ on --resume (num_epochs may also grow); lr is
+# derived from base_lr, batch_size and lr_scaling, which are compared.
+RESUME_FREE = frozenset({"lr", "num_workers", "log_freq", "save_freq", "test_freq", "knn_k", "device", "precision",
+                         "channels_last", "compile", "filename", "resume", "overwrite", "allow_changes",
+                         "dataset_paths", "num_epochs"})
 
-    Refused with a message naming the difference: another model (``signature``: the args the weights depend
-    on), another optimizer, or another number of steps per epoch (batch size or dataset)."""
+
+def option_changes(saved: dict, now: dict) -> dict[str, tuple]:
+    """{option: (checkpoint's value, this run's)} for the options that change the computation and differ;
+    ``num_epochs`` only when it shrinks (a larger one extends the run); the number of processes only when BN
+    statistics are not global (several processes without SyncBN) on one side."""
+    free = set(RESUME_FREE)
+    if all(a.get("world_size") == 1 or a.get("sync_bn") for a in (saved, now)):
+        free |= {"world_size", "sync_bn"}  # BN over the global batch either way: the same steps (views are global)
+    changes = {k: (saved[k], v) for k, v in now.items() if k in saved and k not in free and saved[k] != v}
+    if now.get("num_epochs", 0) < saved.get("num_epochs", 0):
+        changes["num_epochs"] = (saved["num_epochs"], now["num_epochs"])
+    return changes
+
+
+@dataclass
+class Resumed:
+    path: str
+    epoch: int  # epochs completed
+    step: int  # optimizer steps done (further than epoch * steps_per_epoch after a mid-epoch stop)
+    run_id: str | None  # None: a checkpoint written before run ids
+    history: list  # the checkpoint's record of changes made on resume, this one's last
+    changes: dict  # {option: [checkpoint's value, this run's]} of this resume: allowed changes, a longer run
+
+
+def resume(filename: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, args: dict,
+           model_keys: list[str], steps_per_epoch: int, allow_changes: bool) -> Resumed:
+    """Load a checkpoint of ``simclr.py`` into ``model`` and ``optimizer`` to continue it exactly.
+
+    Refused, with the list of differences, when an option that changes the computation differs from the
+    checkpoint's (``option_changes``), unless ``allow_changes``: then the new values are applied (the optimizer's
+    hyperparameters are this run's, not the saved ones) and recorded in the history. Always refused: another
+    model (``model_keys``), another optimizer, another number of steps per epoch."""
     path = find_checkpoint(filename)
     state = load_checkpoint(path)
     saved = state.get("args", {})
-    held = {k: saved.get(k) for k in signature}
-    if held != signature:
-        raise UserError(f"{path} holds a different model ({held}) than asked for ({signature}): pass the same "
+    if not isinstance(saved, dict) or "model" not in state or "optimizer" not in state or "step" not in state:
+        raise UserError(f"{path} is not a checkpoint of simclr.py (no model, optimizer or step): resume from the "
+                        f"file that simclr.py wrote")
+    held, asked = {k: saved.get(k) for k in model_keys}, {k: args[k] for k in model_keys}
+    if held != asked:
+        raise UserError(f"{path} holds a different model ({held}) than asked for ({asked}): pass the same "
                         f"--arch/--stem/--proj-* options")
-    if saved.get("optimizer") != optimizer_name:
+    if saved.get("optimizer") != args["optimizer"]:
         raise UserError(f"{path} was trained with --optimizer {saved.get('optimizer')}: resume with it")
+    changes = option_changes(saved, args)
+    if changes and not allow_changes:
+        listed = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changes.items())
+        raise UserError(f"{path} was trained with other options ({listed}): pass the checkpoint's values to continue "
+                        f"it exactly, or --allow-changes to apply these from here on (recorded in the checkpoint)")
+    epoch, step = state["epoch"], state["step"]
+    if not 0 <= step - epoch * steps_per_epoch < steps_per_epoch:
+        raise UserError(f"{path} was written with {step // max(epoch, 1)} steps per epoch, this run has "
+                        f"{steps_per_epoch}: resume with the same --batch-size and dataset")
     model.load_state_dict(state["model"])
+    ours = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
         optimizer.load_state_dict(state["optimizer"])
     except ValueError as e:
         raise UserError(f"{path}: its optimizer state does not fit this version's parameter groups ({e}); it was "
                         f"written by an older version of this code: resume with that version") from None
-    epoch, step = state["epoch"], state["step"]
-    if not 0 <= step - epoch * steps_per_epoch < steps_per_epoch:
-        raise UserError(f"{path} was written with {step // max(epoch, 1)} steps per epoch, this run has "
-                        f"{steps_per_epoch}: resume with the same --batch-size and dataset")
-    return path, epoch, step
+    for group, hyper in zip(optimizer.param_groups, ours):  # this run's weight decay, momentum, trust, not the file's
+        group.update(hyper)
+    record = {k: [old, new] for k, (old, new) in changes.items()}
+    if args.get("num_epochs", 0) > saved.get("num_epochs", args.get("num_epochs", 0)):
+        record["num_epochs"] = [saved["num_epochs"], args["num_epochs"]]
+    history = list(state.get("history", [])) + ([{"step": step, "changed": record, "git_commit": git_commit()}]
+                                                if record else [])
+    return Resumed(path, epoch, step, state.get("run_id"), history, record)
 
 
 class Saver:

@@ -27,6 +27,7 @@ from torch import nn
 from utils.errors import UserError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+_CONTROL = {}  # the gloo group of any_rank beside an nccl group: a flag on the CPU, no GPU synchronisation
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,15 @@ def init_distributed(backend: str | None = None, device: str = "auto",
     if not dist.is_initialized():
         dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"), init_method="env://",
                                 rank=rank, world_size=world_size, timeout=timeout)
+    if dist.get_backend() != "gloo" and "group" not in _CONTROL:
+        _CONTROL["group"] = dist.new_group(backend="gloo", timeout=timeout)  # any_rank's CPU flags
     return DistInfo(rank, world_size, local_rank, dev, distributed=True)
 
 
 def cleanup_distributed() -> None:
     """Destroy the process group, if one was initialised."""
     if dist.is_available() and dist.is_initialized():
+        _CONTROL.clear()
         dist.destroy_process_group()
 
 
@@ -118,11 +122,12 @@ def default_workers() -> int:
 
 
 def any_rank(flag: bool, info: DistInfo) -> bool:
-    """Whether ``flag`` is true on any rank (one all-reduce under DDP), so that every rank acts alike."""
+    """Whether ``flag`` is true on any rank (one all-reduce of a CPU tensor under DDP, over gloo), so that every
+    rank acts alike; cheap enough to ask at every step."""
     if not info.distributed:
         return flag
-    t = torch.tensor([float(flag)], device=info.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([float(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_CONTROL.get("group"))
     return bool(t.item())
 
 

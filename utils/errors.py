@@ -10,14 +10,20 @@ class UserError(Exception):
     """A problem with the user's input or environment; the message names the problem and the fix."""
 
 
+def one_line(e: Exception) -> str:
+    """The message of ``e``; of a UserError re-raised from a DataLoader worker, its last line."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        msg = msg.strip().splitlines()[-1].split("UserError: ", 1)[-1]
+    return msg
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Run ``main()``; print a UserError as ``error: ...`` on stderr and exit with status 2."""
     try:
         main()
     except UserError as e:
-        msg = str(e)
-        if "Original Traceback" in msg:  # re-raised from a DataLoader worker: keep the last line only
-            msg = msg.strip().splitlines()[-1].split("UserError: ", 1)[-1]
+        msg = one_line(e)
         rank = os.environ.get("RANK", "0")  # under torchrun every process reports; name the others
         print(f"error: {msg}" if rank == "0" else f"error (rank {rank}): {msg}", file=sys.stderr)
         sys.exit(2)
