@@ -31,7 +31,7 @@ from utils.csvlog import CSVLog, NullLog
 from utils.distributed import (DistInfo, any_rank, barrier, cleanup_distributed, convert_sync_batchnorm,
                                default_workers, gather_with_grad, init_distributed, wrap_model)
 from utils.errors import UserError, run_cli
-from utils.files import RunLock, check_output, clean_orphans, same_file
+from utils.files import RunLock, check_output, clean_orphans, refuse_same, same_file
 from utils.interrupt import StopRequest
 from utils.precision import AtPrecision, configure_backends, resolve_precision
 
@@ -170,6 +170,7 @@ def claim_run(args: argparse.Namespace, path: str, log_path: str, info: DistInfo
     lock, refusal = None, None
     if info.is_main:
         try:
+            refuse_same({"--filename": path, "its log": log_path}, {"--dataset-paths": args.dataset_paths})
             check_output(path, "--filename")
             lock = RunLock(path).acquire(path)
             for p in (path, log_path):

@@ -69,6 +69,7 @@ CASES = {  # name: (extra options, filename, expected words of the error line)
     "chunk of one pair": (["--chunk-size", "1"], "new.pth", "--chunk-size"),
     "allow-changes without resume": (["--allow-changes"], "new.pth", "goes with --resume"),
     "filename is a folder": ([], "d", "is a folder"),
+    "filename is the paths file": (["--overwrite"], "paths.json", "same file as --dataset-paths"),
     "filename ends in a separator": ([], "newdir/", "is a folder"),
     "folder under a file": ([], "run.csv/x.pth", "cannot write --filename"),
     "resume with another temperature": (["--resume", "--temperature", "0.2"], "run.pth", "--temperature 0.5 -> 0.2"),

@@ -35,9 +35,12 @@ class CSVLog:
         self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore", lineterminator="\n")
 
     def write(self, **row) -> None:
-        self.writer.writerow({**{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()},
-                              "run_id": self.run_id})
-        self.file.flush()
+        try:
+            self.writer.writerow({**{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()},
+                                  "run_id": self.run_id})
+            self.file.flush()
+        except OSError as e:
+            raise UserError(f"cannot append to the log {self.path} ({e.strerror or e}): free some space") from None
 
     def close(self) -> None:
         self.file.close()
