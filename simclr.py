@@ -181,6 +181,8 @@ def claim_run(args: argparse.Namespace, path: str, log_path: str, info: DistInfo
                                 f"it, or another --filename")
         except UserError as e:
             refusal = e
+            if lock is not None:
+                lock.release()
     if any_rank(refusal is not None, info):
         raise refusal or UserError("rank 0 refused the run (its error says why)")
     return lock

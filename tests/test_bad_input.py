@@ -71,7 +71,7 @@ CASES = {  # name: (extra options, filename, expected words of the error line)
     "filename is a folder": ([], "d", "is a folder"),
     "filename is the paths file": (["--overwrite"], "paths.json", "same file as --dataset-paths"),
     "filename ends in a separator": ([], "newdir/", "is a folder"),
-    "folder under a file": ([], "run.csv/x.pth", "cannot write --filename"),
+    "folder under a file": ([], "run.csv/x/y.pth", "run.csv is a file, not a folder"),
     "resume with another temperature": (["--resume", "--temperature", "0.2"], "run.pth", "--temperature 0.5 -> 0.2"),
     "resume with another seed and weight decay": (["--resume", "--seed", "3", "--weight-decay", "0.1"], "run.pth",
                                                   "--weight-decay 0.0001 -> 0.1, --seed 0 -> 3"),
@@ -102,6 +102,7 @@ def test_refused_before_anything_is_touched(run_dir, capsys, case):
     before = snapshot(str(run_dir))
     code, lines = run_script(simclr, args(run_dir, *extra, filename=filename), capsys)
     assert_refused(code, lines, words, before, str(run_dir))
+    assert not list(run_dir.glob("*.lock"))  # the refused run's lock is gone with it
 
 
 def test_a_full_disk_is_found_before_compute(run_dir, capsys, monkeypatch):
@@ -154,7 +155,7 @@ def test_overwrite_replaces_and_a_resume_continues_the_log(run_dir):
     assert state["history"][-1]["changed"] == {"num_epochs": [1, 2]}
     rows = open(run_dir / "run.csv").read().splitlines()[1:]
     assert [r.split(",")[1] for r in rows] == ["1", "2", "3", "4"]
-    assert not [f for f in os.listdir(run_dir) if ".tmp" in f or ".probe" in f]
+    assert not [f for f in os.listdir(run_dir) if ".tmp" in f or ".probe" in f or ".lock" in f]
 
 
 def test_allow_changes_applies_them_and_records_them(run_dir, capsys):

@@ -180,14 +180,14 @@ def test_torchrun_two_processes_write_one_checkpoint_and_resume(tmp_path):
     common = TINY + ["--dataset-paths", paths, "--filename", ckpt, "--test-freq", "1", "--knn-k", "5"]
     out = torchrun(common + ["--num-epochs", "1"], str(tmp_path))
     assert out.count("epoch 1/1: loss") == 1  # rank 0 alone prints
-    assert sorted(os.listdir(run_dir)) == ["ddp.csv", "ddp.pth", "ddp.pth.lock"]  # one checkpoint and log, no temp
+    assert sorted(os.listdir(run_dir)) == ["ddp.csv", "ddp.pth"]  # one checkpoint, one log, no temp or lock file
     state = load_checkpoint(ckpt)
     assert (state["epoch"], state["step"], state["args"]["world_size"], state["args"]["sync_bn"]) == (1, 2, 2, True)
     assert set(state["model"]) == set(simclr.SimCLR("resnet18", "cifar", 16).state_dict())  # plain keys
 
     out = torchrun(common + ["--num-epochs", "2", "--resume"], str(tmp_path))
     assert out.count("resumed from") == 1 and out.count("epoch 2/2: loss") == 1
-    assert sorted(os.listdir(run_dir)) == ["ddp.csv", "ddp.pth", "ddp.pth.lock"]
+    assert sorted(os.listdir(run_dir)) == ["ddp.csv", "ddp.pth"]
     state = load_checkpoint(ckpt)
     assert (state["epoch"], state["step"]) == (2, 4)
     lines = open(ckpt.replace(".pth", ".csv")).read().splitlines()

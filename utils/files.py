@@ -107,6 +107,11 @@ def check_output(path: str, what: str, need_bytes: int = 0) -> None:
     if path.endswith(("/", os.sep)) or os.path.isdir(path):
         raise UserError(f"{what} {path} is a folder: give a file name, e.g. {os.path.join(path, 'run.pth')}")
     folder = os.path.dirname(os.path.abspath(path))
+    above = folder
+    while not os.path.exists(above) and os.path.dirname(above) != above:
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise UserError(f"cannot write {what} {path}: {above} is a file, not a folder; choose another location")
     probe = os.path.join(folder, f".{os.path.basename(path)}.probe{os.getpid()}")
     try:
         os.makedirs(folder, exist_ok=True)
@@ -152,8 +157,9 @@ def refuse_existing(path: str, overwrite: bool, what: str = "--output") -> None:
 
 
 class RunLock:
-    """An exclusive ``flock`` on ``<path>.lock``, held until ``release()`` or the process ends (the kernel
-    drops it then, so a killed run never blocks the next). The lock file stays; it holds the last pid."""
+    """An exclusive ``flock`` on ``<path>.lock``, held until ``release()`` (which removes the file) or until the
+    process ends: the kernel drops the lock then, so a killed run never blocks the next (its file, holding its
+    pid, stays until then)."""
 
     def __init__(self, path: str) -> None:
         self.path, self.fd = f"{path}.lock", None
@@ -162,14 +168,21 @@ class RunLock:
         if fcntl is None:
             return self
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise UserError(f"another run (pid {holder}) is writing {what}: wait for it to end, or pass another "
+                                f"--filename") from None
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break  # the file is still the one at the path: not removed by a run that just ended
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise UserError(f"another run (pid {holder}) is writing {what}: wait for it to end, or pass another "
-                            f"--filename") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
@@ -177,5 +190,9 @@ class RunLock:
 
     def release(self) -> None:
         if self.fd is not None:
+            try:
+                os.remove(self.path)  # while still held: a run that opened it meanwhile sees it gone and retries
+            except OSError:
+                pass
             os.close(self.fd)  # closing drops the flock
             self.fd = None
