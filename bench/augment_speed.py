@@ -1,7 +1,8 @@
 """Throughput of the SimCLR augmentation (Chen et al. 2020, Appendix A): torchvision per image vs batched.
 
-(a) the per-image torchvision pipeline on PIL images (Compose of RandomResizedCrop, flip, colour
-    jitter, grayscale, optional blur, ToTensor, Normalize), in a loop in this process;
+(a) the per-image torchvision pipeline on PIL images (``data.reference_augment.simclr_augmentation``:
+    RandomResizedCrop, flip, colour jitter, grayscale, optional blur, ToTensor, Normalize), in a loop in this
+    process;
 (b) ``data.batched_augment.BatchedSimCLRAugment`` on one (B, 3, H, W) uint8 batch on ``--device``.
 
     python bench/augment_speed.py --batch-size 256 --size 32 --steps 5 --device cpu
@@ -19,26 +20,12 @@ import time
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms as T
-from torchvision.transforms import InterpolationMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.batched_augment import BatchedSimCLRAugment, ViewKeys, blur_kernel_size  # noqa: E402
+from data.batched_augment import BatchedSimCLRAugment, ViewKeys  # noqa: E402
+from data.reference_augment import simclr_augmentation  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def torchvision_pipeline(size: int, s: float, blur: bool) -> T.Compose:
-    """The per-image reference pipeline (same ops and parameters as BatchedSimCLRAugment)."""
-    ops = [
-        T.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(0.5),
-        T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
-        T.RandomGrayscale(0.2),
-    ]
-    if blur:
-        ops.append(T.RandomApply([T.GaussianBlur(blur_kernel_size(size), sigma=(0.1, 2.0))], p=0.5))
-    return T.Compose(ops + [T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
 def _sync(device: torch.device) -> None:
@@ -46,7 +33,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_torchvision(images: list[Image.Image], pipeline: T.Compose, steps: int) -> float:
+def bench_torchvision(images: list[Image.Image], pipeline, steps: int) -> float:
     """Views per second of the per-image pipeline (one view per image per step)."""
     for im in images[:8]:  # warm-up
         pipeline(im)
@@ -91,7 +78,8 @@ def main() -> None:
     pil_images = [Image.fromarray(a) for a in array]
     batch = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous().to(device)                # (B, 3, H, W) uint8
 
-    tv = bench_torchvision(pil_images, torchvision_pipeline(args.size, args.jitter_strength, args.blur), args.steps)
+    pipeline = simclr_augmentation(args.size, args.jitter_strength, args.blur, MEAN, STD)  # the reference
+    tv = bench_torchvision(pil_images, pipeline, args.steps)
     aug = BatchedSimCLRAugment(args.size, jitter_strength=args.jitter_strength, blur=args.blur).to(device)
     bt = bench_batched(batch, aug, args.steps)
 

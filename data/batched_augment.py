@@ -1,6 +1,6 @@
 """The SimCLR augmentation (Chen et al. 2020, Appendix A) on a whole batch, on CPU or GPU.
 
-Per sample, with the distributions of the per-image torchvision reference (``data/augment.py``)::
+Per sample, with the distributions of the per-image torchvision reference (``data/reference_augment.py``)::
 
     RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3), BICUBIC)
     -> RandomHorizontalFlip(0.5)
@@ -24,17 +24,28 @@ and matches ``torchvision.transforms.v2.functional`` on float images (``tests/te
   hue runs once on the batch (the blends before each sample's hue position, hue, the blends after
   it), so the random op order per sample costs 6 blend passes and one hue pass.
 
+The pipeline is ``PIPELINE``, a tuple of ``Op`` instances (one class per step above, plus JitterOrder, which only
+draws ColorJitter's op order), each declaring the named draws it takes from a view's key; the draw numbers
+follow from that tuple (``key_layout``: the declared draws one after another), which gives::
+
+    RandomResizedCrop  area 0-9, aspect 10-19 (one per try), top 20, left 21
+    HorizontalFlip     flip 22
+    ColorJitter        jitter 23, brightness 24, contrast 25, saturation 26, hue 27
+    Grayscale          grayscale 28
+    GaussianBlur       blur 29, sigma 30
+    JitterOrder        jitter_order 31-34 (ColorJitter's op order)
+
 Unlike the PIL pipeline everything stays in float32 instead of being rounded to uint8 after each op.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from data.augment import blur_kernel_size  # one definition for both pipelines
 from data.keyed_random import ViewKeys
 
 __all__ = [
@@ -42,6 +53,12 @@ __all__ = [
     "ViewKeys",
     "blur_kernel_size",
     "sample_crop_params",
+    "crop_box",
+    "Op",
+    "PIPELINE",
+    "DRAWS",
+    "NUM_DRAWS",
+    "key_layout",
     "resized_crop",
     "hflip",
     "adjust_hue",
@@ -63,11 +80,11 @@ HFLIP_P, JITTER_P, GRAYSCALE_P, BLUR_P = 0.5, 0.8, 0.2, 0.5
 SIGMA = (0.1, 2.0)                               # Gaussian blur
 
 _NUM_CROP_TRIES = 10  # torchvision RandomResizedCrop.get_params
-# Draw numbers of each view's key: the crop's first (the workers draw them alone for image trees).
-_CROP_DRAWS = 2 * _NUM_CROP_TRIES + 2             # area and aspect per try, then top and left
-_FLIP, _JITTER, _BRIGHT, _CONTRAST, _SAT, _HUE, _GRAY, _BLUR, _SIGMA = range(_CROP_DRAWS, _CROP_DRAWS + 9)
-_ORDER = _CROP_DRAWS + 9                          # 4 draws whose argsort is the jitter order
-_NUM_DRAWS = _ORDER + 4
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """Odd kernel of about 10% of the side, as the official code: 2 * (size // 10 // 2) + 1 (23 for 224)."""
+    return 2 * (image_size // 10 // 2) + 1
 
 
 def _as_factor(factors: torch.Tensor | float, images: torch.Tensor) -> torch.Tensor:
@@ -94,7 +111,16 @@ def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
 
 def sample_crop_params(keys: ViewKeys, height: int, width: int, scale: Sequence[float] = SCALE,
                        ratio: Sequence[float] = RATIO) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``torchvision.transforms.RandomResizedCrop.get_params`` for every key of a batch at once.
+    """The crop box of every key of a batch: ``crop_box`` of the crop's draws alone (the workers cut the crops of
+    image trees with it). Returns ``(top, left, h, w)``, each a (B,) int64 tensor on the keys' device."""
+    first, count = draw_range(RandomResizedCrop.draws)
+    return crop_box(op_draws(keys.uniform(first, count), RandomResizedCrop.draws, first), height, width, scale, ratio)
+
+
+def crop_box(u: dict[str, torch.Tensor], height: int, width: int, scale: Sequence[float] = SCALE,
+             ratio: Sequence[float] = RATIO) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torchvision.transforms.RandomResizedCrop.get_params`` for every sample of a batch at once, from its
+    uniform draws ``u`` (RandomResizedCrop.draws: "area" and "aspect" (B, 10) one per try, "top" and "left" (B,)).
 
     Per sample: up to 10 tries of (area uniform in ``scale * H * W``, aspect ratio log-uniform in
     ``ratio``, w = round(sqrt(area * r)), h = round(sqrt(area / r))); the first try with
@@ -102,13 +128,12 @@ def sample_crop_params(keys: ViewKeys, height: int, width: int, scale: Sequence[
     is valid, the centre crop of the whole image with its aspect ratio clamped to ``ratio``.
     All 10 tries are drawn for every sample at once and the first valid one is picked.
 
-    Returns ``(top, left, h, w)``, each a (B,) int64 tensor on the keys' device.
+    Returns ``(top, left, h, w)``, each a (B,) int64 tensor on the draws' device.
     """
-    u = keys.uniform(0, _CROP_DRAWS)                                                            # (B, 22)
     area = float(height * width)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    target_area = area * (scale[0] + (scale[1] - scale[0]) * u[:, :_NUM_CROP_TRIES])             # (B, T)
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, _NUM_CROP_TRIES:2 * _NUM_CROP_TRIES])  # (B, T)
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * u["area"])                          # (B, T)
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u["aspect"])                                 # (B, T)
     w_try = torch.round(torch.sqrt(target_area * aspect)).long()                                 # (B, T)
     h_try = torch.round(torch.sqrt(target_area / aspect)).long()                                 # (B, T)
     valid = (w_try > 0) & (w_try <= width) & (h_try > 0) & (h_try <= height)                     # (B, T)
@@ -126,10 +151,9 @@ def sample_crop_params(keys: ViewKeys, height: int, width: int, scale: Sequence[
 
     w = torch.where(found, w_try.gather(1, first).squeeze(1), fb_w)                            # (B,)
     h = torch.where(found, h_try.gather(1, first).squeeze(1), fb_h)                            # (B,)
-    u_top, u_left = u[:, 2 * _NUM_CROP_TRIES], u[:, 2 * _NUM_CROP_TRIES + 1]                   # (B,) each
     # randint(0, n) as floor(u * n); the clamp guards against u * n rounding up to n in float32.
-    top_rand = torch.minimum(torch.floor(u_top * (height - h + 1)).long(), height - h)
-    left_rand = torch.minimum(torch.floor(u_left * (width - w + 1)).long(), width - w)
+    top_rand = torch.minimum(torch.floor(u["top"] * (height - h + 1)).long(), height - h)
+    left_rand = torch.minimum(torch.floor(u["left"] * (width - w + 1)).long(), width - w)
     top = torch.where(found, top_rand, (height - fb_h) // 2)
     left = torch.where(found, left_rand, (width - fb_w) // 2)
     return top, left, h, w
@@ -313,7 +337,170 @@ def color_jitter(images: torch.Tensor, order: torch.Tensor, brightness: torch.Te
 
 
 # --------------------------------------------------------------------------------------------
+# The pipeline: each op declares its draws; their numbers in a view's key follow from the list
+# --------------------------------------------------------------------------------------------
+
+class Op:
+    """One step of the augmentation.
+
+    ``draws`` names the uniform draws the op takes from each view's key, one name per draw; a name repeated n
+    times in a row is a block of n draws. ``params`` gets them by name, (B,) for a single draw and (B, n) for a
+    block, and returns the op's per-sample parameters; ``apply`` applies parameters to a (B, 3, H, W) float batch
+    in [0, 1]. Both read the augmentation's settings from ``aug`` (a BatchedSimCLRAugment). An op's draw numbers
+    are not written in the code: they follow from its place in ``PIPELINE`` (``key_layout``).
+    """
+
+    draws: tuple[str, ...] = ()
+
+    def params(self, u: dict[str, torch.Tensor], aug: BatchedSimCLRAugment, height: int,
+               width: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def apply(self, x: torch.Tensor, p: dict[str, torch.Tensor], aug: BatchedSimCLRAugment) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _lerp(bounds: Sequence[float], u: torch.Tensor) -> torch.Tensor:
+    """Uniform in [bounds[0], bounds[1]] from u uniform in [0, 1)."""
+    return bounds[0] + (bounds[1] - bounds[0]) * u
+
+
+class RandomResizedCrop(Op):
+    """Crop box (``crop_box``: 10 tries of area and aspect ratio, then the position) and bicubic resize to
+    ``aug.size``: top, left, h, w (B,) int64."""
+
+    draws = ("area",) * _NUM_CROP_TRIES + ("aspect",) * _NUM_CROP_TRIES + ("top", "left")
+
+    def params(self, u, aug, height, width):
+        top, left, h, w = crop_box(u, height, width)
+        return {"top": top, "left": left, "h": h, "w": w}
+
+    def apply(self, x, p, aug):
+        return resized_crop(x, p["top"], p["left"], p["h"], p["w"], aug.size)              # (B, 3, S, S)
+
+
+class HorizontalFlip(Op):
+    """flip (B,) bool, with probability HFLIP_P."""
+
+    draws = ("flip",)
+
+    def params(self, u, aug, height, width):
+        return {"flip": u["flip"] < HFLIP_P}
+
+    def apply(self, x, p, aug):
+        return hflip(x, p["flip"])
+
+
+class ColorJitter(Op):
+    """jitter (B,) bool (applied, probability JITTER_P; never at strength 0) and the brightness, contrast,
+    saturation and hue (B,) factors of strength s: uniform in [max(0, 1 - 0.8 s), 1 + 0.8 s] and
+    [-0.2 s, 0.2 s]. The ops' order per sample is JitterOrder's "jitter_order"."""
+
+    draws = ("jitter", "brightness", "contrast", "saturation", "hue")
+
+    def params(self, u, aug, height, width):
+        return {
+            "jitter": u["jitter"] < (JITTER_P if aug.jitter_strength > 0 else 0.0),
+            "brightness": _lerp(aug.brightness, u["brightness"]),
+            "contrast": _lerp(aug.contrast, u["contrast"]),
+            "saturation": _lerp(aug.saturation, u["saturation"]),
+            "hue": _lerp(aug.hue, u["hue"]),
+        }
+
+    def apply(self, x, p, aug):
+        if not aug.jitter_strength > 0:
+            return x
+        return color_jitter(x, p["jitter_order"], p["brightness"], p["contrast"], p["saturation"], p["hue"],
+                            p["jitter"])
+
+
+class Grayscale(Op):
+    """grayscale (B,) bool, with probability GRAYSCALE_P."""
+
+    draws = ("grayscale",)
+
+    def params(self, u, aug, height, width):
+        return {"grayscale": u["grayscale"] < GRAYSCALE_P}
+
+    def apply(self, x, p, aug):
+        return _select(p["grayscale"], rgb_to_grayscale(x, 3), x)
+
+
+class GaussianBlur(Op):
+    """blur (B,) bool (probability BLUR_P, only with ``aug.blur``) and sigma (B,) uniform in SIGMA; the kernel
+    is ``aug.kernel_size``."""
+
+    draws = ("blur", "sigma")
+
+    def params(self, u, aug, height, width):
+        return {"blur": u["blur"] < (BLUR_P if aug.blur else 0.0), "sigma": _lerp(SIGMA, u["sigma"])}
+
+    def apply(self, x, p, aug):
+        if not aug.blur:
+            return x
+        return _select(p["blur"], gaussian_blur(x, p["sigma"], aug.kernel_size), x)
+
+
+class JitterOrder(Op):
+    """jitter_order (B, 4) int64: the order of ColorJitter's ops per sample, a uniform permutation of
+    (BRIGHTNESS, CONTRAST, SATURATION, HUE) as the argsort of 4 draws (torchvision's ``fn_idx``).
+
+    Draws only (ColorJitter applies the order). It has its own place at the end of ``PIPELINE`` because its
+    draws come after the blur's in the key: folding them into ColorJitter would renumber the draws after
+    the jitter's and change every view."""
+
+    draws = ("jitter_order",) * 4
+
+    def params(self, u, aug, height, width):
+        return {"jitter_order": torch.argsort(u["jitter_order"], dim=1)}                      # (B, 4)
+
+    def apply(self, x, p, aug):
+        return x
+
+
+# The ops in the order they are applied, which is also the order of their draws in a view's key. The crop is
+# first: image-tree workers cut it alone (``sample_crop_params``) and the device applies the rest (crop=False).
+# A new op is one class and one entry here; placed anywhere but at the end it renumbers the draws after it,
+# which changes every view (tests/test_batched_augment.py pins the numbers).
+PIPELINE: tuple[Op, ...] = (RandomResizedCrop(), HorizontalFlip(), ColorJitter(), Grayscale(), GaussianBlur(),
+                            JitterOrder())
+
+
+def key_layout(ops: Sequence[Op]) -> dict[str, range]:
+    """The numbers of every declared draw in a view's key: the ops' ``draws`` one after another, in list order."""
+    layout: dict[str, range] = {}
+    for op in ops:
+        for name, block in itertools.groupby(op.draws):
+            if name in layout:
+                raise ValueError(f"draw {name!r} declared twice (by {type(op).__name__})")
+            n = max((r.stop for r in layout.values()), default=0)
+            layout[name] = range(n, n + len(list(block)))
+    return layout
+
+
+DRAWS = key_layout(PIPELINE)                     # name -> range of draw numbers; see the table in the module doc
+NUM_DRAWS = max(r.stop for r in DRAWS.values())
+
+
+def draw_range(names: Sequence[str]) -> tuple[int, int]:
+    """(first, count) of the contiguous draw numbers of ``names`` (an op's ``draws``)."""
+    first, stop = min(DRAWS[n].start for n in names), max(DRAWS[n].stop for n in names)
+    return first, stop - first
+
+
+def op_draws(u: torch.Tensor, names: Sequence[str], first: int = 0) -> dict[str, torch.Tensor]:
+    """An op's draws by name from ``u`` (B, count), the draws ``first, first + 1, ...`` of every sample:
+    (B,) for a single draw, (B, n) for a block of n."""
+    out = {}
+    for name in dict.fromkeys(names):
+        r = DRAWS[name]
+        out[name] = u[:, r.start - first] if len(r) == 1 else u[:, r.start - first:r.stop - first]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # The module
+
 # --------------------------------------------------------------------------------------------
 
 class BatchedSimCLRAugment(torch.nn.Module):
@@ -345,49 +532,32 @@ class BatchedSimCLRAugment(torch.nn.Module):
         return f"size={self.size}, jitter_strength={self.jitter_strength}, blur={self.blur} (k={self.kernel_size})"
 
     def sample_params(self, keys: ViewKeys, height: int, width: int) -> dict[str, torch.Tensor]:
-        """Every sample's parameters, from its key alone.  Returns a dict of tensors on the keys' device:
+        """Every sample's parameters, from its key alone: each op of ``PIPELINE`` turns its draws into its
+        parameters. Returns a dict of tensors on the keys' device:
 
-        top, left, h, w (B,) int64 crop box (``sample_crop_params``, the same box the workers cut for
-        image trees); flip (B,) bool; jitter (B,) bool (colour jitter applied); jitter_order (B, 4)
-        int64 permutation of (BRIGHTNESS, CONTRAST, SATURATION, HUE); brightness, contrast, saturation,
-        hue (B,) float factors; grayscale (B,) bool; blur (B,) bool; sigma (B,) float in [0.1, 2].
+        top, left, h, w (B,) int64 crop box (``crop_box``, the same box the workers cut for image trees);
+        flip (B,) bool; jitter (B,) bool (colour jitter applied); brightness, contrast, saturation, hue (B,)
+        float factors; grayscale (B,) bool; blur (B,) bool; sigma (B,) float in [0.1, 2]; jitter_order (B, 4)
+        int64 permutation of (BRIGHTNESS, CONTRAST, SATURATION, HUE).
         """
-        top, left, h, w = sample_crop_params(keys, height, width)
-        u = keys.uniform(_CROP_DRAWS, _NUM_DRAWS - _CROP_DRAWS)                        # (B, 13)
-        draw = lambda i: u[:, i - _CROP_DRAWS]                                         # noqa: E731
-        lerp = lambda r, i: r[0] + (r[1] - r[0]) * draw(i)                             # noqa: E731
-        return {
-            "top": top, "left": left, "h": h, "w": w,
-            "flip": draw(_FLIP) < HFLIP_P,
-            "jitter": draw(_JITTER) < (JITTER_P if self.jitter_strength > 0 else 0.0),
-            "jitter_order": torch.argsort(u[:, _ORDER - _CROP_DRAWS:], dim=1),          # (B, 4) uniform permutation
-            "brightness": lerp(self.brightness, _BRIGHT),
-            "contrast": lerp(self.contrast, _CONTRAST),
-            "saturation": lerp(self.saturation, _SAT),
-            "hue": lerp(self.hue, _HUE),
-            "grayscale": draw(_GRAY) < GRAYSCALE_P,
-            "blur": draw(_BLUR) < (BLUR_P if self.blur else 0.0),
-            "sigma": lerp(SIGMA, _SIGMA),
-        }
+        u = keys.uniform(0, NUM_DRAWS)                                                 # (B, NUM_DRAWS)
+        params: dict[str, torch.Tensor] = {}
+        for op in PIPELINE:
+            params.update(op.params(op_draws(u, op.draws), self, height, width))
+        return params
 
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor], crop: bool = True) -> torch.Tensor:
-        """Apply given parameters.  images: (B, 3, H, W) uint8 or float in [0, 1]; with ``crop=False``
-        they are already the crops (size x size) and the crop box is not used.
+        """Apply given parameters: the ops of ``PIPELINE`` in order, then the normalisation.
+        images: (B, 3, H, W) uint8 or float in [0, 1]; with ``crop=False`` they are already the crops
+        (size x size) and the crop box is not used.
         Returns normalised float32 (B, 3, size, size) on the images' device."""
         x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
         dev = x.device
         p = {k: v.to(dev) for k, v in params.items()}
-        if crop:
-            x = resized_crop(x, p["top"], p["left"], p["h"], p["w"], self.size)    # (B, 3, S, S)
-        elif x.shape[-2:] != (self.size, self.size):
+        if not crop and x.shape[-2:] != (self.size, self.size):
             raise ValueError(f"crop=False needs {self.size}x{self.size} crops, got {tuple(x.shape[-2:])}")
-        x = hflip(x, p["flip"])
-        if self.jitter_strength > 0:
-            x = color_jitter(x, p["jitter_order"], p["brightness"], p["contrast"], p["saturation"], p["hue"],
-                             p["jitter"])
-        x = _select(p["grayscale"], rgb_to_grayscale(x, 3), x)
-        if self.blur:
-            x = _select(p["blur"], gaussian_blur(x, p["sigma"], self.kernel_size), x)
+        for op in PIPELINE if crop else PIPELINE[1:]:
+            x = op.apply(x, p, self)
         return (x - self.mean.to(dev)) / self.std.to(dev)
 
     def forward(self, images: torch.Tensor, keys: ViewKeys, crop: bool = True) -> torch.Tensor:

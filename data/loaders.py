@@ -1,34 +1,122 @@
-"""The pretraining input: batches of two augmented views of the images of one process.
+"""The pretraining input: batches of two augmented views of the images of one process, by one of two paths.
 
-One augmentation pipeline serves every dataset: data.batched_augment.BatchedSimCLRAugment on the
-training device, each view drawn from its key (seed, epoch, image index, view). In-memory datasets
-live on the device as uint8; image trees are decoded and cropped in DataLoader workers with the
-same keys, and the device finishes the views.
+Both paths make each view with data.batched_augment.BatchedSimCLRAugment on the training device, drawn from
+the view's key (seed, epoch, image index, view; data/keyed_random.py) alone, so an image's views do not depend
+on the batch size, the number of processes or of workers, and a resumed run sees exactly the views it would
+have seen, even on another number of processes.
+
+- In-memory path, ``InMemoryTwoViews`` (CIFAR, STL-10, the sample, an image tree of one size that fits): the
+  uint8 images live on the device as one (N, 3, H, W) tensor; each step gathers its batch and augments it
+  there for view 0 and view 1; no DataLoader workers at all.
+- Image-tree path, ``ImageTreeTwoViews`` (ImageNet: images read from disk): DataLoader workers decode each
+  image and cut its two random resized crops (``TwoCrops``, the boxes of the views' keys); the device
+  finishes the views (the rest of the pipeline, without the crop).
+
+``pretrain_input`` loads the pretraining split and ``two_view_batches`` picks the path.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
 
-from data.batched_augment import BatchedSimCLRAugment
+from data.batched_augment import BatchedSimCLRAugment, sample_crop_params
 from data.datasets import ArrayImages, dataset_info, load_split
-from data.device_views import DeviceFinish, DeviceTwoViews
+from data.keyed_random import ViewKeys
 from data.sampler import EpochSampler
-from data.views import TwoCrops
 from utils.errors import UserError
 
+
+# ---- in-memory path: the whole view on the device --------------------------------------------------------
+
+class InMemoryTwoViews:
+    """Iterable of (x1, x2) batches, each (B, 3, size, size) float32 normalised, on ``device``."""
+
+    def __init__(self, images: np.ndarray, augment: BatchedSimCLRAugment, batch_size: int, sampler: EpochSampler,
+                 device: torch.device, seed: int = 0) -> None:
+        # images: (N, H, W, 3) uint8 -> (N, 3, H, W) uint8 on the device, once
+        self.data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+        self.augment, self.batch_size, self.sampler = augment, batch_size, sampler
+        self.device, self.seed = device, seed
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size  # drop_last, as the image-tree path
+
+    def __iter__(self):
+        keys = torch.tensor([i for _, i in self.sampler], dtype=torch.long).to(self.device)  # once an epoch
+        epoch = self.sampler.epoch
+        for b in range(len(self)):
+            idx = keys[b * self.batch_size:(b + 1) * self.batch_size]  # (B,)
+            batch = self.data[idx]  # (B, 3, H, W) uint8
+            yield tuple(self.augment(batch, ViewKeys(idx, self.seed, epoch, view)) for view in (0, 1))
+
+
+# ---- image-tree path: crops in DataLoader workers, the rest on the device ---------------------------------
+
+class TwoCrops(Dataset):
+    """The workers' share: keys ``(epoch, index)`` (data.sampler.EpochSampler) -> (crop0, crop1, index), the
+    random resized crops of views 0 and 1 of the image, uint8 (3, size, size), bicubic as the reference pipeline.
+
+    Each box is ``sample_crop_params`` of the view's key (seed, epoch, index, view): the box the
+    in-memory path draws for the same image, whatever the worker, batch or process.
+    """
+
+    def __init__(self, images, size: int, seed: int = 0) -> None:
+        self.images, self.size, self.seed = images, size, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        img = self.images.image(i)
+        index = torch.tensor([i])
+        crops = []
+        for view in (0, 1):
+            box = sample_crop_params(ViewKeys(index, self.seed, epoch, view), img.height, img.width)
+            top, left, h, w = (int(v) for v in box)
+            crop = TF.resized_crop(img, top, left, h, w, [self.size, self.size], InterpolationMode.BICUBIC)
+            crops.append(TF.pil_to_tensor(crop))
+        return crops[0], crops[1], i
+
+
+class ImageTreeTwoViews:
+    """Wraps a DataLoader of (crop0, crop1, index) batches (``TwoCrops``: uint8 crops at the output size) and
+    yields (x1, x2) float32 normalised views finished on ``device`` by ``augment`` with the crops' own keys
+    (the crop itself is not redone)."""
+
+    def __init__(self, loader: DataLoader, augment: BatchedSimCLRAugment, sampler: EpochSampler,
+                 device: torch.device, seed: int = 0) -> None:
+        self.loader, self.augment, self.sampler = loader, augment, sampler
+        self.device, self.seed = device, seed
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        for c1, c2, idx in self.loader:
+            idx = idx.to(self.device, non_blocking=True)  # (B,)
+            yield tuple(self.augment(c.to(self.device, non_blocking=True), ViewKeys(idx, self.seed, epoch, view),
+                                     crop=False) for view, c in enumerate((c1, c2)))
+
+
+# ---- the pretraining input ---------------------------------------------------------------------------------
 
 def two_view_batches(images, sampler: EpochSampler, batch_size: int, *, image_size: int, jitter_strength: float,
                      blur: bool, mean, std, device: torch.device, seed: int, num_workers: int):
     """An iterable of (x1, x2) batches of ``batch_size`` images each, (B, 3, S, S) float32 normalised on ``device``,
-    over the keys of ``sampler`` (one process's share of each epoch); ``len()`` is the number of batches."""
+    over the keys of ``sampler`` (one process's share of each epoch); ``len()`` is the number of batches.
+    In-memory images (ArrayImages) take the in-memory path, the others the image-tree path."""
     augment = BatchedSimCLRAugment(image_size, jitter_strength, blur, mean=mean, std=std).to(device)
     if isinstance(images, ArrayImages):
-        return DeviceTwoViews(images.images, augment, batch_size, sampler, device, seed=seed)
+        return InMemoryTwoViews(images.images, augment, batch_size, sampler, device, seed=seed)
     loader = DataLoader(TwoCrops(images, image_size, seed=seed), batch_size=batch_size, sampler=sampler,
                         num_workers=num_workers, drop_last=True, pin_memory=device.type == "cuda",
                         persistent_workers=num_workers > 0)
-    return DeviceFinish(loader, augment, sampler, device, seed=seed)
+    return ImageTreeTwoViews(loader, augment, sampler, device, seed=seed)
 
 
 def pretrain_input(dataset: str, paths_file: str, batch_size: int, *, world: int, rank: int, seed: int,

@@ -403,3 +403,90 @@ def test_torch_compile_smoke_free_of_item_calls() -> None:
     x8 = _uint8_batch(2, 20, 20)
     explanation = dynamo.explain(aug.apply)(x8, aug.sample_params(ViewKeys(torch.arange(2)), 20, 20))
     assert explanation.graph_break_count == 0
+
+
+# ------------------------------------------------------------------------------------------
+# 5. The draws each op declares, and their numbers in a view's key
+# ------------------------------------------------------------------------------------------
+
+# The draw numbers as data/batched_augment.py wrote them by hand before the ops declared their draws (commit
+# ef1306f): the crop's 22 first (area and aspect per try, then top and left), then flip, jitter (applied),
+# brightness, contrast, saturation, hue, grayscale, blur (applied), sigma, and the 4 draws of the jitter order.
+# Any other number changes every view of every run.
+TODAYS_DRAWS = {"area": range(0, 10), "aspect": range(10, 20), "top": range(20, 21), "left": range(21, 22),
+                "flip": range(22, 23), "jitter": range(23, 24), "brightness": range(24, 25),
+                "contrast": range(25, 26), "saturation": range(26, 27), "hue": range(27, 28),
+                "grayscale": range(28, 29), "blur": range(29, 30), "sigma": range(30, 31),
+                "jitter_order": range(31, 35)}
+
+
+def test_draw_numbers_derived_from_the_declared_draws_are_todays() -> None:
+    assert BA.DRAWS == TODAYS_DRAWS and list(BA.DRAWS) == list(TODAYS_DRAWS) and BA.NUM_DRAWS == 35
+    assert BA.key_layout(BA.PIPELINE) == TODAYS_DRAWS
+    assert isinstance(BA.PIPELINE[0], BA.RandomResizedCrop)  # first: the workers cut it alone (crop=False)
+    assert BA.draw_range(BA.RandomResizedCrop.draws) == (0, 22)
+    # An op appended to the list takes the next numbers and leaves every other one as it was.
+    class Solarize(BA.Op):
+        draws = ("solarize", "threshold")
+    assert BA.key_layout([*BA.PIPELINE, Solarize()]) == {**TODAYS_DRAWS, "solarize": range(35, 36),
+                                                         "threshold": range(36, 37)}
+    with pytest.raises(ValueError, match="'flip' declared twice"):
+        BA.key_layout([BA.HorizontalFlip(), BA.HorizontalFlip()])
+
+
+def _hand_numbered_params(aug: BA.BatchedSimCLRAugment, keys: ViewKeys, H: int, W: int) -> dict[str, torch.Tensor]:
+    """sample_params as written before the ops declared their draws, with the literal draw numbers."""
+    u = keys.uniform(0, 35)
+    lerp = lambda r, i: r[0] + (r[1] - r[0]) * u[:, i]                               # noqa: E731
+    top, left, h, w = BA.crop_box({"area": u[:, :10], "aspect": u[:, 10:20], "top": u[:, 20], "left": u[:, 21]},
+                                  H, W)
+    return {"top": top, "left": left, "h": h, "w": w, "flip": u[:, 22] < 0.5,
+            "jitter": u[:, 23] < (0.8 if aug.jitter_strength > 0 else 0.0),
+            "jitter_order": torch.argsort(u[:, 31:], dim=1),
+            "brightness": lerp(aug.brightness, 24), "contrast": lerp(aug.contrast, 25),
+            "saturation": lerp(aug.saturation, 26), "hue": lerp(aug.hue, 27), "grayscale": u[:, 28] < 0.2,
+            "blur": u[:, 29] < (0.5 if aug.blur else 0.0), "sigma": lerp((0.1, 2.0), 30)}
+
+
+def _hand_written_apply(aug: BA.BatchedSimCLRAugment, x8: torch.Tensor, p: dict[str, torch.Tensor],
+                        crop: bool = True) -> torch.Tensor:
+    """BatchedSimCLRAugment.apply as written before the ops were classes: the functions called in turn."""
+    x = x8.float().div_(255.0)
+    if crop:
+        x = BA.resized_crop(x, p["top"], p["left"], p["h"], p["w"], aug.size)
+    x = BA.hflip(x, p["flip"])
+    if aug.jitter_strength > 0:
+        x = BA.color_jitter(x, p["jitter_order"], p["brightness"], p["contrast"], p["saturation"], p["hue"],
+                            p["jitter"])
+    x = BA._select(p["grayscale"], BA.rgb_to_grayscale(x, 3), x)
+    if aug.blur:
+        x = BA._select(p["blur"], BA.gaussian_blur(x, p["sigma"], aug.kernel_size), x)
+    return (x - aug.mean) / aug.std
+
+
+@pytest.mark.parametrize("s,blur", [(1.0, True), (0.5, False), (0.0, True)])
+def test_views_are_todays_bit_for_bit(s: float, blur: bool) -> None:
+    """The declared ops give exactly the parameters and views of the hand-numbered draws and hand-written apply."""
+    aug = BA.BatchedSimCLRAugment(24, jitter_strength=s, blur=blur)
+    x8, crops = _uint8_batch(32, 40, 36, seed=4), _uint8_batch(32, 24, 24, seed=5)
+    for view in (0, 1):
+        keys = ViewKeys(torch.arange(1000, 1032), seed=7, epoch=3, view=view)
+        params, expected = aug.sample_params(keys, 40, 36), _hand_numbered_params(aug, keys, 40, 36)
+        assert params.keys() == expected.keys()
+        for name in params:
+            assert params[name].dtype == expected[name].dtype and torch.equal(params[name], expected[name]), name
+        assert torch.equal(BA.sample_crop_params(keys, 40, 36)[0], expected["top"])  # the workers' box
+        assert torch.equal(aug(x8, keys), _hand_written_apply(aug, x8, expected))
+        assert torch.equal(aug(crops, keys, crop=False), _hand_written_apply(aug, crops, expected, crop=False))
+
+
+def test_keyed_draws_and_parameters_are_pinned() -> None:
+    """Checksums of the keyed draws and of the discrete parameters for one fixed key, computed at ef1306f:
+    the random numbers themselves and what the ops make of them do not move."""
+    keys = ViewKeys(torch.arange(1000, 1064), seed=7, epoch=3, view=1)
+    assert int((keys.uniform(0, 35) * 2**24).long().sum()) == 18949367838
+    p = BA.BatchedSimCLRAugment(32, 1.0, blur=True).sample_params(keys, 40, 36)
+    sums = {k: int(p[k].long().sum()) for k in ("top", "left", "h", "w", "flip", "jitter", "grayscale", "blur")}
+    assert sums == {"top": 459, "left": 352, "h": 1630, "w": 1599, "flip": 32, "jitter": 49, "grayscale": 17,
+                    "blur": 34}
+    assert int((p["jitter_order"] * torch.tensor([1, 4, 16, 64])).sum()) == 7461

@@ -9,14 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from data.augment import blur_kernel_size, simclr_augmentation
 import data.datasets as ds
 from data.datasets import DATASETS, ArrayImages, FileImages, content_key, load_split, load_train_test, read_image
-from data.device_views import DeviceFinish, DeviceTwoViews
-from data.loaders import pretrain_input
+from data.batched_augment import blur_kernel_size
+from data.loaders import ImageTreeTwoViews, InMemoryTwoViews, pretrain_input
 from data.paths import load_paths, resolve
 from data.sampler import EpochSampler
-from data.views import TwoViews
+from data.reference_augment import TwoViews, simclr_augmentation
 from tests.tiny_data import (write_cifar10_pickles, write_cifar100_pickles, write_gray16, write_image_folder,
                              write_paths, write_pickle, write_py2_pickle, write_stl_binary)
 from utils.errors import UserError
@@ -78,9 +77,9 @@ def test_an_image_tree_is_decoded_into_memory_when_its_images_share_one_size_and
     # pretraining: the decoded copy's views are made on the device, the files' crops in workers
     kw = dict(world=1, rank=0, seed=0, device=torch.device("cpu"), image_size=8, jitter_strength=0.5, blur=False,
               num_workers=0)
-    assert isinstance(pretrain_input("imagenet", paths, 2, **kw)[2], DeviceTwoViews)
+    assert isinstance(pretrain_input("imagenet", paths, 2, **kw)[2], InMemoryTwoViews)
     Image.fromarray(np.zeros((12, 13, 3), np.uint8)).save(str(tmp_path / "in" / "train" / "dog" / "odd.png"))
-    assert isinstance(pretrain_input("imagenet", paths, 2, **kw)[2], DeviceFinish)
+    assert isinstance(pretrain_input("imagenet", paths, 2, **kw)[2], ImageTreeTwoViews)
 
 
 def test_cifar10_native_pickles(tmp_path):

@@ -1,5 +1,6 @@
-"""Batched on-device views: a function of (seed, epoch, image, view) alone, whatever the batching,
-the process or the worker; resumable mid-epoch; the same crops for image trees as for in-memory data."""
+"""The two pretraining input paths of data/loaders.py (in memory on the device; image trees through DataLoader
+workers): a view is a function of (seed, epoch, image, view) alone, whatever the batching, the process or the
+worker; resumable mid-epoch; the same crops for image trees as for in-memory data."""
 import numpy as np
 import pytest
 import torch
@@ -8,9 +9,8 @@ from torch.utils.data import DataLoader
 from data import batched_augment
 from data.batched_augment import BatchedSimCLRAugment, ViewKeys, sample_crop_params
 from data.datasets import ArrayImages
-from data.device_views import DeviceFinish, DeviceTwoViews
+from data.loaders import ImageTreeTwoViews, InMemoryTwoViews, TwoCrops
 from data.sampler import EpochSampler
-from data.views import TwoCrops
 
 CPU = torch.device("cpu")
 IMAGES = np.random.default_rng(0).integers(0, 256, size=(12, 8, 8, 3), dtype=np.uint8)
@@ -19,7 +19,7 @@ IMAGES = np.random.default_rng(0).integers(0, 256, size=(12, 8, 8, 3), dtype=np.
 def views(skip=0, epoch=0, seed=0, batch_size=4, num_replicas=1, rank=0):
     sampler = EpochSampler(12, seed=1, num_replicas=num_replicas, rank=rank)
     sampler.set_epoch(epoch, skip=skip)
-    return list(DeviceTwoViews(IMAGES, BatchedSimCLRAugment(8, 0.5), batch_size, sampler, CPU, seed))
+    return list(InMemoryTwoViews(IMAGES, BatchedSimCLRAugment(8, 0.5), batch_size, sampler, CPU, seed))
 
 
 def by_image(batches, sampler_keys):
@@ -72,13 +72,13 @@ def test_other_epoch_and_seed_draw_other_views():
 TREE = np.random.default_rng(1).integers(0, 256, size=(8, 12, 10, 3), dtype=np.uint8)  # (N, H, W, 3), not square
 
 
-def finish(skip=0, batch_size=4, num_workers=0, seed=3):
+def tree_views(skip=0, batch_size=4, num_workers=0, seed=3):
     images = ArrayImages(TREE, np.zeros(8), ["x"])  # read through .image(i) as a file tree would be
     sampler = EpochSampler(8, seed=2)
     sampler.set_epoch(0, skip=skip)
     loader = DataLoader(TwoCrops(images, 6, seed=seed), batch_size=batch_size, sampler=sampler,
                         num_workers=num_workers)
-    return list(DeviceFinish(loader, BatchedSimCLRAugment(6, blur=True), sampler, CPU, seed=seed)), loader
+    return list(ImageTreeTwoViews(loader, BatchedSimCLRAugment(6, blur=True), sampler, CPU, seed=seed)), loader
 
 
 def test_workers_cut_the_crop_box_of_the_in_memory_path():
@@ -94,23 +94,24 @@ def test_workers_cut_the_crop_box_of_the_in_memory_path():
         assert (crop.float() / 255 - ref).abs().mean() < 0.02
 
 
-def test_finish_views_depend_on_the_image_alone_and_resume():
-    a, _ = finish()
+def test_tree_views_depend_on_the_image_alone_and_resume():
+    a, _ = tree_views()
     assert len(a) == 2 and a[0][0].shape == (4, 3, 6, 6)
-    assert torch.equal(finish(skip=4)[0][0][1], a[1][1])  # resumes with the same views
+    assert torch.equal(tree_views(skip=4)[0][0][1], a[1][1])  # resumes with the same views
     order = EpochSampler(8, seed=2).order(0)
     ref = by_image(a, order)
-    for other in (by_image(finish(batch_size=2, num_workers=2)[0], order), by_image(finish(batch_size=8)[0], order)):
+    others = (by_image(tree_views(batch_size=2, num_workers=2)[0], order), by_image(tree_views(batch_size=8)[0], order))
+    for other in others:
         assert other.keys() == ref.keys()
         for i, (v1, v2) in other.items():
             torch.testing.assert_close(v1, ref[i][0], rtol=0, atol=1e-6)
             torch.testing.assert_close(v2, ref[i][1], rtol=0, atol=1e-6)
 
 
-def test_finish_is_the_device_pipeline_on_the_workers_crops_without_resizing(monkeypatch):
+def test_tree_views_are_the_device_pipeline_on_the_workers_crops_without_resizing(monkeypatch):
     """The device step equals BatchedSimCLRAugment.apply with the crop's keys on the crop, and never resizes
     (crop + resize at the output size would be two dense matmuls per view for nothing)."""
-    expected, loader = finish()
+    expected, loader = tree_views()
     c1, c2, idx = next(iter(loader))
     aug = BatchedSimCLRAugment(6, blur=True)
     for view, c in enumerate((c1, c2)):
@@ -118,9 +119,9 @@ def test_finish_is_the_device_pipeline_on_the_workers_crops_without_resizing(mon
         torch.testing.assert_close(expected[0][view], aug.apply(c, params, crop=False), rtol=0, atol=0)
 
     def no_resize(*args, **kwargs):
-        raise AssertionError("resized_crop called on the finish path")
+        raise AssertionError("resized_crop called on the image-tree path")
     monkeypatch.setattr(batched_augment, "resized_crop", no_resize)
-    got, _ = finish()
+    got, _ = tree_views()
     assert all(torch.equal(x, y) for a, b in zip(got, expected) for x, y in zip(a, b))
     with pytest.raises(AssertionError, match="resized_crop called"):  # the patch does catch a resize
         BatchedSimCLRAugment(6)(c1, ViewKeys(idx))
