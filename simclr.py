@@ -11,29 +11,25 @@ import argparse
 import os
 import uuid
 
-import torch
 
 from data.datasets import DATASETS, ArrayImages, dataset_info
 from data.loaders import pretrain_input
 from data.paths import DEFAULT_PATHS_FILE
 from evaluation.knn import KNNMonitor
-from models.loss import NTXentLoss
 from models.resnet import ARCHS, STEMS
-from models.simclr import SimCLR
-from optim.groups import build_optimizer
 from optim.schedules import lr_schedule, scaled_lr
-from training.loop import BatchError, NonFiniteLoss, train_epoch
+from training.build import build_pretraining
+from training.loop import BatchError, NonFiniteLoss, train_one_epoch
 from training.recipe import RECIPE_KEYS, RECIPES, fill, learning_rate
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import Saver, checkpoint_path, git_commit, resume, save_checkpoint
 from utils.cli import Parser, nonneg_float, nonneg_int, number, positive_float, positive_int
 from utils.csvlog import CSVLog, NullLog
-from utils.distributed import (DistInfo, any_rank, barrier, cleanup_distributed, convert_sync_batchnorm,
-                               default_workers, gather_with_grad, init_distributed, wrap_model)
+from utils.distributed import DistInfo, any_rank, barrier, cleanup_distributed, default_workers, init_distributed
 from utils.errors import UserError, run_cli
 from utils.files import RunLock, check_output, clean_orphans, refuse_same, same_file
 from utils.interrupt import StopRequest
-from utils.precision import AtPrecision, configure_backends, resolve_precision
+from utils.precision import configure_backends, resolve_precision
 
 LOG_FIELDS = ["epoch", "step", "lr", "loss", "images_per_s", "knn_top1", "run_id"]
 MODEL_KEYS = ["arch", "stem", "width_multiplier", "proj_dim", "proj_hidden_dim", "proj_layers"]
@@ -138,37 +134,28 @@ def main(args: argparse.Namespace) -> dict:
         cleanup_distributed()  # a no-op without a process group
 
 
-def setup(args: argparse.Namespace, info: DistInfo):
+def setup(args: argparse.Namespace, dist_info: DistInfo):
     """Data, model, optimizer and the run's derived options (written into ``args``, saved with checkpoints)."""
-    device, world = info.device, info.world_size
+    device, world = dist_info.device, dist_info.world_size
     precision = resolve_precision(args.precision, device, args.channels_last)
     args.precision, args.channels_last, args.world_size = precision.name, precision.channels_last, world
-    args.sync_bn = info.distributed and world > 1 if args.sync_bn is None else args.sync_bn
+    args.sync_bn = dist_info.distributed and world > 1 if args.sync_bn is None else args.sync_bn
     args.num_workers = default_workers() if args.num_workers is None else args.num_workers
     pretrain, sampler, batches = pretrain_input(
-        args.dataset, args.dataset_paths, args.batch_size, world=world, rank=info.rank, seed=args.seed, device=device,
-        image_size=args.image_size, jitter_strength=args.jitter_strength, blur=args.blur,
+        args.dataset, args.dataset_paths, args.batch_size, world=world, rank=dist_info.rank, seed=args.seed,
+        device=device, image_size=args.image_size, jitter_strength=args.jitter_strength, blur=args.blur,
         num_workers=args.num_workers)
     args.native_size = pretrain.images.shape[1] if isinstance(pretrain, ArrayImages) else None
-    torch.manual_seed(args.seed)
-    model = SimCLR(args.arch, args.stem, args.proj_dim, args.proj_hidden_dim, args.proj_layers, args.width_multiplier)
-    if args.sync_bn and info.distributed:
-        model = convert_sync_batchnorm(model, device)  # same parameters and state_dict keys, new module types
-    model = model.to(device, memory_format=precision.memory_format)
-    optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay, args.momentum,
-                                args.trust_coefficient)
-    if args.compile:
-        model.compile()  # in place: the state_dict keys and the checkpoints stay those of the plain model
-    net, parallel = wrap_model(AtPrecision(model, precision), info, compiled=args.compile)
-    return pretrain, sampler, batches, model, net, optimizer, precision, parallel
+    run = build_pretraining(args, dist_info, precision, args.batch_size // world)
+    return pretrain, sampler, batches, run
 
 
-def claim_run(args: argparse.Namespace, path: str, log_path: str, info: DistInfo) -> RunLock | None:
+def claim_run(args: argparse.Namespace, path: str, log_path: str, dist_info: DistInfo) -> RunLock | None:
     """Rank 0, before any compute: the location is writable, no other run writes there (a lock held until this
     process ends), and an existing run there is continued (--resume) or replaced (--overwrite), never silently.
     A refusal on rank 0 stops every rank."""
     lock, refusal = None, None
-    if info.is_main:
+    if dist_info.is_main:
         try:
             refuse_same({"--filename": path, "its log": log_path}, {"--dataset-paths": args.dataset_paths})
             check_output(path, "--filename")
@@ -183,42 +170,44 @@ def claim_run(args: argparse.Namespace, path: str, log_path: str, info: DistInfo
             refusal = e
             if lock is not None:
                 lock.release()
-    if any_rank(refusal is not None, info):
+    if any_rank(refusal is not None, dist_info):
         raise refusal or UserError("rank 0 refused the run (its error says why)")
     return lock
 
 
-def train(args: argparse.Namespace, info: DistInfo) -> dict:
+def train(args: argparse.Namespace, dist_info: DistInfo) -> dict:
     """Pretrain into checkpoint_path(--filename) and the CSV log beside it, holding the run's lock throughout."""
     path = checkpoint_path(args.filename)
     log_path = os.path.splitext(path)[0] + ".csv"
-    lock = claim_run(args, path, log_path, info)
+    lock = claim_run(args, path, log_path, dist_info)
     try:
-        return fit(args, info, path, log_path)
+        return fit(args, dist_info, path, log_path)
     finally:
         if lock is not None:
             lock.release()
 
 
-def fit(args: argparse.Namespace, info: DistInfo, path: str, log_path: str) -> dict:
-    device, world, say = info.device, info.world_size, (print if info.is_main else lambda *a, **k: None)
+def fit(args: argparse.Namespace, dist_info: DistInfo, path: str, log_path: str) -> dict:
+    device, world = dist_info.device, dist_info.world_size
+    print0 = print if dist_info.is_main else lambda *a, **k: None  # rank 0 speaks for all
     tune_cpu_allocator(device)  # on CPU: reuse freed tensors' memory (utils/allocator.py)
     configure_backends(device)
-    pretrain, sampler, batches, model, net, optimizer, precision, parallel = setup(args, info)
-    if info.is_main:  # room for one more checkpoint (model and momentum) beside the old one
+    pretrain, sampler, batches, run = setup(args, dist_info)
+    model, optimizer, precision = run.model, run.optimizer, run.precision
+    if dist_info.is_main:  # room for one more checkpoint (model and momentum) beside the old one
         check_output(path, "--filename", 2 * sum(t.numel() * t.element_size() for t in model.state_dict().values()))
     steps_per_epoch = len(pretrain) // args.batch_size  # = len(batches) on every rank
     start_epoch, step, run_id, history = 0, 0, uuid.uuid4().hex[:12], []
     if args.resume:
         resumed = resume(args.filename if args.resume is True else args.resume, model, optimizer, vars(args),
                          MODEL_KEYS, steps_per_epoch, args.allow_changes)
-        if info.is_main and os.path.exists(path) and not same_file(resumed.path, path) and not args.overwrite:
+        if dist_info.is_main and os.path.exists(path) and not same_file(resumed.path, path) and not args.overwrite:
             raise UserError(f"{path} holds another run than {resumed.path}: pass --overwrite to replace it with the "
                             f"continued run, or another --filename")
         start_epoch, step, history = resumed.epoch, resumed.step, resumed.history
         run_id = resumed.run_id or run_id  # a checkpoint from before run ids takes a new one
         skip = step - start_epoch * steps_per_epoch  # > 0 after a mid-epoch stop
-        say(f"resumed from {resumed.path}: epoch {start_epoch}, step {step}"
+        print0(f"resumed from {resumed.path}: epoch {start_epoch}, step {step}"
             + (f" ({skip} steps into epoch {start_epoch + 1})" if skip else "")
             + (f"; nothing to do: --num-epochs is {args.num_epochs}" if start_epoch >= args.num_epochs else "")
             + "".join(f"; --{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in resumed.changes.items())
@@ -226,13 +215,13 @@ def fit(args: argparse.Namespace, info: DistInfo, path: str, log_path: str) -> d
     total, warmup = steps_per_epoch * args.num_epochs, round(args.warmup_epochs * steps_per_epoch)
     lr_at = lr_schedule(args.lr, total, warmup, args.cosine_anneal)
     keep = step if args.resume and not args.overwrite else None
-    log = CSVLog(log_path, LOG_FIELDS, run_id, keep) if info.is_main else NullLog()
+    log = CSVLog(log_path, LOG_FIELDS, run_id, keep) if dist_info.is_main else NullLog()
     monitor = KNNMonitor(args.dataset, args.dataset_paths, args.image_size, args.native_size, device, precision,
-                         args.num_workers, args.knn_k) if args.test_freq > 0 and info.is_main else None
-    say(f"{args.dataset}: {len(pretrain)} images, {steps_per_epoch} steps/epoch of {args.batch_size}; {args.arch} "
-        f"({args.stem} stem) on {device}, {precision.label}, {parallel}, SyncBN {args.sync_bn}"
+                         args.num_workers, args.knn_k) if args.test_freq > 0 and dist_info.is_main else None
+    print0(f"{args.dataset}: {len(pretrain)} images, {steps_per_epoch} steps/epoch of {args.batch_size}; {args.arch} "
+        f"({args.stem} stem) on {device}, {precision.label}, {run.parallel}, SyncBN {args.sync_bn}"
         + (" (--compile breaks the graph at every SyncBatchNorm)" if args.compile and args.sync_bn else "")
-        + (" (--sync-bn has no effect without torchrun)" if args.sync_bn and not info.distributed else "")
+        + (" (--sync-bn has no effect without torchrun)" if args.sync_bn and not dist_info.distributed else "")
         + (f", gradient caching in chunks of {args.chunk_size} pairs" if args.chunk_size else "")
         + f"; lr {args.lr:.4g} ({args.lr_scaling} scaling of {args.base_lr}); checkpoint {path}, log {log_path}")
 
@@ -248,40 +237,38 @@ def fit(args: argparse.Namespace, info: DistInfo, path: str, log_path: str) -> d
             skip = step - epoch * steps_per_epoch if epoch == start_epoch else 0  # > 0 after a mid-epoch stop
             sampler.set_epoch(epoch, skip=skip * (args.batch_size // world))
             try:
-                step, stopped = run_epoch(args, info, net, batches, optimizer, lr_at, epoch, step, log, stop, result)
+                step, stopped = run_epoch(args, dist_info, run, batches, lr_at, epoch, step, log, stop, result)
             except BatchError as e:  # e.g. an unreadable image: the steps done are kept
                 step = e.step
-                if info.is_main:
+                if dist_info.is_main:
                     saver(epoch, force=True)
                 raise UserError(f"{e}; the {step} steps done are saved in {path}: replace the file, then resume "
                                 f"with --resume") from None
-            stopped = any_rank(stopped or stop.requested, info)
-            if info.is_main:  # saved before the kNN monitor, so that a bad test image costs no epoch
+            stopped = any_rank(stopped or stop.requested, dist_info)
+            if dist_info.is_main:  # saved before the kNN monitor, so that a bad test image costs no epoch
                 saver(epoch + (0 if stopped else 1), force=stopped)
-            if not stopped and monitor_epoch(args, info, epoch, step, lr_at, log, result, monitor, model):
-                stopped = any_rank(stop.requested, info)  # a signal during the kNN monitor
-                if stopped and info.is_main:
+            if not stopped and monitor_epoch(args, dist_info, epoch, step, lr_at, log, result, monitor, model):
+                stopped = any_rank(stop.requested, dist_info)  # a signal during the kNN monitor
+                if stopped and dist_info.is_main:
                     saver(epoch + 1, force=True)
             if stopped:
                 log.close()
-                barrier(info)
-                say(f"stopped by {stop.signal_name or 'a signal'} after step {step} (epoch {epoch + 1}); checkpoint "
+                barrier(dist_info)
+                print0(f"stopped by {stop.signal_name or 'a signal'} after step {step} (epoch {epoch + 1}); checkpoint "
                     f"{path} written. Resume with the same command plus --resume", flush=True)
                 raise SystemExit(130 if stop.signal_name == "SIGINT" else 143)
     log.close()
-    barrier(info)  # no rank leaves before rank 0 has written the last checkpoint
+    barrier(dist_info)  # no rank leaves before rank 0 has written the last checkpoint
     return result
 
 
-def run_epoch(args, info, net, batches, optimizer, lr_at, epoch, step, log, stop, result) -> tuple[int, bool]:
-    """One epoch; returns the step and whether a stop was asked for (any rank, asked after every step)."""
+def run_epoch(args, dist_info, run, batches, lr_at, epoch, step, log, stop, result) -> tuple[int, bool]:
+    """One epoch (training/loop.py); returns the step and whether a stop was asked for."""
     try:
-        step, mean_loss, stopped = train_epoch(
-            net, batches, NTXentLoss(args.temperature, scale=args.loss_scale), optimizer, lr_at, step,
-            device=info.device, batch_size=args.batch_size, chunk_size=args.chunk_size,
-            gather=gather_with_grad if info.world_size > 1 else None, log_every=args.log_freq,
-            log=lambda **row: log.write(epoch=epoch + 1, **row), stop=lambda: any_rank(stop.requested, info),
-            stop_every=1, desc=f"epoch {epoch + 1}/{args.num_epochs}", show=info.is_main)
+        step, mean_loss, stopped = train_one_epoch(
+            run, batches, lr_at, epoch, step, device=dist_info.device, images_per_step=args.batch_size, log=log,
+            stop=stop, dist_info=dist_info, log_every=args.log_freq, desc=f"epoch {epoch + 1}/{args.num_epochs}",
+            show=dist_info.is_main)
     except NonFiniteLoss as e:
         raise UserError(f"{e} (epoch {epoch + 1}); stopped without saving, the last good checkpoint "
                         f"{checkpoint_path(args.filename)} is untouched (try a lower --base-lr or --precision fp32)"
@@ -291,19 +278,19 @@ def run_epoch(args, info, net, batches, optimizer, lr_at, epoch, step, log, stop
     return step, stopped
 
 
-def monitor_epoch(args, info, epoch, step, lr_at, log, result, monitor, model) -> bool:
+def monitor_epoch(args, dist_info, epoch, step, lr_at, log, result, monitor, model) -> bool:
     """The epoch's line, with the kNN top-1 when due (rank 0 alone; the others wait); whether it was due."""
     done = epoch + 1
     message = f"epoch {done}/{args.num_epochs}: loss {result['losses'][-1]:.4f}, lr {lr_at(step):.4g}"
     due = args.test_freq > 0 and (done % args.test_freq == 0 or done == args.num_epochs)
     if due:
-        if info.is_main:
+        if dist_info.is_main:
             acc = monitor(model.backbone)
             log.write(epoch=done, step=step, knn_top1=acc)
             result["knn"].append(acc)
             message += f", kNN top-1 {acc:.2f}%"
-        barrier(info)  # the other ranks wait for rank 0's kNN monitor
-    if info.is_main:
+        barrier(dist_info)  # the other ranks wait for rank 0's kNN monitor
+    if dist_info.is_main:
         print(message, flush=True)
     return due
 

@@ -28,12 +28,11 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from models.loss import NTXentLoss  # noqa: E402
-from models.simclr import SimCLR  # noqa: E402
-from optim.groups import build_optimizer  # noqa: E402
-from training.step import simclr_step  # noqa: E402
+from training.build import build_pretraining, step_config  # noqa: E402
+from training.loop import train_step  # noqa: E402
 from utils.allocator import tune_cpu_allocator  # noqa: E402
-from utils.precision import AtPrecision, resolve_precision  # noqa: E402
+from utils.distributed import DistInfo  # noqa: E402
+from utils.precision import resolve_precision  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -65,16 +64,14 @@ def measure(batch: int, chunk: int, args: argparse.Namespace, device: torch.devi
     tune_cpu_allocator(device)  # as simclr.py does on CPU
     torch.manual_seed(0)
     precision = resolve_precision(args.precision, device)
-    model = SimCLR(args.arch, args.stem, proj_dim=128).to(device, memory_format=precision.memory_format).train()
-    optimizer = build_optimizer(model, "lars", 0.1, 1e-6)
-    net, criterion = AtPrecision(model, precision), NTXentLoss(0.5)
+    cfg = step_config("cifar10", batch, arch=args.arch, stem=args.stem, chunk_size=chunk, temperature=0.5,
+                      base_lr=0.1, lr_scaling="none", weight_decay=1e-6)
+    run = build_pretraining(cfg, DistInfo(device=device), precision, batch)  # simclr.py's step
+    run.net.train()
 
     def step(n: int) -> None:
         x1 = torch.randn(n, 3, args.image_size, args.image_size, device=device)
-        x2 = torch.randn_like(x1)
-        optimizer.zero_grad(set_to_none=False)
-        simclr_step(net, x1, x2, criterion, chunk)
-        optimizer.step()
+        train_step(run, x1, torch.randn_like(x1), cfg.lr)
 
     step(2)  # gradients and optimizer state exist from here on
     if device.type == "cuda":

@@ -7,7 +7,7 @@ Measured side by side in one run, in alternating rounds (the machine's noise hit
 measurement in a fresh process so that no path inherits another's worker processes or heap:
   (a) workers: the per-image torchvision PIL pipeline in DataLoader workers (the usual PyTorch SimCLR),
       with glibc's default malloc settings, as other repositories run;
-  (b) device:  uint8 images on the device, batched augmentation there (data.device_views), same malloc;
+  (b) device:  uint8 images on the device, batched augmentation there (data.loaders.InMemoryTwoViews), same malloc;
   (c) CPU only: (b) plus the malloc tuning that simclr.py applies on CPU (utils/allocator.py),
 and printed as ratios to (a); the same for augmentation alone; and the compute ceiling of (b) and (c):
 the same step on random tensors already on the device, so no data path can beat it. On CPU it says
@@ -31,22 +31,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from data.augment import simclr_augmentation  # noqa: E402
 from data.batched_augment import BatchedSimCLRAugment  # noqa: E402
 from data.datasets import ArrayImages, dataset_info, load_split  # noqa: E402
-from data.device_views import DeviceTwoViews  # noqa: E402
+from data.loaders import InMemoryTwoViews  # noqa: E402
 from data.keyed_random import ViewKeys  # noqa: E402
 from data.sampler import EpochSampler  # noqa: E402
-from data.views import TwoViews  # noqa: E402
-from models.loss import NTXentLoss  # noqa: E402
-from models.simclr import SimCLR  # noqa: E402
-from optim.groups import build_optimizer  # noqa: E402
-from optim.schedules import scaled_lr  # noqa: E402
+from data.reference_augment import TwoViews, simclr_augmentation  # noqa: E402
+from training.build import build_pretraining, step_config  # noqa: E402
+from training.loop import train_step  # noqa: E402
 from training.recipe import recipe  # noqa: E402
-from training.step import simclr_step  # noqa: E402
 from utils.allocator import tune_cpu_allocator  # noqa: E402
-from utils.distributed import select_device  # noqa: E402
-from utils.precision import AtPrecision, resolve_precision  # noqa: E402
+from utils.distributed import DistInfo, select_device  # noqa: E402
+from utils.precision import resolve_precision  # noqa: E402
 
 # (name, path, malloc tuning) of each column
 CONFIGS = {"a": ("workers", False), "b": ("device", False), "c": ("device", True)}
@@ -105,16 +101,12 @@ def measure(args: argparse.Namespace) -> dict:
     images = ArrayImages(np.concatenate([base.images] * reps), np.concatenate([base.labels] * reps), base.classes)
     size = r["image_size"]
 
-    model = SimCLR(args.arch, r["stem"]).to(device, memory_format=precision.memory_format).train()
-    optimizer = build_optimizer(model, "lars", scaled_lr(r["base_lr"], args.batch_size, "linear"), r["weight_decay"])
-    if args.compile:
-        model.compile()
-    net, criterion = AtPrecision(model, precision), NTXentLoss(r["temperature"])
+    cfg = step_config(args.dataset, args.batch_size, arch=args.arch, compile=args.compile)
+    run = build_pretraining(cfg, DistInfo(device=device), precision, args.batch_size)  # simclr.py's step
+    run.net.train()
 
     def step(x1, x2):
-        optimizer.zero_grad(set_to_none=True)
-        simclr_step(net, x1, x2, criterion)
-        optimizer.step()
+        train_step(run, x1, x2, cfg.lr)
 
     sampler = EpochSampler(len(images), seed=0)
     augment = BatchedSimCLRAugment(size, r["jitter_strength"], r["blur"], mean=info.mean, std=info.std).to(device)
@@ -124,7 +116,7 @@ def measure(args: argparse.Namespace) -> dict:
                              batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers, drop_last=True,
                              pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
     else:
-        batches = DeviceTwoViews(images.images, augment, args.batch_size, sampler, device)
+        batches = InMemoryTwoViews(images.images, augment, args.batch_size, sampler, device)
 
     def loop(train: bool):
         def gen():

@@ -4,14 +4,16 @@
     python bench/tree_loader.py --dataset imagenet --device cuda --num-workers 16 --batch-size 512
 
 Views per second (two per image) of:
-  (a) torchvision per image in DataLoader workers: decode + the whole SimCLR pipeline (data.views.TwoViews);
-  (b) simclr.py's path for trees that do not fit in memory or mix image sizes (ImageNet): workers decode + cut
-      both crops (data.views.TwoCrops), the device finishes the views in batches (data.device_views.DeviceFinish);
+  (a) torchvision per image in DataLoader workers: decode + the whole SimCLR pipeline
+      (data.reference_augment.TwoViews);
+  (b) simclr.py's image-tree path, for trees that do not fit in memory or mix image sizes (ImageNet): workers
+      decode + cut both crops (data.loaders.TwoCrops), the device finishes the views in batches
+      (data.loaders.ImageTreeTwoViews);
   (c) decoding alone in the same workers (PIL), the floor under (a) and (b);
   (d) torchvision.io.decode_jpeg alone in the same workers, the other decoder;
-  (e) simclr.py's path for trees of one image size that fit (data.datasets.fits_in_memory, e.g. Imagenette at
+  (e) simclr.py's in-memory path, for trees of one image size that fit (data.datasets.fits_in_memory, e.g. Imagenette at
       128 px): a decoded uint8 copy (data.datasets.decode_all, cached on disk, as CIFAR), batches gathered and
-      augmented on the device, no workers (data.device_views.DeviceTwoViews); its one-off decode is timed;
+      augmented on the device, no workers (data.loaders.InMemoryTwoViews); its one-off decode is timed;
 and the training step alone on random tensors (simclr.py's model, loss and LARS step at --precision), so that
 each path's share of a step, input time / (input time + step time), reads as what it costs when the two do not
 overlap (on a CPU, workers and the step share the cores). Paths alternate over --rounds; medians are printed.
@@ -32,22 +34,18 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision.io import ImageReadMode, decode_jpeg, read_file  # noqa: E402
 from torchvision.transforms import functional as TF  # noqa: E402
 
-from data.augment import simclr_augmentation  # noqa: E402
 from data.batched_augment import BatchedSimCLRAugment  # noqa: E402
 from data import datasets  # noqa: E402
 from data.datasets import dataset_info, decode_all, load_split  # noqa: E402
-from data.device_views import DeviceFinish, DeviceTwoViews  # noqa: E402
+from data.loaders import ImageTreeTwoViews, InMemoryTwoViews, TwoCrops  # noqa: E402
 from data.paths import DEFAULT_PATHS_FILE  # noqa: E402
+from data.reference_augment import TwoViews, simclr_augmentation  # noqa: E402
 from data.sampler import EpochSampler  # noqa: E402
-from data.views import TwoCrops, TwoViews  # noqa: E402
-from models.loss import NTXentLoss  # noqa: E402
-from models.simclr import SimCLR  # noqa: E402
-from optim.groups import build_optimizer  # noqa: E402
-from optim.schedules import scaled_lr  # noqa: E402
-from training.recipe import learning_rate, recipe  # noqa: E402
-from training.step import simclr_step  # noqa: E402
-from utils.distributed import select_device  # noqa: E402
-from utils.precision import AtPrecision, resolve_precision  # noqa: E402
+from training.build import build_pretraining, step_config  # noqa: E402
+from training.loop import train_step  # noqa: E402
+from training.recipe import recipe  # noqa: E402
+from utils.distributed import DistInfo, select_device  # noqa: E402
+from utils.precision import resolve_precision  # noqa: E402
 
 
 class DecodePIL(Dataset):
@@ -101,6 +99,20 @@ def views_per_s(batches, n: int, views_per_batch: int, device: torch.device, fin
     return n * views_per_batch / (time.perf_counter() - t)
 
 
+def training_steps(args: argparse.Namespace, precision, device: torch.device, batch: int, size: int):
+    """A function returning an endless iterator of simclr.py's training step on one random batch."""
+    cfg = step_config(args.dataset, batch, arch=args.arch)
+    pretraining = build_pretraining(cfg, DistInfo(device=device), precision, batch)  # simclr.py's step
+    pretraining.net.train()
+    x = torch.randn(batch, 3, size, size, device=device)
+
+    def steps():
+        while True:
+            train_step(pretraining, x, x, cfg.lr)
+            yield
+    return steps
+
+
 def main(args: argparse.Namespace) -> dict:
     device = select_device(args.device)
     r, info = recipe(args.dataset), dataset_info(args.dataset)
@@ -127,29 +139,17 @@ def main(args: argparse.Namespace) -> dict:
         "(a) torchvision per image, workers": lambda: views_per_s(loader(TwoViews(files, pipeline)), args.batches,
                                                                   2 * b, device, to_device),
         "(b) workers crop + batched finish": lambda: views_per_s(
-            DeviceFinish(loader(TwoCrops(files, size)), augment, sampler, device), args.batches, 2 * b, device),
+            ImageTreeTwoViews(loader(TwoCrops(files, size)), augment, sampler, device), args.batches, 2 * b, device),
         "(c) PIL decode alone, workers": lambda: views_per_s(loader(DecodePIL(files)), args.batches, 2 * b, device,
                                                              lambda x: x.to(device)),
         "(d) torchvision.io decode, workers": lambda: views_per_s(loader(DecodeTorchvision(files)), args.batches,
                                                                   2 * b, device, lambda x: x.to(device)),
         "(e) decoded uint8 copy, device": lambda: views_per_s(
-            DeviceTwoViews(decoded.images, augment, b, sampler, device), args.batches, 2 * b, device),
+            InMemoryTwoViews(decoded.images, augment, b, sampler, device), args.batches, 2 * b, device),
     }
 
     precision = resolve_precision(args.precision, device)
-    model = SimCLR(args.arch, r["stem"]).to(device, memory_format=precision.memory_format).train()
-    base_lr, rule = learning_rate(args.dataset, b, None, None)
-    optimizer = build_optimizer(model, "lars", scaled_lr(base_lr, b, rule), r["weight_decay"])
-    net, criterion, x = AtPrecision(model, precision), NTXentLoss(r["temperature"]), torch.randn(b, 3, size, size,
-                                                                                                   device=device)
-
-    def steps():
-        while True:
-            optimizer.zero_grad(set_to_none=True)
-            simclr_step(net, x, x, criterion)
-            optimizer.step()
-            yield
-
+    steps = training_steps(args, precision, device, b, size)
     results: dict[str, list[float]] = {name: [] for name in list(paths) + ["training step alone"]}
     for rnd in range(args.rounds):
         for epoch, (name, run) in enumerate(paths.items()):

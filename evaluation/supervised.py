@@ -2,7 +2,6 @@
 epoch of the best validation top-1 kept, and top-1/top-5/loss on a held-out loader."""
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -12,8 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from evaluation.accuracy import classification_scores
-from training.loop import LossMeter
-from utils.errors import UserError
+from training.loop import LossMeter, NonFiniteLoss
 from utils.precision import Precision
 
 
@@ -28,21 +26,22 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     model.train()
     meter = LossMeter()
     for x, y in tqdm(loader, desc=desc, leave=False):
-        for group in optimizer.param_groups:
+        for group in optimizer.param_groups:  # the lr for this step
             group["lr"] = lr_at(step)
+        optimizer.zero_grad(set_to_none=True)
         x = x.to(device, non_blocking=True).contiguous(memory_format=precision.memory_format)
         y = y.to(device, non_blocking=True)
         with precision.autocast():
             logits = model(x)  # logits: (B, C)
         loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         meter.add(loss.detach())
         step += 1
-    mean_loss = meter.read()[0] if meter.n else 0.0
-    if not math.isfinite(mean_loss):
-        raise UserError(f"loss is {mean_loss} in {desc}: lower --base-lr")
+    try:
+        mean_loss = meter.read(step)[0] if meter.n else 0.0
+    except NonFiniteLoss as e:
+        raise NonFiniteLoss(f"{e} in {desc}: lower --base-lr") from None
     return mean_loss, step
 
 

@@ -9,8 +9,8 @@ class ProjectionHead(nn.Module):
     """``num_layers - 1`` blocks Linear-BN-ReLU, then Linear-BN where the last BN has a scale but no shift.
 
     As the official TF code: linear layers have no bias (BN follows each). 2048-2048-128 for
-    ResNet-50; ``num_layers=3`` is SimCLRv2's head. ``layers[i]`` is the i-th Linear-BN(-ReLU) block,
-    so the output of the first K blocks is ``forward(h, upto=K)``.
+    ResNet-50; ``num_layers=3`` is SimCLRv2's head. ``layers[i]`` is the i-th Linear-BN(-ReLU) block
+    (fine-tuning keeps the first K: models/finetune.py).
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2) -> None:
@@ -29,7 +29,7 @@ class ProjectionHead(nn.Module):
         self.layers = nn.ModuleList(blocks)
         self.out_dim = out_dim
 
-    def forward(self, h: torch.Tensor, upto: int | None = None) -> torch.Tensor:
-        for block in self.layers[:upto]:
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for block in self.layers:
             h = block(h)
         return h  # z: (B, out_dim)

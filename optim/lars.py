@@ -12,10 +12,9 @@ A group with ``adapt=False`` gets neither weight decay nor the trust ratio:
 (weights with ndim > 1 adapt; BN parameters, biases and the fine-tuning classifier do not, as the
 official code's exclusions).
 
-``foreach=True`` (the default) updates all the parameters of a group with ``torch._foreach_*``
-ops (a few multi-tensor kernels on a GPU instead of about ten small kernels per parameter, and
-no host synchronisation); ``foreach=False`` is the plain per-parameter loop, kept as the reference
-that the tests compare it with.
+All the parameters of a group are updated with ``torch._foreach_*`` ops (a few multi-tensor kernels on a
+GPU instead of about ten small kernels per parameter, and no host synchronisation); the tests compare it with
+the per-parameter loop and with the formula above.
 """
 from __future__ import annotations
 
@@ -25,20 +24,13 @@ from torch.optim import Optimizer
 
 class LARS(Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6,
-                 trust_coefficient: float = 1e-3, foreach: bool = True) -> None:
+                 trust_coefficient: float = 1e-3) -> None:
         if not lr > 0:
             raise ValueError(f"learning rate must be > 0, got {lr}")
         if momentum < 0 or weight_decay < 0 or trust_coefficient <= 0:
             raise ValueError("momentum and weight_decay must be >= 0 and trust_coefficient > 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      trust_coefficient=trust_coefficient, adapt=True, foreach=foreach))
-
-    def __setstate__(self, state: dict) -> None:
-        """Also on ``load_state_dict``: groups saved before an option existed get its default."""
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("adapt", True)
-            group.setdefault("foreach", True)
+                                      trust_coefficient=trust_coefficient, adapt=True))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -51,8 +43,7 @@ class LARS(Optimizer):
             for p in params:
                 if "momentum_buffer" not in self.state[p]:
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-            update = _update_foreach if group["foreach"] else _update_loop
-            update(params, [self.state[p]["momentum_buffer"] for p in params], group)
+            _update(params, [self.state[p]["momentum_buffer"] for p in params], group)
         return loss
 
 
@@ -61,20 +52,8 @@ def _trust(w_norm: torch.Tensor, g_norm: torch.Tensor, eta: float) -> torch.Tens
     return torch.where((w_norm > 0) & (g_norm > 0), eta * w_norm / g_norm, torch.ones_like(w_norm))
 
 
-def _update_loop(params: list[torch.Tensor], bufs: list[torch.Tensor], group: dict) -> None:
-    lr, m, wd, eta = group["lr"], group["momentum"], group["weight_decay"], group["trust_coefficient"]
-    for p, v in zip(params, bufs):
-        g = p.grad
-        if group["adapt"]:
-            if wd != 0:
-                g = g.add(p, alpha=wd)
-            g = g * _trust(torch.linalg.vector_norm(p), torch.linalg.vector_norm(g), eta)
-        v.mul_(m).add_(g, alpha=lr)
-        p.sub_(v)
-
-
-def _update_foreach(params: list[torch.Tensor], bufs: list[torch.Tensor], group: dict) -> None:
-    """The same update as ``_update_loop`` with multi-tensor ops, one device and dtype per call."""
+def _update(params: list[torch.Tensor], bufs: list[torch.Tensor], group: dict) -> None:
+    """The update of the module docstring with multi-tensor ops, one device and dtype per call."""
     by_kind: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
         by_kind.setdefault((p.device, p.dtype), []).append(i)

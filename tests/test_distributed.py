@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import simclr
+from models.simclr import SimCLR
 from models.loss import NTXentLoss
 from optim.groups import param_groups
 from optim.lars import LARS
@@ -183,7 +184,7 @@ def test_torchrun_two_processes_write_one_checkpoint_and_resume(tmp_path):
     assert sorted(os.listdir(run_dir)) == ["ddp.csv", "ddp.pth"]  # one checkpoint, one log, no temp or lock file
     state = load_checkpoint(ckpt)
     assert (state["epoch"], state["step"], state["args"]["world_size"], state["args"]["sync_bn"]) == (1, 2, 2, True)
-    assert set(state["model"]) == set(simclr.SimCLR("resnet18", "cifar", 16).state_dict())  # plain keys
+    assert set(state["model"]) == set(SimCLR("resnet18", "cifar", 16).state_dict())  # plain keys
 
     out = torchrun(common + ["--num-epochs", "2", "--resume"], str(tmp_path))
     assert out.count("resumed from") == 1 and out.count("epoch 2/2: loss") == 1

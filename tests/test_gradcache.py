@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models.loss import NTXentLoss
 from tests.dist_helpers import TinyNet, grads, max_rel_err, spawn, tiny_batch
-from training.gradcache import gradcache_step
+from training.gradcache import CachedEmbedding
 from utils.distributed import DistInfo, gather_pairs, gather_with_grad
 from utils.precision import AtPrecision, Precision
 
@@ -43,6 +43,17 @@ def per_chunk_reference(model, x1, x2, chunk):
     loss = LOSS(torch.cat(z1s), torch.cat(z2s))
     loss.backward()
     return loss.item(), grads(model)
+
+
+def gradcache_step(net, x1, x2, loss_fn, chunk, gather=None):
+    """The forward/backward of training.loop.train_step with gradient caching."""
+    embed = CachedEmbedding(net, chunk)
+    z1, z2 = embed.forward(x1, x2)
+    if gather is not None:
+        z1, z2 = gather_pairs(z1, z2, gather)
+    loss = loss_fn(z1, z2)
+    embed.backward(loss)
+    return loss.detach()
 
 
 def cached(model, x1, x2, chunk, wrapper=None, **kw):

@@ -29,16 +29,15 @@ def reference_lars(ws, grads_per_step, lr, m, wd, eta):
     return ws
 
 
-@pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("wd", [0.0, 1e-4, 0.1])
-def test_matches_formula_over_steps(wd, foreach):
+def test_matches_formula_over_steps(wd):
     rng = np.random.default_rng(0)
     shapes = [(4, 3, 3, 3), (5, 7), (7,), (7,)]  # conv, linear, BN weight, bias
     ws = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     ws.append(np.zeros((3, 2), np.float32))  # zero weight: trust ratio 1
     grads = [[rng.standard_normal(w.shape).astype(np.float32) for w in ws] for _ in range(4)]
     params = [torch.nn.Parameter(torch.from_numpy(w.copy())) for w in ws]
-    opt = LARS(param_groups(holder(params), wd), lr=0.7, momentum=0.9, trust_coefficient=1e-3, foreach=foreach)
+    opt = LARS(param_groups(holder(params), wd), lr=0.7, momentum=0.9, trust_coefficient=1e-3)
     for step_grads in grads:
         for p, g in zip(params, step_grads):
             p.grad = torch.from_numpy(g.copy())
@@ -97,6 +96,21 @@ def test_group_without_adaptation_gets_plain_momentum():
     assert torch.allclose(w, torch.full((2, 3), 2.0 - v1 - v2), rtol=0, atol=1e-6)
 
 
+def loop_step(groups: list[dict], state: dict) -> None:
+    """LARS as a plain loop over the parameters, the reference of the multi-tensor update."""
+    from optim.lars import _trust
+    for group in groups:
+        lr, m, wd, eta = group["lr"], group["momentum"], group["weight_decay"], group["trust_coefficient"]
+        for p in (p for p in group["params"] if p.grad is not None):
+            g = p.grad
+            if group["adapt"]:
+                g = g.add(p, alpha=wd) if wd else g
+                g = g * _trust(torch.linalg.vector_norm(p), torch.linalg.vector_norm(g), eta)
+            v = state.setdefault(p, torch.zeros_like(p))
+            v.mul_(m).add_(g, alpha=lr)
+            p.data.sub_(v)
+
+
 def test_foreach_update_equals_the_loop_on_a_network():
     """Multi-tensor update vs the per-parameter loop: two groups (one without adaptation), a parameter
     without a gradient, a zero weight, several steps with changing lr; equal to float32 rounding."""
@@ -105,36 +119,31 @@ def test_foreach_update_equals_the_loop_on_a_network():
     torch.manual_seed(0)
     nets = [SimCLR("resnet18", "cifar", 16) for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
-    opts = []
-    for net, foreach in zip(nets, (True, False)):
+    for net in nets:
         net.head.layers[0][0].weight.data.zero_()
-        opts.append(LARS(param_groups(net, 1e-4, plain=net.head.layers[1]), lr=0.3, foreach=foreach))
+    opt = LARS(param_groups(nets[0], 1e-4, plain=nets[0].head.layers[1]), lr=0.3)
+    ref_groups = [{**g, "params": [dict(nets[1].named_parameters())[n] for n in names]}
+                  for g, names in zip(opt.param_groups, name_groups(nets[0], opt))]
+    ref_state = {}
     for step in range(3):
         grads = [torch.randn_like(p) for p in nets[0].parameters()]
-        for net, opt in zip(nets, opts):
+        for net in nets:
             for k, (p, g) in enumerate(zip(net.parameters(), grads)):
                 p.grad = None if k == 1 else g.clone()  # the first BN scale gets no gradient
-            for group in opt.param_groups:
-                group["lr"] = 0.3 / (step + 1)
-            opt.step()
+        for group in opt.param_groups + ref_groups:
+            group["lr"] = 0.3 / (step + 1)
+        opt.step()
+        with torch.no_grad():
+            loop_step(ref_groups, ref_state)
     for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
     zeroed = nets[0].head.layers[0][0].weight
     assert not torch.equal(zeroed, torch.zeros_like(zeroed))  # moved by the plain step (trust ratio 1)
 
 
-def test_state_saved_before_the_adapt_and_foreach_options_still_loads():
-    p = torch.nn.Parameter(torch.ones(2, 2))
-    opt = LARS([p], lr=0.1)
-    p.grad = torch.ones(2, 2)
-    opt.step()
-    old = opt.state_dict()
-    for group in old["param_groups"]:
-        del group["adapt"], group["foreach"]
-    fresh = LARS([p], lr=0.1)
-    fresh.load_state_dict(old)
-    assert fresh.param_groups[0]["adapt"] is True and fresh.param_groups[0]["foreach"] is True
-    fresh.step()  # the momentum buffer carried over: v = 0.9 v1 + lr * trust * g
+def name_groups(net, opt) -> list[list[str]]:
+    names = {id(p): n for n, p in net.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in opt.param_groups]
 
 
 def test_param_groups_split_by_shape_and_exclude_frozen_and_plain():
@@ -197,12 +206,14 @@ def official_step(model: torch.nn.Module, x1, x2, t, lr, m, wd, eta, steps) -> d
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_simclr_step_and_lars_equal_the_official_update(steps):
-    """simclr.py's pieces (NTXentLoss at its default scale, optim.groups + LARS, training.step) move every
+    """simclr.py's pieces (NTXentLoss at its default scale, optim.groups + LARS, training.loop.train_step) move every
     parameter as the official code does: at the paper's scale (half the gradient) the BN parameters and biases
     would move half as far and weight decay would weigh twice as much in the trust ratio."""
     from models.loss import NTXentLoss
     from optim.groups import build_optimizer
-    from training.step import simclr_step
+    from training.build import PlainEmbedding, Pretraining
+    from training.loop import train_step
+    from utils.precision import resolve_precision
 
     torch.manual_seed(0)
     ours, ref = _Tiny().double(), _Tiny().double()
@@ -210,10 +221,10 @@ def test_simclr_step_and_lars_equal_the_official_update(steps):
     x1, x2 = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 6, dtype=torch.float64)
     lr, m, wd, eta, t = 0.5, 0.9, 1e-2, 1e-3, 0.5
     optimizer = build_optimizer(ours, "lars", lr, wd, m, eta)
+    run = Pretraining(ours, ours, optimizer, NTXentLoss(t), PlainEmbedding(ours), None,
+                      resolve_precision("fp32", torch.device("cpu")), "")
     for _ in range(steps):
-        optimizer.zero_grad()
-        simclr_step(ours, x1, x2, NTXentLoss(t))
-        optimizer.step()
+        train_step(run, x1, x2, lr)
     expected = official_step(ref, x1, x2, t, lr, m, wd, eta, steps)
     for name, p in ours.named_parameters():
         torch.testing.assert_close(p.detach(), expected[name], rtol=1e-5, atol=1e-7, msg=name)  # loss in fp32

@@ -9,14 +9,16 @@ from torch import nn
 from models.loss import NTXentLoss
 from optim.groups import build_optimizer
 from tests.dist_helpers import TinyNet, max_rel_err, spawn, tiny_batch
-from training.loop import NonFiniteLoss, train_epoch
+from training.build import PlainEmbedding, Pretraining
+from training.loop import NonFiniteLoss, train_one_epoch
 from utils.checkpoint import Saver
-from utils.distributed import DistInfo, any_rank, wrap_model
+from utils.distributed import DistInfo, wrap_model
 from utils.errors import UserError
 import utils.precision
 from utils.precision import AtPrecision, Precision, resolve_precision
 
 LOSS = NTXentLoss(0.5)
+CPU = torch.device("cpu")
 
 
 def batches(n_batches, pairs=8):
@@ -27,8 +29,34 @@ def lr_at(step):
     return 0.1 / (1 + step)
 
 
+def pretraining(net, optimizer, gather=None) -> Pretraining:
+    """The step's parts around a tiny network, as training/build.py puts them together for simclr.py."""
+    return Pretraining(net, net, optimizer, LOSS, PlainEmbedding(net), gather, resolve_precision("fp32", CPU), "")
+
+
+class Rows:
+    def __init__(self):
+        self.rows = []
+
+    def write(self, **row):
+        self.rows.append(row)
+
+
+class StopAt:
+    """A stop request that turns true at the ``n``-th time it is asked."""
+
+    def __init__(self, n):
+        self.n, self.asked = n, 0
+
+    @property
+    def requested(self):
+        self.asked += 1
+        return self.asked == self.n
+
+
 def test_epoch_equals_a_plain_loop():
-    """train_epoch (device-side loss sum, reads every 2 steps) against the textbook loop: same losses, weights."""
+    """train_one_epoch (device-side loss sum, reads every 2 steps) against the textbook loop: same losses,
+    weights."""
     torch.manual_seed(0)
     ref, net = TinyNet(), TinyNet()
     net.load_state_dict(ref.state_dict())
@@ -43,83 +71,62 @@ def test_epoch_equals_a_plain_loop():
         loss.backward()
         ref_opt.step()
         losses.append(loss.item())
-    rows = []
-    step, mean, stopped = train_epoch(net, batches(5), LOSS, build_optimizer(net, "lars", 0.1, 1e-4), lr_at, 0,
-                                      device=torch.device("cpu"), batch_size=8, log_every=2,
-                                      log=lambda **row: rows.append(row), show=False)
+    log = Rows()
+    run = pretraining(net, build_optimizer(net, "lars", 0.1, 1e-4))
+    step, mean, stopped = train_one_epoch(run, batches(5), lr_at, 0, 0, device=CPU, images_per_step=8, log=log,
+                                          log_every=2, show=False)
     assert (step, stopped) == (5, False)
     assert mean == pytest.approx(sum(losses) / 5, rel=1e-6)
-    assert [r["step"] for r in rows] == [2, 4, 5]  # every 2 steps, and the remainder
-    assert [r["loss"] for r in rows] == pytest.approx([sum(losses[:2]) / 2, sum(losses[2:4]) / 2, losses[4]],
-                                                      rel=1e-6)
+    assert [r["step"] for r in log.rows] == [2, 4, 5]  # every 2 steps, and the remainder
+    assert [r["loss"] for r in log.rows] == pytest.approx([sum(losses[:2]) / 2, sum(losses[2:4]) / 2, losses[4]],
+                                                          rel=1e-6)
     assert max_rel_err(dict(net.named_parameters()), dict(ref.named_parameters())) < 1e-6
 
 
-def test_stop_is_asked_only_when_the_loss_is_read_and_ends_the_epoch():
-    asked = []
-
-    def stop():
-        asked.append(True)
-        return len(asked) == 2
-
-    net = TinyNet()
-    step, _, stopped = train_epoch(net, batches(7), LOSS, build_optimizer(net, "sgd", 0.1, 0.0), lr_at, 10,
-                                   device=torch.device("cpu"), batch_size=8, log_every=3, stop=stop, show=False)
-    assert (step, stopped, len(asked)) == (16, True, 2)  # asked after steps 3 and 6, stopped after 6
-
-
-def test_a_single_process_stops_after_the_step_in_progress():
-    """stop_every=1 (simclr.py without torchrun): asked after every step, the loss of the steps since the last
-    read still logged."""
-    asked, rows = [], []
-
-    def stop():
-        asked.append(True)
-        return len(asked) == 4
-
-    net = TinyNet()
-    step, _, stopped = train_epoch(net, batches(7), LOSS, build_optimizer(net, "sgd", 0.1, 0.0), lr_at, 0,
-                                   device=torch.device("cpu"), batch_size=8, log_every=3, stop=stop, stop_every=1,
-                                   log=lambda **row: rows.append(row), show=False)
-    assert (step, stopped, len(asked)) == (4, True, 4)
-    assert [r["step"] for r in rows] == [3, 4]
+def test_stop_is_asked_after_every_step_and_the_steps_since_the_last_read_are_logged():
+    log, stop, net = Rows(), StopAt(4), TinyNet()
+    run = pretraining(net, build_optimizer(net, "sgd", 0.1, 0.0))
+    step, _, stopped = train_one_epoch(run, batches(7), lr_at, 0, 10, device=CPU, images_per_step=8, log=log,
+                                       stop=stop, log_every=3, show=False)
+    assert (step, stopped, stop.asked) == (14, True, 4)
+    assert [r["step"] for r in log.rows] == [13, 14]
 
 
 def test_non_finite_loss_raises():
     net = TinyNet()
     x1, x2 = tiny_batch(8)
     with pytest.raises(NonFiniteLoss, match="nan"):
-        train_epoch(net, [(x1 * float("nan"), x2)], LOSS, build_optimizer(net, "sgd", 0.1, 0.0), lr_at, 0,
-                    device=torch.device("cpu"), batch_size=8, show=False)
+        train_one_epoch(pretraining(net, build_optimizer(net, "sgd", 0.1, 0.0)), [(x1 * float("nan"), x2)], lr_at,
+                        0, 0, device=CPU, images_per_step=8, show=False)
 
 
-def _count_collectives(info, result_file, log_every):
-    """A 2-process DDP epoch of 6 steps: count the all_reduce calls made from Python (the stop flag; DDP's own
-    gradient all-reduce runs in its C++ reducer, the gather's in autograd)."""
+def _count_collectives(info, result_file):
+    """A 2-process DDP epoch of 6 steps: the all_reduce calls made from Python (the stop flag; DDP's own
+    gradient all-reduce runs in its C++ reducer, the gather's in autograd) and their tensors' devices."""
     calls = []
     real = torch.distributed.all_reduce
 
     def counting(tensor, *args, **kwargs):
         if tensor.numel() == 1:  # the stop flag; the gather's backward all-reduces (2N, d) gradients
-            calls.append(1)
+            calls.append(tensor.device.type)
         return real(tensor, *args, **kwargs)
 
     torch.distributed.all_reduce = counting
     import utils.distributed as d
     torch.manual_seed(0)
     net, _ = wrap_model(TinyNet(), info)
-    train_epoch(net, batches(6, pairs=4), LOSS, build_optimizer(net, "sgd", 0.1, 0.0), lr_at, 0,
-                device=torch.device("cpu"), batch_size=8, gather=d.gather_with_grad, log_every=log_every,
-                stop=lambda: any_rank(False, info), show=False)
-    torch.save(len(calls), result_file)
+    train_one_epoch(pretraining(net, build_optimizer(net, "sgd", 0.1, 0.0), d.gather_with_grad),
+                    batches(6, pairs=4), lr_at, 0, 0, device=CPU, images_per_step=8, stop=StopAt(0), dist_info=info,
+                    log_every=3, show=False)
+    torch.save(calls, result_file)
 
 
-@pytest.mark.parametrize("log_every", [1, 3])
-def test_ddp_asks_the_ranks_to_agree_once_per_log_interval(tmp_path, log_every):
-    """No collective (and so no host sync) per step for the stop request: one per --log-freq steps."""
+def test_ddp_ranks_agree_on_a_stop_after_every_step_with_a_cpu_flag(tmp_path):
+    """One all-reduce of a one-element CPU tensor per step (under nccl too: a gloo group), so that SIGTERM stops
+    every rank at the next step without a GPU synchronisation."""
     out = str(tmp_path / "calls.pt")
-    spawn(_count_collectives, 2, out, log_every)
-    assert torch.load(out) == 6 // log_every
+    spawn(_count_collectives, 2, out)
+    assert torch.load(out) == ["cpu"] * 6
 
 
 class _DtypeProbe(nn.Module):
@@ -217,3 +224,12 @@ def test_resume_refuses_an_optimizer_state_of_other_groups(tmp_path):
     with pytest.raises(UserError, match="older version"):
         resume(path, model, build_optimizer(model, "lars", 0.1, 1e-4), {"arch": "tiny", "optimizer": "lars"},
                ["arch"], 2, allow_changes=False)
+
+
+def test_the_benches_build_the_step_of_simclr_py():
+    """training.build.STEP_DEFAULTS (what the benches build their step with) are simclr.py's defaults."""
+    import simclr
+    from training.build import STEP_DEFAULTS
+    defaults = vars(simclr.get_args_parser().parse_args([]))
+    assert {k: defaults[k] for k in STEP_DEFAULTS if k != "sync_bn"} == {
+        k: v for k, v in STEP_DEFAULTS.items() if k != "sync_bn"}  # sync_bn: None, on under torchrun

@@ -24,13 +24,10 @@ forward of the second pass (saved before the first pass and restored after it).
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
-
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from utils.distributed import gather_pairs
 
 
 class _RngState:
@@ -68,57 +65,49 @@ def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def gradcache_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor,
-                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], chunk_size: int,
-                   gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """Accumulate into ``.grad`` the gradient of ``loss_fn(z1, z2)`` over the batch, ``chunk_size`` pairs at a time.
+class CachedEmbedding:
+    """Gradient caching as the step's forward/backward pair: ``forward`` embeds the batch chunk by chunk without
+    graphs and returns the embeddings as leaves; the caller gathers them and computes the loss as usual;
+    ``backward(loss)`` takes dL/dz and runs each chunk again with its graph, back-propagating its rows.
 
-    ``model`` maps (c, 3, H, W) to (c, d); it may be wrapped in DataParallel or
-    DistributedDataParallel (then gradients are all-reduced once, after the last backward: the others
-    run under ``no_sync()``); its precision is its own (utils.precision.AtPrecision). ``x1``, ``x2``
-    (N, 3, H, W) are the two views (row i of both is pair i), on the model's device. ``chunk_size``
-    need not divide N (the last chunk is shorter, or one longer: ``chunk_bounds``). ``gather`` (e.g.
-    ``utils.distributed.gather_with_grad``) collects the embeddings of all ranks once, before the loss.
-    Returns the loss, detached.
+    ``net`` maps (c, 3, H, W) to (c, d) float32 (utils.precision.AtPrecision), maybe inside DataParallel or
+    DistributedDataParallel (then gradients are all-reduced once, after the last backward: the others run under
+    ``no_sync()``). ``chunk_size`` pairs per chunk need not divide N (``chunk_bounds``)."""
 
-    The caller zeroes the gradients before and steps the optimizer after, as around ``backward()``.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if x1.shape != x2.shape:
-        raise ValueError(f"x1 and x2 must have the same shape; got {tuple(x1.shape)} and {tuple(x2.shape)}")
-    n = x1.shape[0]
-    chunks = chunk_bounds(n, chunk_size)
-    ddp = isinstance(model, DistributedDataParallel)
-    plain = model.module if ddp else model  # the first pass needs no DDP reducer nor buffer broadcast
-    cuda_devices = _cuda_devices(model, x1.device)
+    def __init__(self, net: nn.Module, chunk_size: int) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.net, self.chunk_size = net, chunk_size
+        self.ddp = isinstance(net, DistributedDataParallel)
+        self.plain = net.module if self.ddp else net  # the first pass needs no DDP reducer nor buffer broadcast
 
-    # The forwards: each chunk's view 1, then its view 2, each its own BN batch of c images.
-    pieces = [(x, a, b) for a, b in chunks for x in (x1, x2)]
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z1, z2), (N, d) each, leaves that require grad; BN running statistics as they were before (they are
+        updated by the second pass only)."""
+        if x1.shape != x2.shape:
+            raise ValueError(f"x1 and x2 must have the same shape; got {tuple(x1.shape)} and {tuple(x2.shape)}")
+        cuda_devices = _cuda_devices(self.net, x1.device)
+        # The forwards: each chunk's view 1, then its view 2, each its own BN batch of c images.
+        self.pieces = [(x, a, b) for a, b in chunk_bounds(x1.shape[0], self.chunk_size) for x in (x1, x2)]
+        buffers = [t.detach().clone() for t in self.plain.buffers()]
+        self.rng, zs = [], []
+        with torch.no_grad():
+            for x, a, b in self.pieces:
+                self.rng.append(_RngState(cuda_devices))
+                zs.append(self.plain(x[a:b]).float())  # (c, d)
+            for buf, saved in zip(self.plain.buffers(), buffers):
+                buf.copy_(saved)
+        self.z1 = torch.cat(zs[0::2]).requires_grad_()  # (N, d)
+        self.z2 = torch.cat(zs[1::2]).requires_grad_()
+        return self.z1, self.z2
 
-    # 1. Embeddings without graphs; BN running statistics put back afterwards (updated in step 3 only).
-    buffers = [t.detach().clone() for t in plain.buffers()]
-    rng, zs = [], []
-    with torch.no_grad():
-        for x, a, b in pieces:
-            rng.append(_RngState(cuda_devices))
-            zs.append(plain(x[a:b]).float())  # (c, d)
-        for buf, saved in zip(plain.buffers(), buffers):
-            buf.copy_(saved)
-
-    # 2. The loss over the whole (global) batch, and its gradient with respect to this rank's embeddings.
-    z1 = torch.cat(zs[0::2]).requires_grad_()  # (N, d)
-    z2 = torch.cat(zs[1::2]).requires_grad_()
-    with torch.enable_grad():
-        g1, g2 = (z1, z2) if gather is None else gather_pairs(z1, z2, gather)  # (world*N, d) each
-        loss = loss_fn(g1, g2)
-        grad1, grad2 = torch.autograd.grad(loss, [z1, z2])  # (N, d) each
-    del zs
-
-    # 3. Each forward again, with its graph, back-propagating its rows of dL/dz.
-    for k, (x, a, b) in enumerate(pieces):
-        sync = model.no_sync() if ddp and k < len(pieces) - 1 else contextlib.nullcontext()
-        with sync, rng[k].replay(), torch.enable_grad():
-            z = model(x[a:b])  # (c, d)
-            z.backward((grad1, grad2)[k % 2][a:b].to(z.dtype))
-    return loss.detach()
+    def backward(self, loss: torch.Tensor) -> None:
+        """dL/dz of this rank's embeddings, then each forward again with its graph, back-propagating its rows."""
+        grad1, grad2 = torch.autograd.grad(loss, [self.z1, self.z2])  # (N, d) each
+        self.z1 = self.z2 = None
+        for k, (x, a, b) in enumerate(self.pieces):
+            sync = self.net.no_sync() if self.ddp and k < len(self.pieces) - 1 else contextlib.nullcontext()
+            with sync, self.rng[k].replay(), torch.enable_grad():
+                z = self.net(x[a:b])  # (c, d)
+                z.backward((grad1, grad2)[k % 2][a:b].to(z.dtype))
+        self.pieces = self.rng = None

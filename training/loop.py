@@ -1,5 +1,10 @@
-"""The pretraining epoch: steps over the batches, the learning-rate schedule, and a loss meter that reads
-the device back only every ``log_every`` steps (one host synchronisation, so the GPU never waits)."""
+"""The SimCLR update and the pretraining epoch, top to bottom.
+
+``train_step`` is one optimizer update: the lr for this step, both views embedded at the run's precision, the
+embeddings of every process gathered (the global batch's negatives), NT-Xent, backward, the optimizer step.
+``train_one_epoch`` runs it over an epoch's batches with a loss meter that reads the device back only every
+``log_every`` steps (one host synchronisation, so the GPU never waits) and asks after every step whether to stop.
+"""
 from __future__ import annotations
 
 import math
@@ -9,7 +14,8 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from training.step import simclr_step
+from training.build import Pretraining
+from utils.distributed import DistInfo, any_rank, gather_pairs
 from utils.errors import UserError, one_line
 
 
@@ -25,6 +31,21 @@ class BatchError(UserError):
         self.step = step
 
 
+def train_step(run: Pretraining, x1: torch.Tensor, x2: torch.Tensor, lr: float) -> torch.Tensor:
+    """One optimizer update on this process's pairs ``x1``, ``x2`` (N, 3, H, W), row i of both the same image;
+    returns the loss, detached (not read back)."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    run.optimizer.zero_grad(set_to_none=True)
+    z1, z2 = run.embed.forward(x1, x2)  # (N, d) each, float32; the network at the run's precision
+    if run.gather is not None:
+        z1, z2 = gather_pairs(z1, z2, run.gather)  # (W*N, d) each: every process's pairs, with gradients
+    loss = run.criterion(z1, z2)  # NT-Xent over the global batch
+    run.embed.backward(loss)  # through the graph; with --chunk-size, gradient caching's chunked re-forward
+    run.optimizer.step()
+    return loss.detach()
+
+
 class LossMeter:
     """Sums the per-step losses on the device; ``read()`` returns the mean since the last read (one sync)."""
 
@@ -36,9 +57,11 @@ class LossMeter:
         self.pending = loss if self.pending is None else self.pending + loss
         self.n += 1
 
-    def read(self) -> tuple[float, int, float]:
-        """(mean loss, steps, seconds) since the last read."""
+    def read(self, step: int) -> tuple[float, int, float]:
+        """(mean loss, steps, seconds) since the last read; NonFiniteLoss if the loss is not finite."""
         loss, n, seconds = self.pending.item() / self.n, self.n, time.perf_counter() - self.tick
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"loss is {loss} at step {step}")
         self.total, self.count = self.total + loss * n, self.count + n
         self.pending, self.n, self.tick = None, 0, time.perf_counter()
         return loss, n, seconds
@@ -48,51 +71,44 @@ class LossMeter:
         return self.total / max(self.count, 1)
 
 
-def train_epoch(net, batches, loss_fn: Callable, optimizer: torch.optim.Optimizer, lr_at: Callable[[int], float],
-                step: int, *, device: torch.device, batch_size: int, chunk_size: int = 0,
-                gather: Callable | None = None, log_every: int = 10, log: Callable[..., None] = lambda **row: None,
-                stop: Callable[[], bool] = lambda: False, stop_every: int | None = None, desc: str = "",
-                show: bool = True) -> tuple[int, float, bool]:
-    """One pass over ``batches`` of (x1, x2); returns the global step after it, the epoch's mean loss, and
-    whether ``stop()``, asked every ``stop_every`` steps (default ``log_every``: under DDP asking is a
-    collective, so it waits for the loss read), ended it early. Each read of the loss, every ``log_every``
-    steps and after the last, calls ``log(step=, lr=, loss=, images_per_s=)``; a non-finite loss raises
-    NonFiniteLoss. ``batch_size``: images per step over all processes (for images/s)."""
-    net.train()
+def train_one_epoch(run: Pretraining, batches, lr_at: Callable[[int], float], epoch: int, step: int, *,
+                    device: torch.device, images_per_step: int, log=None, stop=None,
+                    dist_info: DistInfo = DistInfo(), log_every: int = 10, desc: str = "",
+                    show: bool = True) -> tuple[int, float, bool]:
+    """One pass over ``batches`` of (x1, x2) from global step ``step``; returns the step after it, the epoch's mean
+    loss, and whether it stopped early: ``stop.requested`` (utils.interrupt.StopRequest) on any rank, asked after
+    every step. Every ``log_every`` steps and after the last, a row ``epoch, step, lr, loss, images_per_s`` goes to
+    ``log.write`` (utils.csvlog.CSVLog). A non-finite loss raises NonFiniteLoss; an error while reading a batch,
+    BatchError with the steps done. ``images_per_step``: over all processes, for images/s."""
+    run.net.train()
     meter = LossMeter()
     bar = tqdm(batches, desc=desc, dynamic_ncols=True, leave=False, disable=not show)
-    lr, stopped, stop_every = 0.0, False, stop_every or log_every
+    lr, stopped = 0.0, False
+
+    def report() -> None:
+        loss, n, seconds = meter.read(step)
+        if log is not None:
+            log.write(epoch=epoch + 1, step=step, lr=lr, loss=loss, images_per_s=n * images_per_step / seconds)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{n * images_per_step / seconds:.0f}")
+
     try:
-        for done, (x1, x2) in enumerate(bar, 1):
+        for x1, x2 in bar:
             lr = lr_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
             x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
-            meter.add(simclr_step(net, x1, x2, loss_fn, chunk_size, gather))
-            optimizer.step()
+            meter.add(train_step(run, x1, x2, lr))
             step += 1
             if meter.n == log_every:
-                _report(meter, step, lr, batch_size, log, bar)
-            if done % stop_every == 0 and stop():
+                report()
+            if stop is not None and any_rank(stop.requested, dist_info):
                 stopped = True
                 break
     except NonFiniteLoss:
         raise
     except UserError as e:  # the steps done so far stand: logged here, saved by the caller
         if meter.n:
-            _report(meter, step, lr, batch_size, log, bar)
+            report()
         raise BatchError(one_line(e), step) from None
     if meter.n:
-        _report(meter, step, lr, batch_size, log, bar)
+        report()
     bar.close()
     return step, meter.mean, stopped
-
-
-def _report(meter: LossMeter, step: int, lr: float, batch_size: int, log: Callable, bar) -> None:
-    loss, n, seconds = meter.read()
-    if not math.isfinite(loss):
-        raise NonFiniteLoss(f"loss is {loss} at step {step}")
-    images_per_s = n * batch_size / seconds
-    log(step=step, lr=lr, loss=loss, images_per_s=images_per_s)
-    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{images_per_s:.0f}")

@@ -1,0 +1,83 @@
+"""What a pretraining step needs, built in one place for simclr.py and every bench: the model, the network the
+step calls (precision, compile, DDP or DataParallel), the optimizer, the loss, how the batch is embedded and
+back-propagated (plainly, or by gradient caching: chosen once here), and the gather of the global batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Callable
+
+import torch
+from torch import nn
+
+from models.loss import NTXentLoss
+from models.simclr import SimCLR
+from optim.groups import build_optimizer
+from optim.schedules import scaled_lr
+from training.gradcache import CachedEmbedding
+from training.recipe import RECIPE_KEYS, RECIPES, fill, learning_rate
+from utils.distributed import DistInfo, convert_sync_batchnorm, gather_with_grad, wrap_model
+from utils.precision import AtPrecision, Precision
+
+
+# simclr.py's defaults of what the step is built from (a test keeps its parser equal to them): the benches build
+# their step with these, so that they measure the script's.
+STEP_DEFAULTS = dict(arch="resnet50", width_multiplier=1, proj_dim=128, proj_hidden_dim=None, proj_layers=2,
+                     optimizer="lars", momentum=0.9, trust_coefficient=1e-3, loss_scale="official", chunk_size=0,
+                     sync_bn=False, compile=False, seed=0)
+
+
+def step_config(dataset: str, batch_size: int, **given) -> SimpleNamespace:
+    """What ``build_pretraining`` reads, for ``dataset`` at ``batch_size`` (images per step): the ``given``
+    options, else STEP_DEFAULTS and the dataset's recipe (training/recipe.py); the lr by the recipe's rule, as
+    simclr.py resolves it."""
+    recipe = fill(RECIPES, dataset, {k: given.get(k) for k in RECIPE_KEYS})
+    base_lr, scaling = learning_rate(dataset, batch_size, given.get("base_lr"), given.get("lr_scaling"))
+    return SimpleNamespace(**{**STEP_DEFAULTS, **recipe, **given, "lr": scaled_lr(base_lr, batch_size, scaling)})
+
+
+class PlainEmbedding:
+    """Both views in one forward with its graph; backward through it."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z1, z2 = self.net(torch.cat([x1, x2])).chunk(2)  # (N, d) each
+        return z1, z2
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+
+@dataclass
+class Pretraining:
+    model: SimCLR  # the plain module: its state_dict is the checkpoint's
+    net: nn.Module  # what the step calls: the model at its precision, maybe compiled, inside DDP or DataParallel
+    optimizer: torch.optim.Optimizer
+    criterion: NTXentLoss
+    embed: PlainEmbedding | CachedEmbedding  # forward(x1, x2) -> (z1, z2); backward(loss)
+    gather: Callable | None  # all-gather with gradients under DDP, else None
+    precision: Precision
+    parallel: str  # "1 process", "DDP over 8 processes", ...
+
+
+def build_pretraining(cfg, info: DistInfo, precision: Precision, batch_per_process: int) -> Pretraining:
+    """From ``cfg`` (simclr.py's resolved args, or a bench's namespace with the same names: arch, stem, proj_dim,
+    proj_hidden_dim, proj_layers, width_multiplier, sync_bn, optimizer, lr, weight_decay, momentum,
+    trust_coefficient, compile, temperature, loss_scale, chunk_size, seed). The weights are drawn from ``seed``.
+    Gradient caching when 0 < chunk_size < ``batch_per_process``."""
+    torch.manual_seed(cfg.seed)
+    model = SimCLR(cfg.arch, cfg.stem, cfg.proj_dim, cfg.proj_hidden_dim, cfg.proj_layers, cfg.width_multiplier)
+    if cfg.sync_bn and info.distributed:
+        model = convert_sync_batchnorm(model, info.device)  # same parameters and state_dict keys, new module types
+    model = model.to(info.device, memory_format=precision.memory_format)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient)
+    if cfg.compile:
+        model.compile()  # in place: the state_dict keys and the checkpoints stay those of the plain model
+    net, parallel = wrap_model(AtPrecision(model, precision), info, compiled=cfg.compile)
+    cached = 0 < cfg.chunk_size < batch_per_process
+    embed = CachedEmbedding(net, cfg.chunk_size) if cached else PlainEmbedding(net)
+    gather = gather_with_grad if info.world_size > 1 else None
+    return Pretraining(model, net, optimizer, NTXentLoss(cfg.temperature, scale=cfg.loss_scale), embed, gather,
+                       precision, parallel)
