@@ -23,9 +23,10 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.batched_augment import BatchedSimCLRAugment, ViewKeys  # noqa: E402
+from data.datasets import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from data.reference_augment import simclr_augmentation  # noqa: E402
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 
 def _sync(device: torch.device) -> None:

@@ -46,6 +46,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from data.datasets import IMAGENET_MEAN, IMAGENET_STD
 from data.keyed_random import ViewKeys
 
 __all__ = [
@@ -514,7 +515,7 @@ class BatchedSimCLRAugment(torch.nn.Module):
     """
 
     def __init__(self, size: int, jitter_strength: float = 1.0, blur: bool = False,
-                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225)) -> None:
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
         s = float(jitter_strength)
         if not 0.0 <= 0.2 * s <= 0.5:

@@ -216,8 +216,8 @@ def fits_in_memory(samples: list[tuple[str, int]]) -> bool:
     """Whether an image tree is decoded once into memory (as CIFAR: no decoding in workers, the batched views on
     the device; faster, bench/tree_loader.py) rather than read by DataLoader workers: all its images share one
     size (read from the headers, stopping at the first that differs, as ImageNet's do at once; not read again
-    once decode_all has cached the copy) and the copy takes at most DECODED_LIMIT bytes and a quarter of the RAM.
-    Imagenette's 128 px copy: 0.43 GiB."""
+    once decode_all has cached the copy) and the copy takes at most DECODED_LIMIT bytes and a quarter of the RAM
+    (README gives the sizes of the datasets here)."""
     try:
         with Image.open(samples[0][0]) as im:
             size = im.size

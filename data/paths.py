@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import os
 
+from utils import REPO_ROOT
 from utils.errors import UserError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PATHS_FILE = os.path.join(REPO_ROOT, "dataset-paths.json")
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements that README's Results still lack (issues 5 and 10), in one command of at most
+# The GPU measurements that README's Results still lack, in one command of at most
 # about 8 minutes on one H100/H200, each step under its own time limit so that one that hangs or fails
 # does not cost the others:
 #   throughput  bench/throughput.py, batch 512: per-image workers vs batched on-device views vs the

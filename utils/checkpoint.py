@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
+from utils import REPO_ROOT
 from utils.errors import UserError
 from utils.files import save_torch
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def checkpoint_path(filename: str) -> str:
