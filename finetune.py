@@ -17,27 +17,22 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from data.augment import eval_transform, train_linear_transform
-from data.datasets import DATASETS, ArrayImages, load_train_test
+from data.datasets import DATASETS, load_train_test
 from data.paths import DEFAULT_PATHS_FILE
-from data.sampler import EpochSampler
 from data.subsets import IndexedImages, check_subset, draw_subset, holdout_split, requested_subset
-from data.views import SeededTransformed, Transformed
-from evaluation.load import evaluation_target, finetune_encoder, state_equal
-from evaluation.outputs import prepare_outputs
+from evaluation.harness import (Target, add_precision_option, check_outputs, default_output, eval_loader,
+                                eval_transform_for, finetune_network, place, save_result, seeded_train_loader, setup)
+from evaluation.load import state_equal
 from evaluation.supervised import evaluate, fit
 from models.finetune import FROZEN_BN, STAGES, FineTuneNet
 from models.resnet import ARCHS, STEMS
 from optim.groups import build_optimizer
 from optim.schedules import lr_schedule, scaled_lr
 from training.recipe import FINETUNE_BASE_LR
-from utils.allocator import tune_cpu_allocator
-from utils.checkpoint import checkpoint_path, find_checkpoint, git_commit
 from utils.cli import Parser, nonneg_float, nonneg_int, number, positive_float, positive_int
-from utils.distributed import select_device
 from utils.errors import UserError, run_cli
-from utils.files import save_json, save_torch
-from utils.precision import resolve_precision
+from utils.files import save_torch
+from utils.precision import Precision
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -98,8 +93,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="on weights, ndim > 1 (default: 0, the paper)")
     g = p.add_argument_group("run")
     g.add_argument("--num-workers", type=nonneg_int, default=2, help="(default: 2)")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="bf16 autocast (loss in fp32); auto: as simclr.py (default: auto)")
+    add_precision_option(g, "finetune", "autocast of the network, the loss in fp32")
     g.add_argument("--output", default=None,
                    help="JSON result (default: <checkpoint>.finetune-<dataset>-<N>pct[-scratch].json)")
     g.add_argument("--save-model", default=None, help="also write the reported fine-tuned weights to this file")
@@ -117,54 +111,83 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--nesterov goes with --optimizer sgd")
 
 
-def build_model(args: argparse.Namespace):
-    """(backbone, head, saved args, checkpoint path or None), pretrained or at random init."""
-    ckpt = find_checkpoint(args.load_from) if args.load_from else None
-    backbone, head, saved = finetune_encoder(ckpt, args.from_scratch, args.arch, args.stem, args.width_multiplier,
-                                             args.dataset, args.from_head_layer, args.seed)
-    return backbone, head, saved, ckpt
-
-
-def plan_outputs(args: argparse.Namespace, dataset: str, ckpt: str | None, name: str):
+def plan_outputs(args: argparse.Namespace, target: Target, name: str):
     """(``--subset-file``'s record or None, subset file, result file), every output checked before any compute:
     not an input nor another output, not existing unless ``--overwrite``, writable (evaluation/outputs.py)."""
     record = requested_subset(args.subset_file, args.label_fraction)
     fraction = record["fraction"] if record is not None else args.label_fraction
-    tag = f"finetune-{dataset}-{100 * fraction:.6g}pct{'-scratch' if args.from_scratch else ''}"
-    output = args.output or (f"{os.path.splitext(ckpt)[0]}.{tag}.json" if ckpt
-                             else checkpoint_path(f"scratch-{name}.{tag}.json"))
+    output = args.output or default_output(target.checkpoint, "finetune", target.dataset, f"{100 * fraction:.6g}pct",
+                                           "scratch" if args.from_scratch else "", scratch_name=name)
     subset_file = args.subset_file or f"{os.path.splitext(output)[0]}.subset.json"
     drawn = subset_file if record is None else None
-    prepare_outputs({"--output": output, "--save-model": args.save_model, "the subset file of --output": drawn},
-                    {"--load-from": ckpt, "--subset-file": args.subset_file, "--dataset-paths": args.dataset_paths},
-                    args.overwrite, hints={"the subset file of --output": f"pass --subset-file {drawn} to train on "
-                                                                          f"it, or choose another --output"})
+    check_outputs(args, target, {"--output": output, "--save-model": args.save_model,
+                                 "the subset file of --output": drawn}, {"--subset-file": args.subset_file},
+                  hints={"the subset file of --output": f"pass --subset-file {drawn} to train on it, or choose "
+                                                        f"another --output"})
     return record, subset_file, output
 
 
-def loaders(args: argparse.Namespace, train_full, test, fit_idx, val_idx, size: int, info, batch_size: int,
+def loaders(args: argparse.Namespace, train_full, test, fit_idx, val_idx, target: Target, batch_size: int,
             device: torch.device) -> tuple[DataLoader, DataLoader | None, DataLoader]:
     """Augmented, seeded training batches (a new order each epoch); validation and test without augmentation."""
-    native = train_full.images.shape[1] if isinstance(train_full, ArrayImages) else None
-    test_tf, eval_batch = eval_transform(size, info.mean, info.std, native), min(max(batch_size, 256), 1024)
-    train_tf = train_linear_transform(size, info.mean, info.std)
-    train = DataLoader(SeededTransformed(IndexedImages(train_full, fit_idx), train_tf, args.seed),
-                       batch_size=batch_size, sampler=EpochSampler(len(fit_idx), seed=args.seed), drop_last=True,
-                       num_workers=args.num_workers, pin_memory=device.type == "cuda",
-                       persistent_workers=args.num_workers > 0)
-    val = (DataLoader(Transformed(IndexedImages(train_full, val_idx), test_tf), batch_size=eval_batch,
-                      num_workers=args.num_workers) if len(val_idx) else None)
-    return train, val, DataLoader(Transformed(test, test_tf), batch_size=eval_batch, num_workers=args.num_workers)
+    test_tf, eval_batch = eval_transform_for(target, train_full), min(max(batch_size, 256), 1024)
+    train = seeded_train_loader(IndexedImages(train_full, fit_idx), target, batch_size, args.seed, args.num_workers,
+                                device)
+    val = (eval_loader(IndexedImages(train_full, val_idx), test_tf, eval_batch, args.num_workers) if len(val_idx)
+           else None)
+    return train, val, eval_loader(test, test_tf, eval_batch, args.num_workers)
 
 
-def write_results(summary: dict, output: str, model: FineTuneNet, args: argparse.Namespace, classes) -> None:
-    """The JSON result, and with ``--save-model`` the reported weights with the run's args and result."""
-    save_json(output, summary)
-    print(f"wrote {output}")
+def settings(args: argparse.Namespace, target: Target, backbone, record: dict, subset_file: str, num_train: int,
+             num_val: int, num_test: int, precision: Precision) -> dict:
+    """The run's settings, the first fields of the result: batch size, epochs and lr filled in where not given
+    (batch: all the labelled training images up to 1024; epochs: 60 at 1% of the labels or less, else 30)."""
+    batch_size = args.batch_size or min(1024, num_train)
+    if batch_size > num_train:
+        raise UserError(f"--batch-size {batch_size} is larger than the labelled training images ({num_train} "
+                        f"after holding out {num_val} for validation): use --batch-size {num_train} or less")
+    base_lr = args.base_lr or FINETUNE_BASE_LR[args.lr_scaling]
+    return {
+        "checkpoint": target.checkpoint, "dataset": target.dataset, "arch": target.arch, "stem": backbone.stem,
+        "width_multiplier": backbone.width_multiplier, "image_size": target.image_size,
+        "label_fraction": record["fraction"], "subset_file": subset_file, "subset_seed": record["seed"],
+        "num_labelled": len(record["indices"]), "num_train": num_train, "num_val": num_val, "num_test": num_test,
+        "epochs": args.num_epochs or (60 if record["fraction"] <= 0.01 else 30), "batch_size": batch_size,
+        "base_lr": base_lr, "lr": scaled_lr(base_lr, batch_size, args.lr_scaling), "precision": precision.name,
+        **{k: vars(args)[k] for k in ("val_fraction", "from_scratch", "finetune_from", "frozen_bn",
+                                      "from_head_layer", "optimizer", "nesterov", "lr_scaling", "schedule",
+                                      "weight_decay", "seed")},
+    }
+
+
+def describe(run: dict, record: dict, model: FineTuneNet, name: str, device: torch.device,
+             precision: Precision) -> None:
+    """One line: the data, the network, what is trained, the schedule and what will be reported."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    kind = "random-init" if run["from_scratch"] else "pretrained"
+    frozen = f" (frozen BN: {run['frozen_bn']} mode)" if model.num_frozen else ""
+    reported = ("the epoch of the best validation top-1" if run["num_val"]
+                else "the last epoch (the whole subset trained on)")
+    line = ("{dataset}: {num_labelled} labelled ({per_class} per class, {subset_file}): {num_train} train / "
+            "{num_val} validation / {num_test} test. {kind} {name} ({stem} stem) + {head} head layer(s) from "
+            "{finetune_from}{frozen}: {trainable:.2f}M trained parameters; {epochs} epochs of {steps} steps of "
+            "{batch_size}, {optimizer} lr {lr:.4g} ({lr_scaling} of {base_lr}), {schedule}; {device}, {precision}. "
+            "Reports {reported} on the test set")
+    print(line.format_map({**run, "per_class": record["per_class"], "kind": kind, "name": name, "frozen": frozen,
+                           "head": len(model.head.layers), "trainable": trainable / 1e6, "device": device,
+                           "steps": run["num_train"] // run["batch_size"], "precision": precision.label,
+                           "reported": reported}))
+
+
+def write_results(summary: dict, output: str, model: FineTuneNet, args: argparse.Namespace, classes) -> dict:
+    """The JSON result (with the git commit, returned), and with ``--save-model`` the reported weights with the
+    run's args and that result."""
+    summary = save_result(output, summary)
     if args.save_model:
         save_torch(args.save_model, {"model": model.state_dict(), "args": vars(args), "summary": summary,
                                      "classes": list(classes)})
         print(f"wrote {args.save_model}")
+    return summary
 
 
 def train(model: FineTuneNet, args: argparse.Namespace, lr: float, total_steps: int, epochs: int, train_loader,
@@ -183,63 +206,35 @@ def train(model: FineTuneNet, args: argparse.Namespace, lr: float, total_steps: 
 
 def main(args: argparse.Namespace) -> dict:
     check_args(args)
-    device = select_device(args.device)
-    tune_cpu_allocator(device)  # on CPU: keep freed tensors' memory for reuse (utils/allocator.py)
-    precision = resolve_precision(args.precision, device)
-    backbone, head, saved, ckpt = build_model(args)
-    arch = args.arch or saved.get("arch")
-    dataset, info, size = evaluation_target(ckpt, saved, args.dataset, args.image_size)
-    name = f"{arch}{f'-{backbone.width_multiplier}x' if backbone.width_multiplier != 1 else ''}"
-    record, subset_file, output = plan_outputs(args, dataset, ckpt, name)
-    train_full, test = load_train_test(dataset, args.dataset_paths)
-    record = (check_subset(record, subset_file, dataset, train_full.labels) if record is not None
-              else draw_subset(subset_file, dataset, train_full.labels, args.label_fraction, args.subset_seed))
+    device, precision = setup(args, "finetune")
+    backbone, head, target = finetune_network(args)
+    name = f"{target.arch}{f'-{backbone.width_multiplier}x' if backbone.width_multiplier != 1 else ''}"
+    record, subset_file, output = plan_outputs(args, target, name)
+    train_full, test = load_train_test(target.dataset, args.dataset_paths)
+    record = (check_subset(record, subset_file, target.dataset, train_full.labels) if record is not None
+              else draw_subset(subset_file, target.dataset, train_full.labels, args.label_fraction, args.subset_seed))
     fit_idx, val_idx = holdout_split(record["indices"], train_full.labels, args.val_fraction, args.subset_seed)
     if args.val_fraction > 0 and len(val_idx) == 0:
         print("no validation images (every class has a single labelled image): the last epoch is kept")
-    batch_size = args.batch_size or min(1024, len(fit_idx))
-    if batch_size > len(fit_idx):
-        raise UserError(f"--batch-size {batch_size} is larger than the labelled training images ({len(fit_idx)} "
-                        f"after holding out {len(val_idx)} for validation): use --batch-size {len(fit_idx)} or less")
-    epochs = args.num_epochs or (60 if record["fraction"] <= 0.01 else 30)
-    base_lr = args.base_lr or FINETUNE_BASE_LR[args.lr_scaling]
-    lr = scaled_lr(base_lr, batch_size, args.lr_scaling)
-    train_loader, val_loader, test_loader = loaders(args, train_full, test, fit_idx, val_idx, size, info,
-                                                    batch_size, device)
+    run = settings(args, target, backbone, record, subset_file, len(fit_idx), len(val_idx), len(test), precision)
+    epochs, batch_size = run["epochs"], run["batch_size"]
+    train_loader, val_loader, test_loader = loaders(args, train_full, test, fit_idx, val_idx, target, batch_size,
+                                                    device)
     torch.manual_seed(args.seed)
     model = FineTuneNet(backbone, head, len(train_full.classes), args.finetune_from, args.frozen_bn)
-    model = model.to(device, memory_format=precision.memory_format)
-    total_steps = epochs * (len(fit_idx) // batch_size)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    kind = "random-init" if args.from_scratch else "pretrained"
-    frozen = f" (frozen BN: {args.frozen_bn} mode)" if model.num_frozen else ""
-    reported = ("the epoch of the best validation top-1" if val_loader is not None
-                else "the last epoch (the whole subset trained on)")
-    print(f"{dataset}: {len(record['indices'])} labelled ({record['per_class']} per class, {subset_file}): "
-          f"{len(fit_idx)} train / {len(val_idx)} validation / {len(test)} test. {kind} {name} ({backbone.stem} "
-          f"stem) + {len(head.layers)} head layer(s) from {args.finetune_from}{frozen}: {trainable / 1e6:.2f}M trained "
-          f"parameters; {epochs} epochs of {total_steps // epochs} steps of {batch_size}, {args.optimizer} lr "
-          f"{lr:.4g} ({args.lr_scaling} of {base_lr}), {args.schedule}; {device}, {precision.label}. Reports "
-          f"{reported} on the test set")
-    best, history, seconds = train(model, args, lr, total_steps, epochs, train_loader, val_loader, precision, device)
+    model = place(model, device, precision)
+    describe(run, record, model, name, device, precision)
+    best, history, seconds = train(model, args, run["lr"], epochs * (len(fit_idx) // batch_size), epochs,
+                                   train_loader, val_loader, precision, device)
     top1, top5, test_loss = evaluate(model, test_loader, device, precision, desc="test")  # the only test evaluation
     chosen = best["state"] is not None  # an epoch chosen on validation, else the last
-    summary = {
-        "checkpoint": ckpt, "dataset": dataset, "arch": arch, "stem": backbone.stem,
-        "width_multiplier": backbone.width_multiplier, "image_size": size, "label_fraction": record["fraction"],
-        "subset_file": subset_file, "subset_seed": record["seed"], "num_labelled": len(record["indices"]),
-        "num_train": len(fit_idx), "num_val": len(val_idx), "num_test": len(test), "epochs": epochs,
-        "batch_size": batch_size, "base_lr": base_lr, "lr": lr, "precision": precision.name,
-        **{k: vars(args)[k] for k in ("val_fraction", "from_scratch", "finetune_from", "frozen_bn",
-                                      "from_head_layer", "optimizer", "nesterov", "lr_scaling", "schedule",
-                                      "weight_decay", "seed")},
-        "reported_epoch": best["epoch"], "reported_by": "best validation top-1" if chosen else "last epoch",
-        "reported_val_top1": best["val_top1"], "top1": top1, "top5": top5,
-        "test_loss": test_loss, "train_seconds": seconds, "history": history, "git_commit": git_commit(),
-    }
+    summary = {**run, "reported_epoch": best["epoch"],
+               "reported_by": "best validation top-1" if chosen else "last epoch",
+               "reported_val_top1": best["val_top1"], "top1": top1, "top5": top5, "test_loss": test_loss,
+               "train_seconds": seconds, "history": history}
     print(f"test top-1 {top1:.2f}%, top-5 {top5:.2f}% ({len(test)} images) with the weights of epoch "
           f"{best['epoch']} ({'best validation top-1' if chosen else 'the last'})")
-    write_results(summary, output, model, args, train_full.classes)
+    summary = write_results(summary, output, model, args, train_full.classes)
     return {**summary, "model": model, "output": output}
 
 

@@ -4,37 +4,30 @@
 
 A linear layer on the frozen features h, trained with Nesterov momentum SGD, lr = 0.1 x B/256,
 cosine decay, no weight decay, batch and epochs by dataset (training/recipe.LINEAR_EVAL: 4096 and 90
-on ImageNet, the paper's; 512 and 100 on the small datasets), random resized crop + flip only; the
-test set is resized and centre-cropped. The backbone stays in eval mode (its BN
-statistics do not move) and is checked to be bit-identical to the checkpoint after training.
+on ImageNet, the paper's; 512 and 100 on the small datasets), random resized crop + flip only, in a seeded
+order that is new every epoch (the same whatever --num-workers); the test set is resized and centre-cropped.
+The backbone stays in eval mode (its BN statistics do not move) and is checked to be bit-identical to the
+checkpoint after training.
 """
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
-from torch.utils.data import DataLoader
 
-from data.augment import eval_transform, train_linear_transform
-from data.datasets import DATASETS, ArrayImages, load_train_test
+from data.datasets import DATASETS, load_train_test
 from data.paths import DEFAULT_PATHS_FILE
-from data.views import Transformed
-from evaluation.load import evaluation_target, load_backbone, random_init_like, state_equal
-from evaluation.outputs import prepare_outputs
+from evaluation.harness import (add_precision_option, check_outputs, default_output, eval_loader, eval_transform_for,
+                                frozen_backbone, place, random_init_baseline, save_result, seeded_train_loader, setup)
+from evaluation.load import state_equal
 from evaluation.supervised import evaluate, fit
 from models.probe import LinearProbe
 from models.resnet import ARCHS, STEMS
 from optim.groups import build_optimizer
 from optim.schedules import lr_schedule
 from training.recipe import LINEAR_EVAL, fill
-from utils.allocator import tune_cpu_allocator
-from utils.checkpoint import find_checkpoint
 from utils.cli import Parser, nonneg_float, nonneg_int, positive_float, positive_int
-from utils.distributed import select_device
 from utils.errors import UserError, run_cli
-from utils.files import save_json
-from utils.precision import resolve_precision
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -57,57 +50,47 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=nonneg_float, default=0.0,
                    help="on the classifier's weights, not its bias (default: 0; the official code: 1e-6 on ImageNet)")
     p.add_argument("--num-workers", type=nonneg_int, default=2, help="(default: 2)")
-    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
-                   help="autocast of the frozen backbone, the classifier stays fp32; auto: as simclr.py\n"
-                        "(default: fp32)")
-    p.add_argument("--output", default=None, help="JSON result file (default: <checkpoint>.sgd-<dataset>.json)")
+    add_precision_option(p, "sgd", "autocast of the frozen backbone, the classifier stays fp32")
+    p.add_argument("--output", default=None,
+                   help="JSON result file (default: <checkpoint>.sgd-<dataset>[-random].json)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the classifier's init, the data order and the augmentations (default: 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     return p
 
 
 def main(args: argparse.Namespace) -> dict:
-    device = select_device(args.device)
-    tune_cpu_allocator(device)  # on CPU: keep freed tensors' memory for reuse (utils/allocator.py)
-    precision = resolve_precision(args.precision, device)
+    device, precision = setup(args, "sgd")
     torch.manual_seed(args.seed)
-    ckpt = find_checkpoint(args.load_from)
-    backbone, saved = load_backbone(ckpt, args.arch, args.stem)
-    dataset, info, size = evaluation_target(ckpt, saved, args.dataset, args.image_size)
-    fill_recipe(args, dataset)
-    output = args.output or f"{os.path.splitext(ckpt)[0]}.sgd-{dataset}{'-random' if args.random_init else ''}.json"
-    prepare_outputs({"--output": output}, {"--load-from": ckpt, "--dataset-paths": args.dataset_paths},
-                    args.overwrite)
-    if args.random_init:  # the same network at initialisation: the baseline a representation must beat
-        backbone = random_init_like(backbone, args.arch or saved.get("arch"), args.seed)
+    backbone, target = frozen_backbone(args)
+    fill_recipe(args, target.dataset)
+    output = args.output or default_output(target.checkpoint, "sgd", target.dataset,
+                                           "random" if args.random_init else "")
+    check_outputs(args, target, {"--output": output})
+    backbone = random_init_baseline(backbone, args, target)
     reference = {k: v.clone() for k, v in backbone.state_dict().items()}
-    train, test = load_train_test(dataset, args.dataset_paths)
+    train, test = load_train_test(target.dataset, args.dataset_paths)
     if args.batch_size > len(train):
         raise UserError(f"--batch-size {args.batch_size} is larger than the training set ({len(train)} images): "
                         f"use --batch-size {len(train)} or less")
-    native = train.images.shape[1] if isinstance(train, ArrayImages) else None
-    train_loader = DataLoader(Transformed(train, train_linear_transform(size, info.mean, info.std)),
-                              batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.num_workers,
-                              pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
-    test_loader = DataLoader(Transformed(test, eval_transform(size, info.mean, info.std, native)),
-                             batch_size=min(args.batch_size, 1024), num_workers=args.num_workers)
+    train_loader = seeded_train_loader(train, target, args.batch_size, args.seed, args.num_workers, device)
+    test_loader = eval_loader(test, eval_transform_for(target, train), min(args.batch_size, 1024), args.num_workers)
 
-    model = LinearProbe(backbone, len(train.classes)).to(device, memory_format=precision.memory_format)
+    model = place(LinearProbe(backbone, len(train.classes)), device, precision)
     lr = args.base_lr * args.batch_size / 256
     optimizer = build_optimizer(model, "sgd", lr, args.weight_decay, args.momentum, nesterov=args.nesterov)
     steps = args.num_epochs * len(train_loader)
-    fit(model, optimizer, lr_schedule(lr, steps, 0, cosine=True), train_loader, args.num_epochs, precision,
-        device)
+    fit(model, optimizer, lr_schedule(lr, steps, 0, cosine=True), train_loader, args.num_epochs, precision, device)
     top1, top5, _ = evaluate(model, test_loader, device, precision)
     if not state_equal(model.backbone.state_dict(), reference):
         raise RuntimeError("the frozen backbone changed during linear evaluation: this is a bug, please report it")
-    summary = {"checkpoint": ckpt, "dataset": dataset, "epochs": args.num_epochs, "batch_size": args.batch_size,
-               "random_init": args.random_init,
-               "lr": lr, "nesterov": args.nesterov, "precision": precision.name, "top1": top1, "top5": top5}
+    summary = {"checkpoint": target.checkpoint, "dataset": target.dataset, "epochs": args.num_epochs,
+               "batch_size": args.batch_size, "random_init": args.random_init, "lr": lr, "nesterov": args.nesterov,
+               "precision": precision.name, "image_size": target.image_size, "seed": args.seed,
+               "top1": top1, "top5": top5}
     print(f"test top-1 {top1:.2f}%, top-5 {top5:.2f}% ({len(test)} images); backbone unchanged")
-    save_json(output, summary)
-    print(f"wrote {output}")
+    summary = save_result(output, summary)
     return {**summary, "backbone_state": model.backbone.state_dict(), "classifier": model.classifier}
 
 

@@ -78,6 +78,11 @@ class ArrayImages(Dataset):
         return self.image(i), int(self.labels[i])
 
 
+def native_size(images) -> int | None:
+    """The side of in-memory images (N, H, W, C), None for images read from files (of any size)."""
+    return images.images.shape[1] if isinstance(images, ArrayImages) else None
+
+
 class FileImages(Dataset):
     """Images read from disk at each access: ``samples`` is a list of (path, label)."""
 

@@ -13,6 +13,7 @@ import evaluation.supervised
 import finetune
 import simclr
 from data.subsets import balanced_subset, read_subset, subset_record, write_subset
+from evaluation.harness import finetune_network
 from evaluation.load import backbone_state, state_equal
 from models.finetune import FineTuneNet, KeptHead
 from models.resnet import resnet18, resnet50
@@ -86,8 +87,8 @@ def test_head_layers_kept_and_classifier_zero(pretrained):
     ckpt, paths = pretrained
     model_state = load_checkpoint(ckpt)["model"]
     parse = finetune.get_args_parser().parse_args
-    backbone, head, saved, _ = finetune.build_model(parse(["--load-from", ckpt, "--from-head-layer", "1"]))
-    assert saved["proj_layers"] == 3 and len(head.layers) == 1
+    backbone, head, target = finetune_network(parse(["--load-from", ckpt, "--from-head-layer", "1"]))
+    assert target.saved["proj_layers"] == 3 and len(head.layers) == 1
     kept = head.state_dict()
     expected = {k[len("head."):]: v for k, v in model_state.items() if k.startswith("head.layers.0.")}
     assert kept.keys() == expected.keys() and all(torch.equal(kept[k], expected[k]) for k in kept)
@@ -95,12 +96,12 @@ def test_head_layers_kept_and_classifier_zero(pretrained):
     assert net.classifier.weight.shape == (3, 16)  # the hidden layer's width
     assert not net.classifier.weight.any() and not net.classifier.bias.any()
     assert net(torch.randn(4, 3, 8, 8)).abs().max() == 0  # zero logits at the start
-    _, head0, _, _ = finetune.build_model(parse(["--load-from", ckpt]))
+    _, head0, _ = finetune_network(parse(["--load-from", ckpt]))
     assert len(head0.layers) == 0 and FineTuneNet(backbone, head0, 3).classifier.in_features == 512
     with pytest.raises(UserError, match="3-layer projection head"):
-        finetune.build_model(parse(["--load-from", ckpt, "--from-head-layer", "4"]))
+        finetune_network(parse(["--load-from", ckpt, "--from-head-layer", "4"]))
     assert backbone.width_multiplier == 1  # the checkpoint's
-    wide, _, _, _ = finetune.build_model(parse(["--from-scratch", "--arch", "resnet18", "--dataset", "cifar10",
+    wide, _, _ = finetune_network(parse(["--from-scratch", "--arch", "resnet18", "--dataset", "cifar10",
                                                 "--width-multiplier", "2"]))
     assert wide.width_multiplier == 2 and wide.num_features == 1024 and wide.conv1.weight.shape == (128, 3, 3, 3)
 

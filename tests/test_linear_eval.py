@@ -3,13 +3,19 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
+import finetune
 import gradient_linear_clf
 import lbfgs_linear_clf
 import simclr
+import utils.precision
+from data.datasets import ArrayImages, dataset_info, native_size
+from data.sampler import EpochSampler
 from evaluation.features import weights_digest
+from evaluation.harness import Target, default_output, eval_precision, seeded_train_loader
 from evaluation.knn import knn_predict
 from evaluation.load import backbone_state, evaluation_target, load_backbone, recipe_default
 from models.resnet import resnet18
@@ -17,6 +23,7 @@ from tests.tiny_data import write_image_folder, write_paths
 import training.recipe
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
+from utils.precision import resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +54,16 @@ def test_knn_matches_plain_loop():
     assert knn_predict(train, labels, test, 4, k=k, temperature=t, chunk_size=4).tolist() == expected
 
 
-def test_lbfgs_script_end_to_end(pretrained, tmp_path):
+def test_lbfgs_script_end_to_end(pretrained, tmp_path, capsys):
     ckpt, paths = pretrained
     out = str(tmp_path / "r.json")
     summary = lbfgs_linear_clf.main(lbfgs_linear_clf.get_args_parser().parse_args(
         ["--load-from", ckpt, "--dataset-paths", paths, "--l2-num", "5", "--num-workers", "0", "--val-fraction",
          "0.2", "--output", out, "--cache-features"]))
+    assert "lbfgs: cpu, precision fp32 (auto, frozen features: bf16" in capsys.readouterr().out
     saved = json.load(open(out))
     assert saved["test_acc"] == summary["test_acc"] and len(saved["val_acc"]) == 5
+    assert saved["precision"] == "fp32" and saved["git_commit"] == summary["git_commit"] != ""
     assert saved["best_l2"] in saved["l2_grid"] and saved["num_train"] == 30 and saved["feature_dim"] == 512
     # the cached features give the same result; the earlier result is replaced only with --overwrite
     again = lbfgs_linear_clf.main(lbfgs_linear_clf.get_args_parser().parse_args(
@@ -114,6 +123,13 @@ def test_gradient_script_keeps_backbone_frozen(pretrained, tmp_path):
     assert all(torch.equal(result["backbone_state"][k], original[k]) for k in original)  # BN stats included
     assert 0 <= result["top1"] <= result["top5"] <= 100
     assert result["classifier"].weight.shape == (3, 512)
+    saved = json.load(open(tmp_path / "g.json"))
+    assert saved["top1"] == result["top1"] and saved["git_commit"] and saved["precision"] == "fp32"
+    # the data order and the augmentations are seeded: the same run gives the same classifier, bit for bit
+    again = gradient_linear_clf.main(gradient_linear_clf.get_args_parser().parse_args(
+        ["--load-from", ckpt, "--dataset-paths", paths, "--batch-size", "10", "--num-epochs", "2", "--nesterov",
+         "--num-workers", "0", "--output", str(tmp_path / "g2.json")]))
+    assert torch.equal(again["classifier"].weight, result["classifier"].weight) and again["top1"] == result["top1"]
 
 
 def test_gradient_script_stops_on_a_diverged_loss(pretrained, tmp_path):
@@ -198,3 +214,50 @@ def test_gradient_script_random_init_is_the_lbfgs_baseline_network(pretrained, t
     assert all(torch.equal(result["backbone_state"][k], expected[k]) for k in expected)
     original = backbone_state(load_checkpoint(ckpt))
     assert not torch.equal(result["backbone_state"]["conv1.weight"], original["conv1.weight"])
+
+
+# ------------------------------------------------------------------------------------------- the shared harness
+def test_auto_precision_is_fp32_for_frozen_features_and_as_simclr_for_finetuning(monkeypatch):
+    """One rule (evaluation/harness.eval_precision), every script at --precision auto by default: where bf16 is
+    fast, L-BFGS and SGD linear evaluation stay in fp32 and fine-tuning takes bf16 as simclr.py."""
+    monkeypatch.setattr(utils.precision, "fast_bf16", lambda device: (True, "CPU with AMX"))
+    cpu = torch.device("cpu")
+    for task in ("lbfgs", "sgd"):
+        p = eval_precision("auto", cpu, task)
+        assert (p.name, p.channels_last) == ("fp32", False) and "0.6 points" in p.reason
+        assert eval_precision("bf16", cpu, task) == resolve_precision("bf16", cpu)
+    assert eval_precision("auto", cpu, "finetune") == resolve_precision("auto", cpu)
+    assert eval_precision("auto", cpu, "finetune").name == "bf16"
+    assert eval_precision("fp32", cpu, "finetune") == resolve_precision("fp32", cpu)
+    for script in (lbfgs_linear_clf, gradient_linear_clf, finetune):
+        assert script.get_args_parser().parse_args(["--load-from", "x.pth"]).precision == "auto"
+
+
+def test_default_output_names():
+    assert default_output("runs/a.pth", "lbfgs", "cifar10") == "runs/a.lbfgs-cifar10.json"
+    assert default_output("runs/a.pth", "sgd", "stl10", "random") == "runs/a.sgd-stl10-random.json"
+    assert default_output("a.pth", "finetune", "cifar10", "10pct", "") == "a.finetune-cifar10-10pct.json"
+    assert default_output(None, "finetune", "cifar10", "1pct", "scratch", scratch_name="resnet50-2x") == \
+        os.path.join("checkpoint", "scratch-resnet50-2x.finetune-cifar10-1pct-scratch.json")
+
+
+def test_training_batches_are_seeded_and_new_every_epoch():
+    """The order of epoch e is EpochSampler's (seed, e) permutation, the crops are seeded per (seed, e, image):
+    the same loader twice gives the same batches, another epoch another order."""
+    labels = np.arange(12)
+    images = ArrayImages(np.random.default_rng(0).integers(0, 256, (12, 8, 8, 3), dtype=np.uint8), labels,
+                         [str(c) for c in range(12)])
+    assert native_size(images) == 8 and native_size(object()) is None
+    target = Target(None, {}, "resnet18", "cifar10", dataset_info("cifar10"), 8)
+
+    def epoch(e: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        loader = seeded_train_loader(images, target, 5, 3, 0, torch.device("cpu"))
+        loader.sampler.set_epoch(e)
+        return list(loader)
+
+    first, again, second = epoch(0), epoch(0), epoch(1)
+    assert len(first) == 2  # full batches only
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    assert torch.cat([y for _, y in first]).tolist() == EpochSampler(12, seed=3).order(0)[:10]
+    assert torch.cat([y for _, y in second]).tolist() == EpochSampler(12, seed=3).order(1)[:10]
+    assert [y.tolist() for _, y in first] != [y.tolist() for _, y in second]

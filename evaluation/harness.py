@@ -1,0 +1,163 @@
+"""What the three evaluation scripts share (lbfgs_linear_clf.py, gradient_linear_clf.py, finetune.py): the device
+and its setup, the precision and its one default rule, the checkpoint and what it is evaluated on, the
+transforms and seeded loaders, the output names and the result JSON.
+
+A script's ``task`` names it: ``lbfgs`` and ``sgd`` evaluate the features of a frozen backbone, ``finetune``
+trains the encoder."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from data.augment import eval_transform, train_linear_transform
+from data.datasets import DatasetInfo, native_size
+from data.sampler import EpochSampler
+from data.views import SeededTransformed, Transformed
+from evaluation.load import evaluation_target, finetune_encoder, load_backbone, random_init_like
+from evaluation.outputs import prepare_outputs
+from models.finetune import KeptHead
+from models.resnet import ResNetBackbone
+from utils.allocator import tune_cpu_allocator
+from utils.checkpoint import checkpoint_path, find_checkpoint, git_commit
+from utils.distributed import select_device
+from utils.files import save_json
+from utils.precision import Precision, resolve_precision
+
+FROZEN_FEATURES = ("lbfgs", "sgd")  # the tasks that evaluate a frozen backbone's features
+# --precision auto for them: fp32, as README ("Differences from the paper") reports
+FROZEN_AUTO_REASON = "frozen features: bf16 features moved kNN accuracy by up to 0.6 points"
+
+
+# ------------------------------------------------------------------------------------------------ device, precision
+def add_precision_option(parser, task: str, what: str) -> None:
+    """``--precision`` of ``task``'s script (``what``: what runs under the autocast), default ``auto`` resolved
+    by :func:`eval_precision`."""
+    rule = ("fp32 for frozen features (bf16 features moved kNN accuracy by up to 0.6 points)"
+            if task in FROZEN_FEATURES else "bf16 where it is fast, as simclr.py")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help=f"{what}; auto: {rule} (default: auto)")
+
+
+def eval_precision(choice: str, device: torch.device, task: str) -> Precision:
+    """``--precision`` of ``task``: ``auto`` is fp32 for the frozen-feature tasks (:data:`FROZEN_FEATURES`) and
+    as simclr.py's (bf16 where fast, utils/precision.py) for fine-tuning; ``fp32`` and ``bf16`` as asked."""
+    if choice == "auto" and task in FROZEN_FEATURES:
+        return dataclasses.replace(resolve_precision("fp32", device), reason=FROZEN_AUTO_REASON)
+    return resolve_precision(choice, device)
+
+
+def setup(args: argparse.Namespace, task: str) -> tuple[torch.device, Precision]:
+    """(device, precision) of ``--device`` and ``--precision``, with the CPU allocator tuned (utils/allocator.py);
+    prints which precision and why. The CUDA backends keep torch's defaults here (no TF32, no cuDNN benchmark),
+    as before the harness: whether evaluation should share simclr.py's is GPU round 2's question."""
+    device = select_device(args.device)
+    tune_cpu_allocator(device)  # on CPU: keep freed tensors' memory for reuse
+    precision = eval_precision(args.precision, device, task)
+    why = f"auto, {precision.reason}" if args.precision == "auto" else f"--precision {args.precision}"
+    print(f"{task}: {device}, precision {precision.name} ({why})")
+    return device, precision
+
+
+def place(model: nn.Module, device: torch.device, precision: Precision) -> nn.Module:
+    """``model`` on ``device`` in ``precision``'s memory format (channels_last under bf16). Inputs take the same
+    format and the forward runs under ``precision.autocast()``: utils.precision.AtPrecision for feature
+    extraction, evaluation/supervised.py's loop for training and testing."""
+    return model.to(device, memory_format=precision.memory_format)
+
+
+# ------------------------------------------------------------------------------------------------ what is evaluated
+@dataclass(frozen=True)
+class Target:
+    """What is evaluated: the checkpoint (None for ``--from-scratch`` without one), the args it was trained with
+    ({} for a plain state_dict), the network's arch, and the dataset, its info and the input side."""
+    checkpoint: str | None
+    saved: dict
+    arch: str | None
+    dataset: str
+    info: DatasetInfo
+    image_size: int
+
+
+def target_of(ckpt: str | None, saved: dict, args: argparse.Namespace) -> Target:
+    """The options (``--arch``, ``--dataset``, ``--image-size``), else what the checkpoint was trained with."""
+    dataset, info, size = evaluation_target(ckpt, saved, args.dataset, args.image_size)
+    return Target(ckpt, saved, args.arch or saved.get("arch"), dataset, info, size)
+
+
+def frozen_backbone(args: argparse.Namespace) -> tuple[ResNetBackbone, Target]:
+    """The checkpoint's backbone, loaded strictly (evaluation/load.py), and its :class:`Target`."""
+    ckpt = find_checkpoint(args.load_from)
+    backbone, saved = load_backbone(ckpt, args.arch, args.stem)
+    return backbone, target_of(ckpt, saved, args)
+
+
+def random_init_baseline(backbone: ResNetBackbone, args: argparse.Namespace, target: Target) -> ResNetBackbone:
+    """With ``--random-init`` the same network at a seeded (``--seed``) initialisation, the baseline a
+    representation must beat; else ``backbone``."""
+    return random_init_like(backbone, target.arch, args.seed) if args.random_init else backbone
+
+
+def finetune_network(args: argparse.Namespace) -> tuple[ResNetBackbone, KeptHead, Target]:
+    """(backbone, kept head layers, target) to fine-tune: the checkpoint's, or with ``--from-scratch`` the same
+    shapes at a seeded random init (evaluation/load.finetune_encoder)."""
+    ckpt = find_checkpoint(args.load_from) if args.load_from else None
+    backbone, head, saved = finetune_encoder(ckpt, args.from_scratch, args.arch, args.stem, args.width_multiplier,
+                                             args.dataset, args.from_head_layer, args.seed)
+    return backbone, head, target_of(ckpt, saved, args)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def eval_transform_for(target: Target, train) -> Callable:
+    """No augmentation, resized and centre-cropped to the target size unless ``train``'s in-memory images
+    already have it (data/augment.eval_transform)."""
+    return eval_transform(target.image_size, target.info.mean, target.info.std, native_size(train))
+
+
+def seeded_train_loader(images, target: Target, batch_size: int, seed: int, num_workers: int,
+                        device: torch.device) -> DataLoader:
+    """Random resized crop + flip, full batches in a seeded order that is new every epoch: image i of epoch e
+    is augmented under the seed (seed, e, i), whatever the number of workers (data/sampler.py, data/views.py);
+    evaluation/supervised.fit sets the epoch."""
+    transform = train_linear_transform(target.image_size, target.info.mean, target.info.std)
+    return DataLoader(SeededTransformed(images, transform, seed), batch_size=batch_size,
+                      sampler=EpochSampler(len(images), seed=seed), drop_last=True, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+
+
+def eval_loader(images, transform, batch_size: int, num_workers: int) -> DataLoader:
+    """``images`` in order, through ``transform`` (:func:`eval_transform_for`)."""
+    return DataLoader(Transformed(images, transform), batch_size=batch_size, num_workers=num_workers)
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def default_output(ckpt: str | None, task: str, dataset: str, *variants: str, scratch_name: str = "") -> str:
+    """``<checkpoint>.<task>-<dataset>[-<variant>...].json`` beside the checkpoint (empty variants left out);
+    without a checkpoint ``checkpoint/scratch-<scratch_name>.<task>-...json``."""
+    tag = "-".join([task, dataset, *(v for v in variants if v)])
+    base = os.path.splitext(ckpt)[0] if ckpt else checkpoint_path(f"scratch-{scratch_name}")
+    return f"{base}.{tag}.json"
+
+
+def check_outputs(args: argparse.Namespace, target: Target, outputs: dict[str, str | None],
+                  inputs: dict[str, str | None] | None = None, replaceable: tuple[str, ...] = (),
+                  hints: dict[str, str] | None = None) -> None:
+    """Every output (what -> path) checked before any compute, against the checkpoint, ``inputs`` and
+    ``--dataset-paths``, with ``--overwrite`` (evaluation/outputs.prepare_outputs: ``replaceable``, ``hints``)."""
+    inputs = {"--load-from": target.checkpoint, **(inputs or {}), "--dataset-paths": args.dataset_paths}
+    prepare_outputs(outputs, inputs, args.overwrite, replaceable, hints)
+
+
+def save_result(output: str, summary: dict) -> dict:
+    """Write ``summary`` with the git commit of the code (utils/checkpoint.git_commit) atomically to ``output``;
+    returns what was written."""
+    summary = {**summary, "git_commit": git_commit()}
+    save_json(output, summary)
+    print(f"wrote {output}")
+    return summary
