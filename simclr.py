@@ -12,15 +12,14 @@ import os
 import uuid
 
 
-from data.datasets import DATASETS, ArrayImages, dataset_info
+from data.datasets import DATASETS, native_size
 from data.loaders import pretrain_input
-from data.paths import DEFAULT_PATHS_FILE
 from evaluation.knn import KNNMonitor
 from models.resnet import ARCHS, STEMS
-from optim.schedules import lr_schedule, scaled_lr
+from optim.schedules import lr_schedule
 from training.build import build_pretraining
+from training.config import PretrainConfig, resolve_pretrain
 from training.loop import BatchError, NonFiniteLoss, train_one_epoch
-from training.recipe import RECIPE_KEYS, RECIPES, fill, learning_rate
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import Saver, checkpoint_path, git_commit, resume, save_checkpoint
 from utils.cli import Parser, nonneg_float, nonneg_int, number, positive_float, positive_int
@@ -36,134 +35,127 @@ MODEL_KEYS = ["arch", "stem", "width_multiplier", "proj_dim", "proj_hidden_dim",
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = Parser(description="SimCLR pretraining. 'recipe': the dataset's row of training/recipe.py",
-                                formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dataset", "-d", default="cifar10", choices=list(DATASETS),
+    p = Parser(description="SimCLR pretraining. 'recipe': the dataset's row of training/recipe.py; every default is\n"
+                           "training/config.py's", formatter_class=argparse.RawTextHelpFormatter,
+               argument_default=argparse.SUPPRESS)  # options not given stay out: resolve_pretrain fills them
+    p.add_argument("--dataset", "-d", choices=list(DATASETS),
                    help="dataset name, resolved through --dataset-paths (default: cifar10)")
-    p.add_argument("--dataset-paths", default=DEFAULT_PATHS_FILE,
+    p.add_argument("--dataset-paths",
                    help="JSON file mapping dataset names to folders (default: the repository's dataset-paths.json)")
-    p.add_argument("--arch", default="resnet50", choices=list(ARCHS), help="encoder (default: resnet50)")
-    p.add_argument("--stem", default=None, choices=STEMS, help="ResNet stem (default: recipe)")
-    p.add_argument("--width-multiplier", type=positive_int, default=1, help="every ResNet width times N (default: 1)")
-    p.add_argument("--image-size", type=positive_int, default=None, help="crop side in pixels (default: recipe)")
-    p.add_argument("--batch-size", type=number(int, 2), default=512,
+    p.add_argument("--arch", choices=list(ARCHS), help="encoder (default: resnet50)")
+    p.add_argument("--stem", choices=STEMS, help="ResNet stem (default: recipe)")
+    p.add_argument("--width-multiplier", type=positive_int, help="every ResNet width times N (default: 1)")
+    p.add_argument("--image-size", type=positive_int, help="crop side in pixels (default: recipe)")
+    p.add_argument("--batch-size", type=number(int, 2),
                    help="images per step over all torchrun processes (B/W each), 2 views each (default: 512)")
-    p.add_argument("--num-epochs", type=positive_int, default=100, help="total epochs of the run (default: 100)")
-    p.add_argument("--base-lr", type=positive_float, default=None, help="lr before --lr-scaling (default: recipe)")
-    p.add_argument("--lr-scaling", default=None, choices=["linear", "sqrt", "none"],
+    p.add_argument("--num-epochs", type=positive_int, help="total epochs of the run (default: 100)")
+    p.add_argument("--base-lr", type=positive_float, help="lr before --lr-scaling (default: recipe)")
+    p.add_argument("--lr-scaling", choices=["linear", "sqrt", "none"],
                    help="linear: lr = base_lr*B/256; sqrt: lr = base_lr*sqrt(B); none: lr = base_lr\n"
                         "(default: recipe: sqrt for ImageNet and Imagenette below batch 4096, else linear)")
-    p.add_argument("--optimizer", default="lars", choices=["lars", "sgd"], help="(default: lars)")
-    p.add_argument("--momentum", type=nonneg_float, default=0.9, help="(default: 0.9)")
-    p.add_argument("--weight-decay", type=nonneg_float, default=None,
+    p.add_argument("--optimizer", choices=["lars", "sgd"], help="(default: lars)")
+    p.add_argument("--momentum", type=nonneg_float, help="(default: 0.9)")
+    p.add_argument("--weight-decay", type=nonneg_float,
                    help="on weights (ndim > 1) only (default: recipe)")
-    p.add_argument("--trust-coefficient", type=positive_float, default=1e-3, help="LARS eta (default: 1e-3)")
-    p.add_argument("--temperature", type=positive_float, default=None, help="NT-Xent temperature (default: recipe)")
-    p.add_argument("--loss-scale", default="official", choices=["official", "paper"],
+    p.add_argument("--trust-coefficient", type=positive_float, help="LARS eta (default: 1e-3)")
+    p.add_argument("--temperature", type=positive_float, help="NT-Xent temperature (default: recipe)")
+    p.add_argument("--loss-scale", choices=["official", "paper"],
                    help="official: loss_a + loss_b over the N pairs, the scale the official lr and weight decay\n"
                         "were tuned at; paper: Algorithm 1's mean over the 2N anchors, half of it (default: official)")
-    p.add_argument("--cosine-anneal", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--cosine-anneal", action=argparse.BooleanOptionalAction,
                    help="cosine decay to 0 after warmup, the paper's; --no-cosine-anneal: constant (default: on)")
-    p.add_argument("--warmup-epochs", type=nonneg_float, default=10,
+    p.add_argument("--warmup-epochs", type=nonneg_float,
                    help="linear warmup length in epochs (default: 10)")
-    p.add_argument("--jitter-strength", type=nonneg_float, default=None,
+    p.add_argument("--jitter-strength", type=nonneg_float,
                    help="colour distortion strength s (default: recipe)")
-    p.add_argument("--blur", action=argparse.BooleanOptionalAction, default=None, help="blur, p=0.5 (default: recipe)")
-    p.add_argument("--proj-dim", type=positive_int, default=128, help="projection output size (default: 128)")
-    p.add_argument("--proj-hidden-dim", type=positive_int, default=None, help="(default: the encoder's feature size)")
-    p.add_argument("--proj-layers", type=positive_int, default=2,
+    p.add_argument("--blur", action=argparse.BooleanOptionalAction, help="blur, p=0.5 (default: recipe)")
+    p.add_argument("--proj-dim", type=positive_int, help="projection output size (default: 128)")
+    p.add_argument("--proj-hidden-dim", type=positive_int, help="(default: the encoder's feature size)")
+    p.add_argument("--proj-layers", type=positive_int,
                    help="linear layers in the head; 3 is SimCLRv2 (default: 2)")
-    p.add_argument("--num-workers", type=nonneg_int, default=None,
+    p.add_argument("--num-workers", type=nonneg_int,
                    help="DataLoader worker processes for image trees and the kNN monitor\n"
                         "(default: the CPU cores per process on this machine, 2 to 16)")
-    p.add_argument("--test-freq", type=nonneg_int, default=None,
+    p.add_argument("--test-freq", type=nonneg_int,
                    help="kNN top-1 every N epochs, 0: off (default: recipe)")
-    p.add_argument("--knn-k", type=positive_int, default=200, help="neighbours of the kNN monitor (default: 200)")
-    p.add_argument("--filename", default="ckpt.pth", help="bare names go in ./checkpoint/ (default: ckpt.pth)")
-    p.add_argument("--save-freq", type=positive_int, default=None,
+    p.add_argument("--knn-k", type=positive_int, help="neighbours of the kNN monitor (default: 200)")
+    p.add_argument("--filename", help="bare names go in ./checkpoint/ (default: ckpt.pth)")
+    p.add_argument("--save-freq", type=positive_int,
                    help="write the checkpoint every N epochs, at the end, and on SIGINT/SIGTERM (default: after\n"
                         "any epoch that ends 100 times the last write's duration after it: < 1%% of the time)")
-    p.add_argument("--resume", "-r", nargs="?", const=True, default=None,
+    p.add_argument("--resume", "-r", nargs="?", const=True,
                    help="continue the run in --filename, or in the file given (its options must be this run's)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the checkpoint and log at --filename (without it an existing run is refused)")
     p.add_argument("--allow-changes", action="store_true",
                    help="with --resume: apply options that differ from the checkpoint's from here on, recorded in\n"
                         "its history (without it such a resume is refused with the list of differences)")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentations (default: 0)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    p.add_argument("--seed", type=int, help="seed of weights, data order and augmentations (default: 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="auto: all visible GPUs (DataParallel when several), else the CPU; under torchrun one GPU\n"
                         "per process (DistributedDataParallel, nccl), or CPU processes with gloo (default: auto)")
-    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction,
                    help="synchronise BatchNorm statistics over all torchrun processes (the paper's global BN)\n"
                         "(default: on under torchrun with several processes; no effect without torchrun)")
-    p.add_argument("--chunk-size", type=nonneg_int, default=0,
+    p.add_argument("--chunk-size", type=nonneg_int,
                    help="gradient caching: the loss over the whole batch with the activation memory of N images\n"
                         "per process; BN statistics per chunk and view (README). 0: off (default: 0)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="bf16 autocast for the network, loss in fp32; auto: bf16 where it is fast (GPUs of\n"
                         "compute capability 8.0 or newer, CPUs with AMX), fp32 elsewhere (default: auto)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="channels_last memory format (default: on with bf16, off with fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (not under DataParallel)")
-    p.add_argument("--log-freq", type=positive_int, default=10,
+    p.add_argument("--log-freq", type=positive_int,
                    help="read the loss back from the device every N steps; a CSV row each time (default: 10)")
     return p
 
 
-def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the dataset's recipe (training/recipe.py) and reject values that cannot train."""
-    dataset_info(args.dataset)  # a clear error for an unknown name
-    vars(args).update(fill(RECIPES, args.dataset, {k: getattr(args, k) for k in RECIPE_KEYS}))
-    args.base_lr, args.lr_scaling = learning_rate(args.dataset, args.batch_size, args.base_lr, args.lr_scaling)
-    if args.chunk_size == 1:
-        raise UserError("--chunk-size must be 0 (off) or >= 2 (pairs per chunk; 1 image is no BN batch)")
-    if args.resume is None and args.allow_changes:
-        raise UserError("--allow-changes goes with --resume")
-    args.lr = scaled_lr(args.base_lr, args.batch_size, args.lr_scaling)
-    return args
+def resolve_args(args: argparse.Namespace) -> PretrainConfig:
+    """The options given, over the dataset's recipe and the defaults (training/config.py), checked."""
+    return resolve_pretrain(vars(args))
 
 
 def main(args: argparse.Namespace) -> dict:
     """Pretrain; under torchrun every process runs this, in its process group (destroyed at the end)."""
-    args = resolve_args(args)
-    dist_info = init_distributed(device=args.device)
+    cfg = resolve_args(args)
+    dist_info = init_distributed(device=cfg.device)
     try:
-        return train(args, dist_info)
+        return train(cfg, dist_info)
     finally:
         cleanup_distributed()  # a no-op without a process group
 
 
-def setup(args: argparse.Namespace, dist_info: DistInfo):
-    """Data, model, optimizer and the run's derived options (written into ``args``, saved with checkpoints)."""
+def setup(cfg: PretrainConfig, dist_info: DistInfo):
+    """Data, model, optimizer, and the configuration with the values this machine decides (saved with checkpoints)."""
     device, world = dist_info.device, dist_info.world_size
-    precision = resolve_precision(args.precision, device, args.channels_last)
-    args.precision, args.channels_last, args.world_size = precision.name, precision.channels_last, world
-    args.sync_bn = dist_info.distributed and world > 1 if args.sync_bn is None else args.sync_bn
-    args.num_workers = default_workers() if args.num_workers is None else args.num_workers
+    precision = resolve_precision(cfg.precision, device, cfg.channels_last)
+    cfg = cfg.with_(precision=precision.name, channels_last=precision.channels_last, world_size=world,
+                    sync_bn=dist_info.distributed and world > 1 if cfg.sync_bn is None else cfg.sync_bn,
+                    num_workers=default_workers() if cfg.num_workers is None else cfg.num_workers)
     pretrain, sampler, batches = pretrain_input(
-        args.dataset, args.dataset_paths, args.batch_size, world=world, rank=dist_info.rank, seed=args.seed,
-        device=device, image_size=args.image_size, jitter_strength=args.jitter_strength, blur=args.blur,
-        num_workers=args.num_workers)
-    args.native_size = pretrain.images.shape[1] if isinstance(pretrain, ArrayImages) else None
-    run = build_pretraining(args, dist_info, precision, args.batch_size // world)
-    return pretrain, sampler, batches, run
+        cfg.dataset, cfg.dataset_paths, cfg.batch_size, world=world, rank=dist_info.rank, seed=cfg.seed,
+        device=device, image_size=cfg.image_size, jitter_strength=cfg.jitter_strength, blur=cfg.blur,
+        num_workers=cfg.num_workers)
+    cfg = cfg.with_(native_size=native_size(pretrain))
+    run = build_pretraining(cfg, dist_info, precision, cfg.batch_size // world)
+    return cfg, pretrain, sampler, batches, run
 
 
-def claim_run(args: argparse.Namespace, path: str, log_path: str, dist_info: DistInfo) -> RunLock | None:
+def claim_run(cfg: PretrainConfig, path: str, log_path: str, dist_info: DistInfo) -> RunLock | None:
     """Rank 0, before any compute: the location is writable, no other run writes there (a lock held until this
     process ends), and an existing run there is continued (--resume) or replaced (--overwrite), never silently.
     A refusal on rank 0 stops every rank."""
     lock, refusal = None, None
     if dist_info.is_main:
         try:
-            refuse_same({"--filename": path, "its log": log_path}, {"--dataset-paths": args.dataset_paths})
+            refuse_same({"--filename": path, "its log": log_path}, {"--dataset-paths": cfg.dataset_paths})
             check_output(path, "--filename")
             lock = RunLock(path).acquire(path)
             for p in (path, log_path):
                 clean_orphans(p)  # temporary files of a save that was killed
             existing = [p for p in (path, log_path) if os.path.exists(p)]
-            if existing and not args.resume and not args.overwrite:
+            if existing and not cfg.resume and not cfg.overwrite:
                 raise UserError(f"{existing[0]} exists: pass --resume to continue that run, --overwrite to replace "
                                 f"it, or another --filename")
         except UserError as e:
@@ -175,33 +167,33 @@ def claim_run(args: argparse.Namespace, path: str, log_path: str, dist_info: Dis
     return lock
 
 
-def train(args: argparse.Namespace, dist_info: DistInfo) -> dict:
+def train(cfg: PretrainConfig, dist_info: DistInfo) -> dict:
     """Pretrain into checkpoint_path(--filename) and the CSV log beside it, holding the run's lock throughout."""
-    path = checkpoint_path(args.filename)
+    path = checkpoint_path(cfg.filename)
     log_path = os.path.splitext(path)[0] + ".csv"
-    lock = claim_run(args, path, log_path, dist_info)
+    lock = claim_run(cfg, path, log_path, dist_info)
     try:
-        return fit(args, dist_info, path, log_path)
+        return fit(cfg, dist_info, path, log_path)
     finally:
         if lock is not None:
             lock.release()
 
 
-def fit(args: argparse.Namespace, dist_info: DistInfo, path: str, log_path: str) -> dict:
+def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> dict:
     device, world = dist_info.device, dist_info.world_size
     print0 = print if dist_info.is_main else lambda *a, **k: None  # rank 0 speaks for all
     tune_cpu_allocator(device)  # on CPU: reuse freed tensors' memory (utils/allocator.py)
     configure_backends(device)
-    pretrain, sampler, batches, run = setup(args, dist_info)
+    cfg, pretrain, sampler, batches, run = setup(cfg, dist_info)
     model, optimizer, precision = run.model, run.optimizer, run.precision
     if dist_info.is_main:  # room for one more checkpoint (model and momentum) beside the old one
         check_output(path, "--filename", 2 * sum(t.numel() * t.element_size() for t in model.state_dict().values()))
-    steps_per_epoch = len(pretrain) // args.batch_size  # = len(batches) on every rank
+    steps_per_epoch = len(pretrain) // cfg.batch_size  # = len(batches) on every rank
     start_epoch, step, run_id, history = 0, 0, uuid.uuid4().hex[:12], []
-    if args.resume:
-        resumed = resume(args.filename if args.resume is True else args.resume, model, optimizer, vars(args),
-                         MODEL_KEYS, steps_per_epoch, args.allow_changes)
-        if dist_info.is_main and os.path.exists(path) and not same_file(resumed.path, path) and not args.overwrite:
+    if cfg.resume:
+        resumed = resume(cfg.filename if cfg.resume is True else cfg.resume, model, optimizer, cfg.as_dict(),
+                         MODEL_KEYS, steps_per_epoch, cfg.allow_changes)
+        if dist_info.is_main and os.path.exists(path) and not same_file(resumed.path, path) and not cfg.overwrite:
             raise UserError(f"{path} holds another run than {resumed.path}: pass --overwrite to replace it with the "
                             f"continued run, or another --filename")
         start_epoch, step, history = resumed.epoch, resumed.step, resumed.history
@@ -209,35 +201,36 @@ def fit(args: argparse.Namespace, dist_info: DistInfo, path: str, log_path: str)
         skip = step - start_epoch * steps_per_epoch  # > 0 after a mid-epoch stop
         print0(f"resumed from {resumed.path}: epoch {start_epoch}, step {step}"
             + (f" ({skip} steps into epoch {start_epoch + 1})" if skip else "")
-            + (f"; nothing to do: --num-epochs is {args.num_epochs}" if start_epoch >= args.num_epochs else "")
+            + (f"; nothing to do: --num-epochs is {cfg.num_epochs}" if start_epoch >= cfg.num_epochs else "")
             + "".join(f"; --{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in resumed.changes.items())
             + ("; the lr schedule is recomputed for the new --num-epochs" if "num_epochs" in resumed.changes else ""))
-    total, warmup = steps_per_epoch * args.num_epochs, round(args.warmup_epochs * steps_per_epoch)
-    lr_at = lr_schedule(args.lr, total, warmup, args.cosine_anneal)
-    keep = step if args.resume and not args.overwrite else None
+    total, warmup = steps_per_epoch * cfg.num_epochs, round(cfg.warmup_epochs * steps_per_epoch)
+    lr_at = lr_schedule(cfg.lr, total, warmup, cfg.cosine_anneal)
+    keep = step if cfg.resume and not cfg.overwrite else None
     log = CSVLog(log_path, LOG_FIELDS, run_id, keep) if dist_info.is_main else NullLog()
-    monitor = KNNMonitor(args.dataset, args.dataset_paths, args.image_size, args.native_size, device, precision,
-                         args.num_workers, args.knn_k) if args.test_freq > 0 and dist_info.is_main else None
-    print0(f"{args.dataset}: {len(pretrain)} images, {steps_per_epoch} steps/epoch of {args.batch_size}; {args.arch} "
-        f"({args.stem} stem) on {device}, {precision.label}, {run.parallel}, SyncBN {args.sync_bn}"
-        + (" (--compile breaks the graph at every SyncBatchNorm)" if args.compile and args.sync_bn else "")
-        + (" (--sync-bn has no effect without torchrun)" if args.sync_bn and not dist_info.distributed else "")
-        + (f", gradient caching in chunks of {args.chunk_size} pairs" if args.chunk_size else "")
-        + f"; lr {args.lr:.4g} ({args.lr_scaling} scaling of {args.base_lr}); checkpoint {path}, log {log_path}")
+    monitor = KNNMonitor(cfg.dataset, cfg.dataset_paths, cfg.image_size, cfg.native_size, device, precision,
+                         cfg.num_workers, cfg.knn_k) if cfg.test_freq > 0 and dist_info.is_main else None
+    print0(f"{cfg.dataset}: {len(pretrain)} images, {steps_per_epoch} steps/epoch of {cfg.batch_size}; {cfg.arch} "
+        f"({cfg.stem} stem) on {device}, {precision.label}, {run.parallel}, SyncBN {cfg.sync_bn}"
+        + (" (--compile breaks the graph at every SyncBatchNorm)" if cfg.compile and cfg.sync_bn else "")
+        + (" (--sync-bn has no effect without torchrun)" if cfg.sync_bn and not dist_info.distributed else "")
+        + (f", gradient caching in chunks of {cfg.chunk_size} pairs" if cfg.chunk_size else "")
+        + f"; lr {cfg.lr:.4g} ({cfg.lr_scaling} scaling of {cfg.base_lr}); checkpoint {path}, log {log_path}")
+    print0(f"options {cfg.origin()}; the others training/config.py's defaults")
 
     def save(epoch: int) -> None:  # epoch: epochs completed; step may be further on after a mid-epoch stop
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                         "step": step, "args": vars(args), "git_commit": git_commit(), "run_id": run_id,
+                         "step": step, "args": cfg.as_dict(), "git_commit": git_commit(), "run_id": run_id,
                          "history": history, "classes": list(pretrain.classes)}, path)
 
     result = {"checkpoint": path, "log": log_path, "losses": [], "knn": []}
-    saver = Saver(save, args.save_freq, args.num_epochs)
+    saver = Saver(save, cfg.save_freq, cfg.num_epochs)
     with StopRequest() as stop:
-        for epoch in range(start_epoch, args.num_epochs):
+        for epoch in range(start_epoch, cfg.num_epochs):
             skip = step - epoch * steps_per_epoch if epoch == start_epoch else 0  # > 0 after a mid-epoch stop
-            sampler.set_epoch(epoch, skip=skip * (args.batch_size // world))
+            sampler.set_epoch(epoch, skip=skip * (cfg.batch_size // world))
             try:
-                step, stopped = run_epoch(args, dist_info, run, batches, lr_at, epoch, step, log, stop, result)
+                step, stopped = run_epoch(cfg, dist_info, run, batches, lr_at, epoch, step, log, stop, result)
             except BatchError as e:  # e.g. an unreadable image: the steps done are kept
                 step = e.step
                 if dist_info.is_main:
@@ -247,7 +240,7 @@ def fit(args: argparse.Namespace, dist_info: DistInfo, path: str, log_path: str)
             stopped = any_rank(stopped or stop.requested, dist_info)
             if dist_info.is_main:  # saved before the kNN monitor, so that a bad test image costs no epoch
                 saver(epoch + (0 if stopped else 1), force=stopped)
-            if not stopped and monitor_epoch(args, dist_info, epoch, step, lr_at, log, result, monitor, model):
+            if not stopped and monitor_epoch(cfg, dist_info, epoch, step, lr_at, log, result, monitor, model):
                 stopped = any_rank(stop.requested, dist_info)  # a signal during the kNN monitor
                 if stopped and dist_info.is_main:
                     saver(epoch + 1, force=True)
@@ -262,27 +255,27 @@ def fit(args: argparse.Namespace, dist_info: DistInfo, path: str, log_path: str)
     return result
 
 
-def run_epoch(args, dist_info, run, batches, lr_at, epoch, step, log, stop, result) -> tuple[int, bool]:
+def run_epoch(cfg, dist_info, run, batches, lr_at, epoch, step, log, stop, result) -> tuple[int, bool]:
     """One epoch (training/loop.py); returns the step and whether a stop was asked for."""
     try:
         step, mean_loss, stopped = train_one_epoch(
-            run, batches, lr_at, epoch, step, device=dist_info.device, images_per_step=args.batch_size, log=log,
-            stop=stop, dist_info=dist_info, log_every=args.log_freq, desc=f"epoch {epoch + 1}/{args.num_epochs}",
+            run, batches, lr_at, epoch, step, device=dist_info.device, images_per_step=cfg.batch_size, log=log,
+            stop=stop, dist_info=dist_info, log_every=cfg.log_freq, desc=f"epoch {epoch + 1}/{cfg.num_epochs}",
             show=dist_info.is_main)
     except NonFiniteLoss as e:
         raise UserError(f"{e} (epoch {epoch + 1}); stopped without saving, the last good checkpoint "
-                        f"{checkpoint_path(args.filename)} is untouched (try a lower --base-lr or --precision fp32)"
+                        f"{checkpoint_path(cfg.filename)} is untouched (try a lower --base-lr or --precision fp32)"
                         ) from None
     if not stopped:
         result["losses"].append(mean_loss)
     return step, stopped
 
 
-def monitor_epoch(args, dist_info, epoch, step, lr_at, log, result, monitor, model) -> bool:
+def monitor_epoch(cfg, dist_info, epoch, step, lr_at, log, result, monitor, model) -> bool:
     """The epoch's line, with the kNN top-1 when due (rank 0 alone; the others wait); whether it was due."""
     done = epoch + 1
-    message = f"epoch {done}/{args.num_epochs}: loss {result['losses'][-1]:.4f}, lr {lr_at(step):.4g}"
-    due = args.test_freq > 0 and (done % args.test_freq == 0 or done == args.num_epochs)
+    message = f"epoch {done}/{cfg.num_epochs}: loss {result['losses'][-1]:.4f}, lr {lr_at(step):.4g}"
+    due = cfg.test_freq > 0 and (done % cfg.test_freq == 0 or done == cfg.num_epochs)
     if due:
         if dist_info.is_main:
             acc = monitor(model.backbone)

@@ -226,10 +226,25 @@ def test_resume_refuses_an_optimizer_state_of_other_groups(tmp_path):
                ["arch"], 2, allow_changes=False)
 
 
-def test_the_benches_build_the_step_of_simclr_py():
-    """training.build.STEP_DEFAULTS (what the benches build their step with) are simclr.py's defaults."""
+def test_defaults_live_in_one_place():
+    """simclr.py's parser has no defaults of its own (training/config.py's fill what was not given), and every
+    '(default: X)' of its help that names a value is the configuration's."""
+    import re
+
     import simclr
-    from training.build import STEP_DEFAULTS
-    defaults = vars(simclr.get_args_parser().parse_args([]))
-    assert {k: defaults[k] for k in STEP_DEFAULTS if k != "sync_bn"} == {
-        k: v for k, v in STEP_DEFAULTS.items() if k != "sync_bn"}  # sync_bn: None, on under torchrun
+    from training.config import DEFAULTS, resolve_pretrain
+    parser = simclr.get_args_parser()
+    assert vars(parser.parse_args([])) == {}
+    for action in parser._actions:
+        said = re.search(r"\(default: ([-\w.]+)\)", action.help or "")
+        dest = action.dest
+        if said and dest in DEFAULTS and DEFAULTS[dest] is not None:
+            value = DEFAULTS[dest]
+            if isinstance(value, bool):
+                assert said.group(1) == ("on" if value else "off"), dest
+            else:
+                assert type(value)(said.group(1)) == value, dest
+    cfg = resolve_pretrain({"dataset": "cifar10", "batch_size": 256, "temperature": 0.2})
+    assert (cfg.temperature, cfg.weight_decay, cfg.lr, cfg.momentum) == (0.2, 1e-4, 1.0, 0.9)
+    assert cfg.sources["temperature"] == "command line" and cfg.sources["weight_decay"] == "recipe of cifar10"
+    assert "momentum" not in cfg.sources

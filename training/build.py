@@ -4,7 +4,6 @@ back-propagated (plainly, or by gradient caching: chosen once here), and the gat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -13,27 +12,16 @@ from torch import nn
 from models.loss import NTXentLoss
 from models.simclr import SimCLR
 from optim.groups import build_optimizer
-from optim.schedules import scaled_lr
+from training.config import PretrainConfig, resolve_pretrain
 from training.gradcache import CachedEmbedding
-from training.recipe import RECIPE_KEYS, RECIPES, fill, learning_rate
 from utils.distributed import DistInfo, convert_sync_batchnorm, gather_with_grad, wrap_model
 from utils.precision import AtPrecision, Precision
 
 
-# simclr.py's defaults of what the step is built from (a test keeps its parser equal to them): the benches build
-# their step with these, so that they measure the script's.
-STEP_DEFAULTS = dict(arch="resnet50", width_multiplier=1, proj_dim=128, proj_hidden_dim=None, proj_layers=2,
-                     optimizer="lars", momentum=0.9, trust_coefficient=1e-3, loss_scale="official", chunk_size=0,
-                     sync_bn=False, compile=False, seed=0)
-
-
-def step_config(dataset: str, batch_size: int, **given) -> SimpleNamespace:
-    """What ``build_pretraining`` reads, for ``dataset`` at ``batch_size`` (images per step): the ``given``
-    options, else STEP_DEFAULTS and the dataset's recipe (training/recipe.py); the lr by the recipe's rule, as
-    simclr.py resolves it."""
-    recipe = fill(RECIPES, dataset, {k: given.get(k) for k in RECIPE_KEYS})
-    base_lr, scaling = learning_rate(dataset, batch_size, given.get("base_lr"), given.get("lr_scaling"))
-    return SimpleNamespace(**{**STEP_DEFAULTS, **recipe, **given, "lr": scaled_lr(base_lr, batch_size, scaling)})
+def step_config(dataset: str, batch_size: int, **given) -> PretrainConfig:
+    """simclr.py's configuration of ``dataset`` at ``batch_size`` with the ``given`` options (training/config.py):
+    what the benches build their step from, so that they measure the script's."""
+    return resolve_pretrain({"dataset": dataset, "batch_size": batch_size, **given})
 
 
 class PlainEmbedding:
@@ -62,11 +50,10 @@ class Pretraining:
     parallel: str  # "1 process", "DDP over 8 processes", ...
 
 
-def build_pretraining(cfg, info: DistInfo, precision: Precision, batch_per_process: int) -> Pretraining:
-    """From ``cfg`` (simclr.py's resolved args, or a bench's namespace with the same names: arch, stem, proj_dim,
-    proj_hidden_dim, proj_layers, width_multiplier, sync_bn, optimizer, lr, weight_decay, momentum,
-    trust_coefficient, compile, temperature, loss_scale, chunk_size, seed). The weights are drawn from ``seed``.
-    Gradient caching when 0 < chunk_size < ``batch_per_process``."""
+def build_pretraining(cfg: PretrainConfig, info: DistInfo, precision: Precision,
+                      batch_per_process: int) -> Pretraining:
+    """From the configuration (training/config.py); the weights are drawn from ``cfg.seed``. Gradient caching
+    when 0 < chunk_size < ``batch_per_process``."""
     torch.manual_seed(cfg.seed)
     model = SimCLR(cfg.arch, cfg.stem, cfg.proj_dim, cfg.proj_hidden_dim, cfg.proj_layers, cfg.width_multiplier)
     if cfg.sync_bn and info.distributed:
