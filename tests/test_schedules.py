@@ -59,6 +59,8 @@ def test_a_rule_without_a_recipe_base_lr_asks_for_it():
 
 def test_simclr_decays_by_cosine_by_default():
     import simclr
-    parse = simclr.get_args_parser().parse_args
+
+    def parse(argv):
+        return simclr.resolve_args(simclr.get_args_parser().parse_args(argv))
     assert parse([]).cosine_anneal and parse(["--cosine-anneal"]).cosine_anneal
     assert not parse(["--no-cosine-anneal"]).cosine_anneal
