@@ -221,7 +221,7 @@ def test_sigterm_under_torchrun_stops_at_the_next_step(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not os.path.exists(ckpt.replace(".pth", ".csv")):  # written at the start
         time.sleep(0.2)
-    time.sleep(3)  # a few steps in
+    time.sleep(1.5)  # a step or two in
     sent = time.time()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
