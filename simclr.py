@@ -216,7 +216,7 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
         + (" (--sync-bn has no effect without torchrun)" if cfg.sync_bn and not dist_info.distributed else "")
         + (f", gradient caching in chunks of {cfg.chunk_size} pairs" if cfg.chunk_size else "")
         + f"; lr {cfg.lr:.4g} ({cfg.lr_scaling} scaling of {cfg.base_lr}); checkpoint {path}, log {log_path}")
-    print0(f"options {cfg.origin()}; the others training/config.py's defaults")
+    print0(f"options {cfg.origin()}; the others: training/config.py's defaults")
 
     def save(epoch: int) -> None:  # epoch: epochs completed; step may be further on after a mid-epoch stop
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,

@@ -246,5 +246,5 @@ def test_defaults_live_in_one_place():
                 assert type(value)(said.group(1)) == value, dest
     cfg = resolve_pretrain({"dataset": "cifar10", "batch_size": 256, "temperature": 0.2})
     assert (cfg.temperature, cfg.weight_decay, cfg.lr, cfg.momentum) == (0.2, 1e-4, 1.0, 0.9)
-    assert cfg.sources["temperature"] == "command line" and cfg.sources["weight_decay"] == "recipe of cifar10"
+    assert cfg.sources["temperature"] == "given" and cfg.sources["weight_decay"] == "from the recipe of cifar10"
     assert "momentum" not in cfg.sources

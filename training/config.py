@@ -94,10 +94,10 @@ def resolve_pretrain(given: dict) -> PretrainConfig:
     dataset = given.get("dataset", DEFAULTS["dataset"])
     dataset_info(dataset)  # a clear error for an unknown name
     values, row = {**DEFAULTS, **given}, RECIPES.get(dataset, {})
-    sources = {k: "command line" for k in given}
+    sources = {k: "given" for k in given}
     for k in RECIPE_KEYS:
         if k not in given:
-            values[k], sources[k] = row.get(k), f"recipe of {dataset}"
+            values[k], sources[k] = row.get(k), f"from the recipe of {dataset}"
     missing = [k for k in RECIPE_KEYS if values[k] is None]
     if missing:
         raise UserError(f"{dataset} has no recipe in training/recipe.py: pass --" +
@@ -105,7 +105,7 @@ def resolve_pretrain(given: dict) -> PretrainConfig:
     values["base_lr"], values["lr_scaling"] = learning_rate(dataset, values["batch_size"], given.get("base_lr"),
                                                             given.get("lr_scaling"))
     for k in ("base_lr", "lr_scaling"):
-        sources.setdefault(k, f"recipe of {dataset}")
+        sources.setdefault(k, f"from the recipe of {dataset}")
     if values["chunk_size"] == 1:
         raise UserError("--chunk-size must be 0 (off) or >= 2 (pairs per chunk; 1 image is no BN batch)")
     if values["resume"] is None and values["allow_changes"]:
