@@ -189,33 +189,14 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
     if dist_info.is_main:  # room for one more checkpoint (model and momentum) beside the old one
         check_output(path, "--filename", 2 * sum(t.numel() * t.element_size() for t in model.state_dict().values()))
     steps_per_epoch = len(pretrain) // cfg.batch_size  # = len(batches) on every rank
-    start_epoch, step, run_id, history = 0, 0, uuid.uuid4().hex[:12], []
-    if cfg.resume:
-        resumed = resume(cfg.filename if cfg.resume is True else cfg.resume, model, optimizer, cfg.as_dict(),
-                         MODEL_KEYS, steps_per_epoch, cfg.allow_changes)
-        if dist_info.is_main and os.path.exists(path) and not same_file(resumed.path, path) and not cfg.overwrite:
-            raise UserError(f"{path} holds another run than {resumed.path}: pass --overwrite to replace it with the "
-                            f"continued run, or another --filename")
-        start_epoch, step, history = resumed.epoch, resumed.step, resumed.history
-        run_id = resumed.run_id or run_id  # a checkpoint from before run ids takes a new one
-        skip = step - start_epoch * steps_per_epoch  # > 0 after a mid-epoch stop
-        print0(f"resumed from {resumed.path}: epoch {start_epoch}, step {step}"
-            + (f" ({skip} steps into epoch {start_epoch + 1})" if skip else "")
-            + (f"; nothing to do: --num-epochs is {cfg.num_epochs}" if start_epoch >= cfg.num_epochs else "")
-            + "".join(f"; --{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in resumed.changes.items())
-            + ("; the lr schedule is recomputed for the new --num-epochs" if "num_epochs" in resumed.changes else ""))
+    start_epoch, step, run_id, history = continued(cfg, dist_info, run, path, steps_per_epoch)
     total, warmup = steps_per_epoch * cfg.num_epochs, round(cfg.warmup_epochs * steps_per_epoch)
     lr_at = lr_schedule(cfg.lr, total, warmup, cfg.cosine_anneal)
     keep = step if cfg.resume and not cfg.overwrite else None
     log = CSVLog(log_path, LOG_FIELDS, run_id, keep) if dist_info.is_main else NullLog()
     monitor = KNNMonitor(cfg.dataset, cfg.dataset_paths, cfg.image_size, cfg.native_size, device, precision,
                          cfg.num_workers, cfg.knn_k) if cfg.test_freq > 0 and dist_info.is_main else None
-    print0(f"{cfg.dataset}: {len(pretrain)} images, {steps_per_epoch} steps/epoch of {cfg.batch_size}; {cfg.arch} "
-        f"({cfg.stem} stem) on {device}, {precision.label}, {run.parallel}, SyncBN {cfg.sync_bn}"
-        + (" (--compile breaks the graph at every SyncBatchNorm)" if cfg.compile and cfg.sync_bn else "")
-        + (" (--sync-bn has no effect without torchrun)" if cfg.sync_bn and not dist_info.distributed else "")
-        + (f", gradient caching in chunks of {cfg.chunk_size} pairs" if cfg.chunk_size else "")
-        + f"; lr {cfg.lr:.4g} ({cfg.lr_scaling} scaling of {cfg.base_lr}); checkpoint {path}, log {log_path}")
+    print0(startup_line(cfg, dist_info, run, len(pretrain), steps_per_epoch, path, log_path))
     print0(f"options {cfg.origin()}; the others: training/config.py's defaults")
 
     def save(epoch: int) -> None:  # epoch: epochs completed; step may be further on after a mid-epoch stop
@@ -247,12 +228,44 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
             if stopped:
                 log.close()
                 barrier(dist_info)
-                print0(f"stopped by {stop.signal_name or 'a signal'} after step {step} (epoch {epoch + 1}); checkpoint "
-                    f"{path} written. Resume with the same command plus --resume", flush=True)
+                print0(f"stopped by {stop.signal_name or 'a signal'} after step {step} (epoch {epoch + 1}); "
+                       f"checkpoint {path} written. Resume with the same command plus --resume", flush=True)
                 raise SystemExit(130 if stop.signal_name == "SIGINT" else 143)
     log.close()
     barrier(dist_info)  # no rank leaves before rank 0 has written the last checkpoint
     return result
+
+
+def continued(cfg: PretrainConfig, dist_info: DistInfo, run, path: str, steps_per_epoch: int):
+    """(epochs done, step, run id, history): of the checkpoint with --resume (utils/checkpoint.resume: exactly, or
+    refused with the differences), else of a new run."""
+    if not cfg.resume:
+        return 0, 0, uuid.uuid4().hex[:12], []
+    resumed = resume(cfg.filename if cfg.resume is True else cfg.resume, run.model, run.optimizer, cfg.as_dict(),
+                     MODEL_KEYS, steps_per_epoch, cfg.allow_changes)
+    if dist_info.is_main and os.path.exists(path) and not same_file(resumed.path, path) and not cfg.overwrite:
+        raise UserError(f"{path} holds another run than {resumed.path}: pass --overwrite to replace it with the "
+                        f"continued run, or another --filename")
+    epoch, step = resumed.epoch, resumed.step
+    skip = step - epoch * steps_per_epoch  # > 0 after a mid-epoch stop
+    if dist_info.is_main:
+        print(f"resumed from {resumed.path}: epoch {epoch}, step {step}"
+              + (f" ({skip} steps into epoch {epoch + 1})" if skip else "")
+              + (f"; nothing to do: --num-epochs is {cfg.num_epochs}" if epoch >= cfg.num_epochs else "")
+              + "".join(f"; --{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in resumed.changes.items())
+              + ("; the lr schedule is recomputed for the new --num-epochs" if "num_epochs" in resumed.changes
+                 else ""))
+    return epoch, step, resumed.run_id or uuid.uuid4().hex[:12], resumed.history  # no id: written before ids
+
+
+def startup_line(cfg: PretrainConfig, dist_info: DistInfo, run, images: int, steps_per_epoch: int, path: str,
+                 log_path: str) -> str:
+    return (f"{cfg.dataset}: {images} images, {steps_per_epoch} steps/epoch of {cfg.batch_size}; {cfg.arch} "
+            f"({cfg.stem} stem) on {dist_info.device}, {run.precision.label}, {run.parallel}, SyncBN {cfg.sync_bn}"
+            + (" (--compile breaks the graph at every SyncBatchNorm)" if cfg.compile and cfg.sync_bn else "")
+            + (" (--sync-bn has no effect without torchrun)" if cfg.sync_bn and not dist_info.distributed else "")
+            + (f", gradient caching in chunks of {cfg.chunk_size} pairs" if cfg.chunk_size else "")
+            + f"; lr {cfg.lr:.4g} ({cfg.lr_scaling} scaling of {cfg.base_lr}); checkpoint {path}, log {log_path}")
 
 
 def run_epoch(cfg, dist_info, run, batches, lr_at, epoch, step, log, stop, result) -> tuple[int, bool]:

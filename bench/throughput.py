@@ -100,7 +100,6 @@ def measure(args: argparse.Namespace) -> dict:
     reps = -(-need // len(base))
     images = ArrayImages(np.concatenate([base.images] * reps), np.concatenate([base.labels] * reps), base.classes)
     size = r["image_size"]
-
     cfg = step_config(args.dataset, args.batch_size, arch=args.arch, compile=args.compile)
     run = build_pretraining(cfg, DistInfo(device=device), precision, args.batch_size)  # simclr.py's step
     run.net.train()
