@@ -195,7 +195,7 @@ def train(model: FineTuneNet, args: argparse.Namespace, lr: float, total_steps: 
     """Fine-tune (models/finetune.py's frozen parts checked unmoved after); (reported epoch, history, seconds)."""
     frozen_before, start = model.frozen_state(), time.perf_counter()
     optimizer = build_optimizer(model, args.optimizer, lr, args.weight_decay, args.momentum, args.trust_coefficient,
-                                plain=model.classifier, nesterov=args.nesterov)  # classifier: official head_supervised
+                                unadapted=model.classifier, nesterov=args.nesterov)  # the official head_supervised
     best, history = fit(model, optimizer, lr_schedule(lr, total_steps, 0, args.schedule == "cosine"), train_loader,
                         epochs, precision, device, val_loader, args.val_freq)
     seconds = time.perf_counter() - start

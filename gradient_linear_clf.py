@@ -25,7 +25,7 @@ from models.probe import LinearProbe
 from models.resnet import ARCHS, STEMS
 from optim.groups import build_optimizer
 from optim.schedules import lr_schedule
-from training.recipe import LINEAR_EVAL, fill
+from training.recipe import LINEAR_EVAL, defaults_for
 from utils.cli import Parser, nonneg_float, nonneg_int, positive_float, positive_int
 from utils.errors import UserError, run_cli
 
@@ -96,7 +96,7 @@ def main(args: argparse.Namespace) -> dict:
 
 def fill_recipe(args: argparse.Namespace, dataset: str) -> None:
     """Batch size and epochs from training/recipe.LINEAR_EVAL where not given (the options are checked at parsing)."""
-    vars(args).update(fill(LINEAR_EVAL, dataset, {"batch_size": args.batch_size, "num_epochs": args.num_epochs},
+    vars(args).update(defaults_for(LINEAR_EVAL, dataset, {"batch_size": args.batch_size, "num_epochs": args.num_epochs},
                            "linear-evaluation recipe"))
 
 

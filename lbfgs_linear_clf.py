@@ -27,7 +27,7 @@ from models.resnet import ARCHS, STEMS
 from utils.cli import Parser, nonneg_int, open_fraction, positive_float, positive_int
 from utils.errors import UserError, run_cli
 from utils.files import save_torch
-from utils.precision import AtPrecision, Precision
+from utils.precision import PrecisionNet, Precision
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -82,7 +82,7 @@ def frozen_features(args: argparse.Namespace, device: torch.device, precision: P
     if cached is not None:
         x_train, y_train, x_test, y_test = (cached[k] for k in ("x_train", "y_train", "x_test", "y_test"))
         return x_train, y_train, x_test, y_test, cached["classes"], target, output
-    transform, net = eval_transform_for(target, train), AtPrecision(place(backbone, device, precision), precision)
+    transform, net = eval_transform_for(target, train), PrecisionNet(place(backbone, device, precision), precision)
     x_train, y_train = extract_features(net, Transformed(train, transform), device, args.batch_size,
                                         args.num_workers, desc="train features")
     x_test, y_test = extract_features(net, Transformed(test, transform), device, args.batch_size,

@@ -24,7 +24,8 @@ from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import Saver, checkpoint_path, git_commit, resume, save_checkpoint
 from utils.cli import Parser, nonneg_float, nonneg_int, number, positive_float, positive_int
 from utils.csvlog import CSVLog, NullLog
-from utils.distributed import DistInfo, any_rank, barrier, cleanup_distributed, default_workers, init_distributed
+from utils.device import default_workers
+from utils.distributed import DistInfo, any_rank, barrier, cleanup_distributed, init_distributed
 from utils.errors import UserError, run_cli
 from utils.files import RunLock, check_output, clean_orphans, refuse_same, same_file
 from utils.interrupt import StopRequest

@@ -41,7 +41,8 @@ from training.build import build_pretraining, step_config  # noqa: E402
 from training.loop import train_step  # noqa: E402
 from training.recipe import recipe  # noqa: E402
 from utils.allocator import tune_cpu_allocator  # noqa: E402
-from utils.distributed import DistInfo, select_device  # noqa: E402
+from utils.device import select_device  # noqa: E402
+from utils.distributed import DistInfo  # noqa: E402
 from utils.precision import resolve_precision  # noqa: E402
 
 # (name, path, malloc tuning) of each column

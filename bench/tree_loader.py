@@ -44,7 +44,8 @@ from data.sampler import EpochSampler  # noqa: E402
 from training.build import build_pretraining, step_config  # noqa: E402
 from training.loop import train_step  # noqa: E402
 from training.recipe import recipe  # noqa: E402
-from utils.distributed import DistInfo, select_device  # noqa: E402
+from utils.device import select_device  # noqa: E402
+from utils.distributed import DistInfo  # noqa: E402
 from utils.precision import resolve_precision  # noqa: E402
 
 

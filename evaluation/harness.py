@@ -26,7 +26,7 @@ from models.finetune import KeptHead
 from models.resnet import ResNetBackbone
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import checkpoint_path, find_checkpoint, git_commit
-from utils.distributed import select_device
+from utils.device import select_device
 from utils.files import save_json
 from utils.precision import Precision, resolve_precision
 
@@ -67,7 +67,7 @@ def setup(args: argparse.Namespace, task: str) -> tuple[torch.device, Precision]
 
 def place(model: nn.Module, device: torch.device, precision: Precision) -> nn.Module:
     """``model`` on ``device`` in ``precision``'s memory format (channels_last under bf16). Inputs take the same
-    format and the forward runs under ``precision.autocast()``: utils.precision.AtPrecision for feature
+    format and the forward runs under ``precision.autocast()``: utils.precision.PrecisionNet for feature
     extraction, evaluation/supervised.py's loop for training and testing."""
     return model.to(device, memory_format=precision.memory_format)
 

@@ -40,7 +40,7 @@ weights and the last row ``W[d]`` is the bias, i.e. ``logits = x @ W[:-1] + W[-1
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -53,7 +53,6 @@ __all__ = [
     "SweepResult",
     "fit_logreg",
     "l2_sweep",
-    "logreg_loss",
     "predict",
     "standardize",
 ]
@@ -106,119 +105,58 @@ def _resolve_dtype(x: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def logreg_loss(x: torch.Tensor, y: torch.Tensor, W: torch.Tensor, l2: float) -> torch.Tensor:
-    """Objective value ``mean CE(softmax(x @ W[:-1] + W[-1]), y) + l2/2 ||W[:-1]||^2`` (0-dim tensor).
+def fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, init: torch.Tensor | None = None,
+               max_iter: int = 500, tol: float = 1e-6, dtype: torch.dtype | None = None,
+               history_size: int = 20) -> torch.Tensor:
+    """Fit an l2-regularised multinomial logistic regression with full-batch L-BFGS (Chen et al. 2020, App. B.5).
 
-    Args:
-        x: (n, d) features. y: (n,) int labels. W: (d + 1, C) weights with bias row.
-    """
-    x = x.to(W.dtype)
-    logits = torch.addmm(W[-1], x, W[:-1])  # (n, C)
-    nll = torch.nn.functional.cross_entropy(logits, y.long().to(W.device))
-    return nll + 0.5 * l2 * W[:-1].pow(2).sum()
-
-
-def fit_logreg(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    num_classes: int,
-    l2: float,
-    init: torch.Tensor | None = None,
-    max_iter: int = 500,
-    tol: float = 1e-6,
-    dtype: torch.dtype | None = None,
-    history_size: int = 20,
-) -> torch.Tensor:
-    """Fit an l2-regularised multinomial logistic regression with full-batch L-BFGS.
-
-    Minimises ``mean_i CE(softmax(x_i @ W[:-1] + W[-1]), y_i) + l2/2 * ||W[:-1]||^2`` (bias unpenalised)
-    with ``torch.optim.LBFGS(line_search_fn='strong_wolfe')``. The loss and its gradient are computed in
-    closed form (``grad_logits = (softmax - onehot) / n``), no autograd graph is built. L-BFGS runs on
-    diagonally rescaled variables (weight row j scaled by ``sqrt(q / (q E[x_j^2] + l2))``, q the softmax
-    variance at W = 0) so that the penalised weights and the unpenalised bias have comparable curvature;
-    this changes neither the objective nor its minimiser, only the conditioning, so that large-l2 fits
-    converge in the bias too. A cold start uses W = 0 and bias = centred log class priors
-    (the exact optimum when W = 0).
-
-    Args:
-        x: (n, d) features (ideally standardised, see :func:`standardize`); any device.
-        y: (n,) integer labels in ``[0, num_classes)``.
-        num_classes: C.
-        l2: penalty strength (>= 0); sklearn's ``C = 1 / (l2 * n)``.
-        init: optional (d + 1, C) warm start (copied, never modified).
-        max_iter: maximum number of L-BFGS iterations (function evaluations are capped at 1.25x).
-        tol: stopping tolerance: L-BFGS stops when the max-abs entry of the (rescaled-variable) gradient is
-            <= ``tol`` or the loss / step change falls below ``tol * 1e-3`` (the latter is what usually
-            triggers in float32, once the loss stops changing at float32 resolution).
-        dtype: ``torch.float32`` (default unless ``x`` is float64) or ``torch.float64``.
-        history_size: L-BFGS memory.
-
-    Returns:
-        W: (d + 1, C) tensor on ``x.device`` in ``dtype``; ``W[:-1]`` weights, ``W[-1]`` bias.
+    Minimises ``mean_i CE(softmax(x_i @ W[:-1] + W[-1]), y_i) + l2/2 * ||W[:-1]||^2`` (bias unpenalised; sklearn's
+    ``C = 1 / (l2 * n)``) with ``torch.optim.LBFGS(line_search_fn='strong_wolfe')`` and a closed-form gradient,
+    on rescaled variables ``W = U * scale`` (same minimiser, better conditioning). x: (n, d) features (ideally
+    :func:`standardize`-d), any device; y: (n,) labels in ``[0, num_classes)``. ``init`` (d + 1, C) is a warm
+    start (copied, never modified); a cold start is W = 0 and bias = centred log class priors (the optimum at
+    W = 0). L-BFGS stops after ``max_iter`` iterations (1.25x as many evaluations), when the max-abs (rescaled)
+    gradient entry is <= ``tol`` or when the loss / step change is < ``tol * 1e-3``. ``dtype``: float32 (default
+    unless ``x`` is float64) or float64. Returns W (d + 1, C) on ``x.device``: ``W[:-1]`` weights, ``W[-1]`` bias.
     """
     if x.dim() != 2:
         raise ValueError(f"x must be (n, d), got shape {tuple(x.shape)}")
     if l2 < 0:
         raise ValueError(f"l2 must be >= 0, got {l2}")
-    dt = _resolve_dtype(x, dtype)
-    device = x.device
-    n, d = x.shape
-    x = x.to(dt)
-
+    dt, device, (n, d) = _resolve_dtype(x, dtype), x.device, x.shape
+    x, l2 = x.to(dt), float(l2)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     y = y.to(device=device, dtype=torch.long).reshape(-1)
     if y.numel() != n:
         raise ValueError(f"x has {n} rows but y has {y.numel()} labels")
-    l2 = float(l2)
-
-    if init is None:
-        # W = 0 and the bias at its exact optimum for W = 0: centred log class priors.
+    if init is None:  # W = 0 and the bias at its exact optimum for W = 0: centred log class priors
         W0 = torch.zeros(d + 1, num_classes, dtype=dt, device=device)
-        counts = torch.bincount(y, minlength=num_classes)[:num_classes].to(dt).clamp_min(0.5)  # (C,)
-        log_prior = counts.log()
+        log_prior = torch.bincount(y, minlength=num_classes)[:num_classes].to(dt).clamp_min(0.5).log()  # (C,)
         W0[-1] = log_prior - log_prior.mean()
+    elif tuple(init.shape) != (d + 1, num_classes):
+        raise ValueError(f"init must have shape {(d + 1, num_classes)}, got {tuple(init.shape)}")
     else:
-        if tuple(init.shape) != (d + 1, num_classes):
-            raise ValueError(f"init must have shape {(d + 1, num_classes)}, got {tuple(init.shape)}")
         W0 = init.detach().to(device=device, dtype=dt)
 
-    # Diagonal preconditioning (a change of variables W = U * scale, no change of the objective or of
-    # its minimiser). The curvature of the objective along weight row j is ~ q * E[x_j^2] + l2 and along
-    # the (unpenalised) bias ~ q, with q = (1/C)(1 - 1/C) the softmax variance at W = 0. For large l2
-    # the two differ by orders of magnitude and plain L-BFGS can stop with an unconverged bias.
-    # Scaling row j by sqrt(q / (q * E[x_j^2] + l2)) equalises the diagonal.
+    # Preconditioning: curvature ~ q E[x_j^2] + l2 along weight row j, ~ q along the unpenalised bias (q: softmax
+    # variance at W = 0); scaling row j by sqrt(q / (q E[x_j^2] + l2)) equalises them, so large-l2 fits converge.
     q = (1.0 / num_classes) * (1.0 - 1.0 / num_classes)
-    m2 = torch.linalg.vector_norm(x, dim=0).square_().div_(n)  # (d,) E[x_j^2]
-    denom = q * m2 + l2
+    denom = q * torch.linalg.vector_norm(x, dim=0).square_().div_(n) + l2  # (d,) q E[x_j^2] + l2
     r = torch.where(denom > 0, (q / denom.clamp_min(1e-30)).sqrt(), torch.ones_like(denom))  # (d,)
     scale = torch.cat([r, r.new_ones(1)])[:, None]  # (d + 1, 1)
     U = (W0 / scale).requires_grad_(True)  # (d + 1, C) optimisation variable
-
-    # (n, C) one-hot scaled by 1/n so that grad_logits = softmax / n - onehot_n.
-    onehot_n = torch.zeros(n, num_classes, dtype=dt, device=device)
-    onehot_n.scatter_(1, y[:, None], 1.0 / n)
-
-    opt = torch.optim.LBFGS(
-        [U],
-        lr=1.0,
-        max_iter=max_iter,
-        max_eval=int(max_iter * 1.25) + 1,
-        tolerance_grad=tol,
-        tolerance_change=tol * 1e-3,
-        history_size=history_size,
-        line_search_fn="strong_wolfe",
-    )
+    onehot_n = torch.zeros(n, num_classes, dtype=dt, device=device).scatter_(1, y[:, None], 1.0 / n)  # (n, C)
+    opt = torch.optim.LBFGS([U], lr=1.0, max_iter=max_iter, max_eval=int(max_iter * 1.25) + 1, tolerance_grad=tol,
+                            tolerance_change=tol * 1e-3, history_size=history_size, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         with torch.no_grad():
             W = U * scale  # (d + 1, C)
             Wd, b = W[:-1], W[-1]  # (d, C), (C,)
-            logits = torch.addmm(b, x, Wd)  # (n, C)
-            logp = torch.log_softmax(logits, dim=1)  # (n, C)
-            # mean NLL = -sum(onehot/n * logp)
-            loss = -(onehot_n * logp).sum() + 0.5 * l2 * (Wd * Wd).sum()
-            g_logits = logp.exp_().div_(n).sub_(onehot_n)  # (n, C), reuses logp's storage
+            logp = torch.log_softmax(torch.addmm(b, x, Wd), dim=1)  # (n, C)
+            loss = -(onehot_n * logp).sum() + 0.5 * l2 * (Wd * Wd).sum()  # mean NLL + l2/2 ||Wd||^2
+            g_logits = logp.exp_().div_(n).sub_(onehot_n)  # (n, C) (softmax - onehot) / n, in logp's storage
             grad = torch.empty_like(W)
             torch.addmm(Wd, x.t(), g_logits, beta=l2, out=grad[:-1])  # (d, C) = x^T G + l2 W
             grad[-1] = g_logits.sum(dim=0)  # (C,) bias gradient
@@ -266,9 +204,6 @@ class SweepResult:
         train_acc: accuracy of the final (whole-train) model on the whole training set.
         test_acc: accuracy of the final model on the test set (scored once).
         test_top5: its top-5 accuracy on the test set.
-        W: (d + 1, C) final weights (CPU), for inputs standardised with the whole-train statistics.
-        fit_weights: (d + 1, C) fit-split solutions for each ``l2_grid`` entry (CPU), in the fit-split
-            standardisation.
         num_fit, num_val, num_train, num_test: split sizes.
         sweep_seconds, refit_seconds: wall-clock times of the grid sweep and of refit + test scoring.
     """
@@ -279,8 +214,6 @@ class SweepResult:
     train_acc: float
     test_acc: float
     test_top5: float = float("nan")
-    W: torch.Tensor | None = None
-    fit_weights: list[torch.Tensor] = field(default_factory=list)
     num_fit: int = 0
     num_val: int = 0
     num_train: int = 0
@@ -294,109 +227,62 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def l2_sweep(
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    x_test: torch.Tensor,
-    y_test: torch.Tensor,
-    num_classes: int,
-    l2_grid: Sequence[float] | None = None,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    max_iter: int = 500,
-    tol: float = 1e-6,
-    dtype: torch.dtype | None = None,
-) -> SweepResult:
+def l2_sweep(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+             num_classes: int, l2_grid: Sequence[float] | None = None, val_fraction: float = 0.1, seed: int = 0,
+             device: torch.device | str | None = None, max_iter: int = 500, tol: float = 1e-6,
+             dtype: torch.dtype | None = None) -> SweepResult:
     """SimCLR transfer linear evaluation (Chen et al. 2020, App. B.5/B.8): pick l2 on val, refit, test once.
 
-    1. Stratified, seeded split of the training set into fit / val (:func:`stratified_split`).
-    2. Standardise fit and val with the *fit-split* statistics.
-    3. Fit along the grid from the largest l2 to the smallest (the strongly regularised end is well
-       conditioned), warm-starting each fit from the previous solution; record val accuracy.
-    4. Choose the l2 with the best val accuracy (ties: the larger l2).
-    5. Re-standardise the whole training set (and the test set) with *whole-train* statistics, refit
-       on the whole training set with the chosen l2 (warm-started from that l2's fit-split solution;
-       the problem is strictly convex for l2 > 0 so the start only affects speed), and score the test
-       set once. ``x_test`` / ``y_test`` are not touched before this final step.
+    1. Stratified, seeded fit / val split of the training set (:func:`stratified_split`), both standardised
+       with the *fit-split* statistics.
+    2. Fit along the grid from the largest l2 (well conditioned) to the smallest, each fit warm-started from
+       the previous solution; record the val accuracy. Choose the best (ties: the larger l2).
+    3. Standardise train and test with *whole-train* statistics, refit on the whole training set with the chosen
+       l2 (warm-started from its fit-split solution; strictly convex for l2 > 0, so the start only affects speed)
+       and score the test set once. ``x_test`` / ``y_test`` are not touched before this step.
 
     Args:
-        x_train: (n, d) frozen training features. y_train: (n,) int labels.
-        x_test: (m, d) frozen test features. y_test: (m,) int labels.
-        num_classes: C.
-        l2_grid: l2 values (any order); default :data:`DEFAULT_L2_GRID` (45 values in [1e-6, 1e5]).
-        val_fraction: per-class fraction of train held out for validation.
-        seed: split seed.
-        device: where to fit; default ``x_train.device``.
-        max_iter, tol, dtype: forwarded to :func:`fit_logreg`.
-
-    Returns:
-        :class:`SweepResult`.
+        x_train, y_train: (n, d) frozen training features, (n,) int labels.
+        x_test, y_test: (m, d) frozen test features, (m,) int labels.
+        num_classes: C. l2_grid: l2 values, any order (default :data:`DEFAULT_L2_GRID`).
+        val_fraction: per-class fraction of train held out for validation. seed: split seed.
+        device: where to fit (default ``x_train.device``). max_iter, tol, dtype: see :func:`fit_logreg`.
     """
     grid = sorted(float(v) for v in (DEFAULT_L2_GRID if l2_grid is None else l2_grid))
     if not grid:
         raise ValueError("empty l2 grid")
     dev = torch.device(device) if device is not None else x_train.device
     dt = _resolve_dtype(x_train, dtype)
-
     y_train = y_train.reshape(-1).long()
     fit_idx, val_idx = stratified_split(y_train, val_fraction, seed)
     if val_idx.numel() == 0:
         raise ValueError("validation split is empty; increase val_fraction or the number of samples")
-
-    xt = x_train.to(dev)
-    yt = y_train.to(dev)
+    xt, yt = x_train.to(dev), y_train.to(dev)
     fit_idx_d, val_idx_d = fit_idx.to(dev), val_idx.to(dev)
     x_fit, x_val = standardize(xt[fit_idx_d].to(dt), xt[val_idx_d].to(dt))  # (n_fit, d), (n_val, d)
     y_fit, y_val = yt[fit_idx_d], yt[val_idx_d]
 
-    # --- sweep: largest l2 first, warm-started ---------------------------------------------------
     _sync(dev)
     t0 = time.perf_counter()
-    n_grid = len(grid)
-    val_correct: list[int] = [0] * n_grid
-    fit_weights: list[torch.Tensor | None] = [None] * n_grid
-    W_prev: torch.Tensor | None = None
-    for k in range(n_grid - 1, -1, -1):
-        l2 = grid[k]
-        W_prev = fit_logreg(x_fit, y_fit, num_classes, l2, init=W_prev, max_iter=max_iter, tol=tol, dtype=dt)
-        val_correct[k] = int((predict(x_val, W_prev) == y_val).sum().item())
-        fit_weights[k] = W_prev.detach().to("cpu")
+    val_correct = [0] * len(grid)  # integer counts: exact ties
+    best_k, W_best, W = -1, None, None
+    for k in reversed(range(len(grid))):  # largest l2 first, warm-started from the previous solution
+        W = fit_logreg(x_fit, y_fit, num_classes, grid[k], init=W, max_iter=max_iter, tol=tol, dtype=dt)
+        val_correct[k] = int((predict(x_val, W) == y_val).sum().item())
+        if best_k < 0 or val_correct[k] > val_correct[best_k]:  # strict '>': a tie keeps the larger l2
+            best_k, W_best = k, W
     _sync(dev)
     sweep_seconds = time.perf_counter() - t0
 
-    # Integer counts: exact tie handling; '>=' while scanning ascending -> the larger l2 wins ties.
-    best_k = 0
-    for k in range(n_grid):
-        if val_correct[k] >= val_correct[best_k]:
-            best_k = k
-    best_l2 = grid[best_k]
-    val_acc = [c / y_val.numel() for c in val_correct]
-
-    # --- refit on whole train, score test once -------------------------------------------------------
     t1 = time.perf_counter()
-    x_all = xt.to(dt)
-    x_all_z, x_test_z = standardize(x_all, x_test.to(device=dev, dtype=dt))
-    init = fit_weights[best_k]
-    W = fit_logreg(x_all_z, yt, num_classes, best_l2, init=init, max_iter=max_iter, tol=tol, dtype=dt)
-    train_acc = _accuracy(predict(x_all_z, W), yt)
-    test_acc = _accuracy(predict(x_test_z, W), y_test.reshape(-1).long())
-    test_top5 = top5_accuracy(x_test_z, W, y_test.reshape(-1).long())
+    x_all_z, x_test_z = standardize(xt.to(dt), x_test.to(device=dev, dtype=dt))  # whole-train statistics
+    W = fit_logreg(x_all_z, yt, num_classes, grid[best_k], init=W_best, max_iter=max_iter, tol=tol, dtype=dt)
+    y_test = y_test.reshape(-1).long()
+    train_acc, test_acc = _accuracy(predict(x_all_z, W), yt), _accuracy(predict(x_test_z, W), y_test)
+    test_top5 = top5_accuracy(x_test_z, W, y_test)
     _sync(dev)
     refit_seconds = time.perf_counter() - t1
-    return SweepResult(
-        l2_grid=grid,
-        val_acc=val_acc,
-        best_l2=best_l2,
-        train_acc=train_acc,
-        test_acc=test_acc,
-        test_top5=test_top5,
-        W=W.detach().to("cpu"),
-        fit_weights=[w for w in fit_weights if w is not None],
-        num_fit=int(fit_idx.numel()),
-        num_val=int(val_idx.numel()),
-        num_train=int(y_train.numel()),
-        num_test=int(x_test.shape[0]),
-        sweep_seconds=sweep_seconds,
-        refit_seconds=refit_seconds,
-    )
+    return SweepResult(l2_grid=grid, val_acc=[c / y_val.numel() for c in val_correct], best_l2=grid[best_k],
+                       train_acc=train_acc, test_acc=test_acc, test_top5=test_top5, num_fit=int(fit_idx.numel()),
+                       num_val=int(val_idx.numel()), num_train=int(y_train.numel()), num_test=int(x_test.shape[0]),
+                       sweep_seconds=sweep_seconds, refit_seconds=refit_seconds)

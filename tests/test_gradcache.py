@@ -19,7 +19,7 @@ from models.loss import NTXentLoss
 from tests.dist_helpers import TinyNet, grads, max_rel_err, spawn, tiny_batch
 from training.gradcache import CachedEmbedding
 from utils.distributed import DistInfo, gather_pairs, gather_with_grad
-from utils.precision import AtPrecision, Precision
+from utils.precision import PrecisionNet, Precision
 
 PAIRS, WORLD = 8, 2
 LOSS = NTXentLoss(0.5)
@@ -133,7 +133,7 @@ def test_bf16_autocast():
     ref_model = fresh()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, ref = per_chunk_reference(ref_model, x1, x2, 4)
-    got_loss, got = cached(fresh(), x1, x2, 4, wrapper=lambda m: AtPrecision(m, Precision("bf16", False, "cpu")))
+    got_loss, got = cached(fresh(), x1, x2, 4, wrapper=lambda m: PrecisionNet(m, Precision("bf16", False, "cpu")))
     assert got_loss == pytest.approx(loss, rel=1e-3) and max_rel_err(got, ref) < 2e-2
     assert all(g.dtype == torch.float32 for g in got.values())
 

@@ -121,7 +121,7 @@ def test_foreach_update_equals_the_loop_on_a_network():
     nets[1].load_state_dict(nets[0].state_dict())
     for net in nets:
         net.head.layers[0][0].weight.data.zero_()
-    opt = LARS(param_groups(nets[0], 1e-4, plain=nets[0].head.layers[1]), lr=0.3)
+    opt = LARS(param_groups(nets[0], 1e-4, unadapted=nets[0].head.layers[1]), lr=0.3)
     ref_groups = [{**g, "params": [dict(nets[1].named_parameters())[n] for n in names]}
                   for g, names in zip(opt.param_groups, name_groups(nets[0], opt))]
     ref_state = {}
@@ -153,7 +153,7 @@ def test_param_groups_split_by_shape_and_exclude_frozen_and_plain():
 
     net = SimCLR("resnet18", "cifar", 16)
     net.backbone.conv1.requires_grad_(False)
-    groups = param_groups(net, 1e-4, plain=net.head.layers[1])
+    groups = param_groups(net, 1e-4, unadapted=net.head.layers[1])
     ids = lambda ps: {id(p) for p in ps}  # noqa: E731
     plain = ids(p for p in net.head.layers[1].parameters() if p.requires_grad)  # its last BN has no trained shift
     trained = [p for p in net.parameters() if p.requires_grad]

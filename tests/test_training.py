@@ -15,7 +15,7 @@ from utils.checkpoint import Saver
 from utils.distributed import DistInfo, wrap_model
 from utils.errors import UserError
 import utils.precision
-from utils.precision import AtPrecision, Precision, resolve_precision
+from utils.precision import PrecisionNet, Precision, resolve_precision
 
 LOSS = NTXentLoss(0.5)
 CPU = torch.device("cpu")
@@ -138,7 +138,7 @@ def test_autocast_inside_the_wrapper_survives_a_replica_thread():
     """DataParallel's parallel_apply runs each replica in a thread under ``autocast(enabled=True)`` only, which
     on CUDA means fp16; the wrapper must still compute in bf16. Simulated on CPU with an fp16 outer autocast."""
     seen = {}
-    wrapped = AtPrecision(_DtypeProbe(), Precision("bf16", False, "cpu"))
+    wrapped = PrecisionNet(_DtypeProbe(), Precision("bf16", False, "cpu"))
     wrapped.module.register_forward_hook(lambda m, i, out: seen.update(dtype=out.dtype))
 
     def replica():

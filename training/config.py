@@ -48,7 +48,7 @@ class PretrainConfig:
     chunk_size: int = 0
     seed: int = 0
     # the run
-    num_workers: int | None = None  # utils.distributed.default_workers() at setup
+    num_workers: int | None = None  # utils.device.default_workers() at setup
     test_freq: int | None = RECIPE
     knn_k: int = 200
     filename: str = "ckpt.pth"

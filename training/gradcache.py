@@ -70,7 +70,7 @@ class CachedEmbedding:
     graphs and returns the embeddings as leaves; the caller gathers them and computes the loss as usual;
     ``backward(loss)`` takes dL/dz and runs each chunk again with its graph, back-propagating its rows.
 
-    ``net`` maps (c, 3, H, W) to (c, d) float32 (utils.precision.AtPrecision), maybe inside DataParallel or
+    ``net`` maps (c, 3, H, W) to (c, d) float32 (utils.precision.PrecisionNet), maybe inside DataParallel or
     DistributedDataParallel (then gradients are all-reduced once, after the last backward: the others run under
     ``no_sync()``). ``chunk_size`` pairs per chunk need not divide N (``chunk_bounds``)."""
 

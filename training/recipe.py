@@ -49,13 +49,13 @@ def learning_rate(dataset: str, batch_size: int, base_lr: float | None, scaling:
     if base_lr is None and scaling == "sqrt" and sqrt:
         base_lr = sqrt[0]
     elif base_lr is None and scaling == "linear":
-        base_lr = fill(RECIPES, dataset, {"base_lr": None})["base_lr"]
+        base_lr = defaults_for(RECIPES, dataset, {"base_lr": None})["base_lr"]
     if base_lr is None:
         raise UserError(f"{dataset} has no base lr for --lr-scaling {scaling} in training/recipe.py: pass --base-lr")
     return base_lr, scaling
 
 
-def fill(table: dict[str, dict], dataset: str, given: dict, what: str = "recipe") -> dict:
+def defaults_for(table: dict[str, dict], dataset: str, given: dict, what: str = "recipe") -> dict:
     """``given`` (option -> value, None where not given) with its Nones taken from ``dataset``'s row of
     ``table``; a UserError names the options still None (a dataset without a row has no defaults)."""
     row = table.get(dataset, {})

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from utils.device import select_device
 from utils.errors import UserError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -50,16 +51,6 @@ class DistInfo:
 def launched_by_torchrun() -> bool:
     """Whether torchrun (``torch.distributed.run``) started this process: it sets RANK, WORLD_SIZE, LOCAL_RANK."""
     return all(v in os.environ for v in TORCHRUN_VARS)
-
-
-def select_device(choice: str) -> torch.device:
-    """``"auto"``: cuda when torch sees a GPU, else cpu; ``"cuda"`` (an error without GPU) or ``"cpu"``."""
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but torch sees no GPU: use --device cpu, or install a CUDA "
-                            "build of torch")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def init_distributed(backend: str | None = None, device: str = "auto",
@@ -105,43 +96,37 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def barrier(info: DistInfo) -> None:
+def barrier(dist_info: DistInfo) -> None:
     """Wait for all ranks (no-op in a single process)."""
-    if not info.distributed:
+    if not dist_info.distributed:
         return
-    if info.device.type == "cuda":
-        dist.barrier(device_ids=[info.local_rank])
+    if dist_info.device.type == "cuda":
+        dist.barrier(device_ids=[dist_info.local_rank])
     else:
         dist.barrier()
 
 
-def default_workers() -> int:
-    """DataLoader workers per process: this machine's cores shared among its torchrun processes, 2 to 16."""
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(2, min(16, (os.cpu_count() or 2) // local))
-
-
-def any_rank(flag: bool, info: DistInfo) -> bool:
+def any_rank(flag: bool, dist_info: DistInfo) -> bool:
     """Whether ``flag`` is true on any rank (one all-reduce of a CPU tensor under DDP, over gloo), so that every
     rank acts alike; cheap enough to ask at every step."""
-    if not info.distributed:
+    if not dist_info.distributed:
         return flag
     t = torch.tensor([float(flag)])
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_CONTROL.get("group"))
     return bool(t.item())
 
 
-def wrap_model(net: nn.Module, info: DistInfo, compiled: bool = False) -> tuple[nn.Module, str]:
+def wrap_model(net: nn.Module, dist_info: DistInfo, compiled: bool = False) -> tuple[nn.Module, str]:
     """DistributedDataParallel under torchrun; DataParallel over all visible GPUs without it; else ``net``
     itself. Returns the wrapped network and a description for the log. A ``compiled`` network is refused
     under DataParallel: its replicas would run GPU 0's compiled weights."""
-    if compiled and not info.distributed and info.device.type == "cuda" and torch.cuda.device_count() > 1:
+    if compiled and not dist_info.distributed and dist_info.device.type == "cuda" and torch.cuda.device_count() > 1:
         raise UserError("--compile does not work under DataParallel: launch with torchrun --nproc_per_node=N, "
                         "or leave out --compile")
-    if info.distributed:
-        ids = [info.local_rank] if info.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(net, device_ids=ids), f"DDP over {info.world_size} processes"
-    if info.device.type == "cuda" and torch.cuda.device_count() > 1:
+    if dist_info.distributed:
+        ids = [dist_info.local_rank] if dist_info.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(net, device_ids=ids), f"DDP over {dist_info.world_size} processes"
+    if dist_info.device.type == "cuda" and torch.cuda.device_count() > 1:
         return nn.DataParallel(net), f"DataParallel over {torch.cuda.device_count()} GPUs"
     return net, "1 process"
 

@@ -72,7 +72,7 @@ def resolve_precision(choice: str, device: torch.device, channels_last: bool | N
     return Precision(name, name == "bf16" if channels_last is None else channels_last, device.type, reason)
 
 
-class AtPrecision(nn.Module):
+class PrecisionNet(nn.Module):
     """``module`` run at ``precision``: input in its memory format, autocast entered inside ``forward`` and
     a float32 output. Inside, so that DataParallel's replica threads, which re-enter autocast with only
     ``enabled=`` and so CUDA's default fp16, compute in the chosen dtype too."""
