@@ -118,8 +118,9 @@ def main(args: argparse.Namespace) -> dict:
     device = select_device(args.device)
     r, info = recipe(args.dataset), dataset_info(args.dataset)
     size, b, w = r["image_size"], args.batch_size, args.num_workers
-    datasets.DECODED_LIMIT = 0  # the files themselves, as the workers of (a)-(d) read them; (e) decodes its own copy
+    limit, datasets.DECODED_LIMIT = datasets.DECODED_LIMIT, 0  # the files themselves, as (a)-(d)'s workers read them
     files = load_split(args.dataset, "pretrain", args.dataset_paths)
+    datasets.DECODED_LIMIT = limit
     sampler = EpochSampler(len(files), seed=0)
     augment = BatchedSimCLRAugment(size, r["jitter_strength"], r["blur"], mean=info.mean, std=info.std).to(device)
 
@@ -130,11 +131,7 @@ def main(args: argparse.Namespace) -> dict:
     def to_device(batch):
         return [x.to(device, non_blocking=True) for x in batch[:2]]
 
-    with tempfile.TemporaryDirectory() as tmp:  # a fresh decode, not the cache of an earlier run
-        datasets.CACHE_DIR = tmp
-        t = time.perf_counter()
-        decoded = decode_all(files.samples, files.classes)
-        decode_s = time.perf_counter() - t
+    decoded, decode_s = decoded_copy(files)
     pipeline = simclr_augmentation(size, r["jitter_strength"], r["blur"], info.mean, info.std)
     paths = {
         "(a) torchvision per image, workers": lambda: views_per_s(loader(TwoViews(files, pipeline)), args.batches,
@@ -145,9 +142,10 @@ def main(args: argparse.Namespace) -> dict:
                                                              lambda x: x.to(device)),
         "(d) torchvision.io decode, workers": lambda: views_per_s(loader(DecodeTorchvision(files)), args.batches,
                                                                   2 * b, device, lambda x: x.to(device)),
-        "(e) decoded uint8 copy, device": lambda: views_per_s(
-            InMemoryTwoViews(decoded.images, augment, b, sampler, device), args.batches, 2 * b, device),
     }
+    if decoded is not None:
+        paths["(e) decoded uint8 copy, device"] = lambda: views_per_s(
+            InMemoryTwoViews(decoded.images, augment, b, sampler, device), args.batches, 2 * b, device)
 
     precision = resolve_precision(args.precision, device)
     steps = training_steps(args, precision, device, b, size)
@@ -169,8 +167,22 @@ def main(args: argparse.Namespace) -> dict:
         print(f"{name:38s} {v:10.0f}{share}")
     print(f"(e)'s one-off decode of all {len(files)} images: {decode_s:.1f} s "
           f"({decoded.images.nbytes / 2**30:.2f} GiB, {decode_all.__module__}.decode_all's threads; "
-          f"simclr.py would keep it in .cache/decoded, read back in about a second)")
+          f"simclr.py would keep it in .cache/decoded, read back in about a second)" if decoded is not None else
+          "(e) not measured: the tree mixes image sizes or does not fit in memory (fits_in_memory), as ImageNet")
     return med
+
+
+def decoded_copy(files):
+    """(the decoded uint8 copy of (e), seconds it took), decoded afresh; (None, 0) for a tree that simclr.py would
+    not decode (data.datasets.fits_in_memory: one image size, within the memory limit)."""
+    if not datasets.fits_in_memory(files.samples):
+        return None, 0.0
+    with tempfile.TemporaryDirectory() as tmp:  # a fresh decode, not the cache of an earlier run
+        cache, datasets.CACHE_DIR = datasets.CACHE_DIR, tmp
+        t = time.perf_counter()
+        decoded = decode_all(files.samples, files.classes)
+        datasets.CACHE_DIR = cache
+        return decoded, time.perf_counter() - t
 
 
 if __name__ == "__main__":

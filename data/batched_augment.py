@@ -267,7 +267,7 @@ def adjust_hue(images: torch.Tensor, factors: torch.Tensor | float) -> torch.Ten
     is_b = ~(is_r | is_g)
     h6 = (g - b) * inv * is_r + (2.0 + (b - r) * inv) * is_g + (4.0 + (r - g) * inv) * is_b  # (B, H, W) in [-1, 5]
     hs = torch.remainder(h6 + 6.0 * _as_factor(factors, images)[:, 0], 6.0)         # (B, H, W) in [0, 6)
-    offset = torch.tensor([3.0, 1.0, -1.0], dtype=images.dtype, device=images.device).reshape(1, 3, 1, 1)
+    offset = 3.0 - 2.0 * torch.arange(3, dtype=images.dtype, device=images.device).reshape(1, 3, 1, 1)  # 3, 1, -1
     z = hs.unsqueeze(-3) + offset                                                   # (B, 3, H, W), y - 2 mod 6
     dist = torch.minimum(z.abs(), (z - 6.0).abs())                                  # circular distance to 0
     ramp = (2.0 - dist).clamp_(0.0, 1.0)

@@ -23,8 +23,8 @@ from tests.tiny_data import write_image_folder, write_paths
 from utils.checkpoint import load_checkpoint
 from utils.files import RunLock
 
-TINY = ["--arch", "resnet18", "--batch-size", "8", "--num-workers", "0", "--precision", "fp32", "--warmup-epochs",
-        "1", "--log-freq", "1", "--proj-dim", "16", "--test-freq", "0", "--num-epochs", "1"]
+TINY = ["--arch", "resnet18", "--batch-size", "8", "--num-workers", "0", "--precision", "fp32", "--device", "cpu",
+        "--warmup-epochs", "1", "--log-freq", "1", "--proj-dim", "16", "--test-freq", "0", "--num-epochs", "1"]
 
 
 @pytest.fixture(scope="module")

@@ -248,3 +248,58 @@ def test_defaults_live_in_one_place():
     assert (cfg.temperature, cfg.weight_decay, cfg.lr, cfg.momentum) == (0.2, 1e-4, 1.0, 0.9)
     assert cfg.sources["temperature"] == "given" and cfg.sources["weight_decay"] == "from the recipe of cifar10"
     assert "momentum" not in cfg.sources
+
+
+def test_the_step_makes_no_host_round_trip():
+    """Augmentation of both views and one update (forward, NT-Xent, backward, LARS) under a dispatch mode that
+    records the ops that are host round trips on a GPU (a tensor from Python data, a scalar read back, data-
+    dependent shapes): none. The per-epoch ones (the key upload, the loss read every --log-freq steps) are
+    outside the step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from data.batched_augment import BatchedSimCLRAugment
+    from data.keyed_random import ViewKeys
+    from training.build import build_pretraining, step_config
+    from training.loop import train_step
+
+    round_trips = {"lift_fresh", "lift_fresh_copy", "_local_scalar_dense", "nonzero", "masked_select"}
+
+    class Probe(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in round_trips:
+                self.seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    run = build_pretraining(step_config("cifar10", 8, arch="resnet18", proj_dim=16), DistInfo(),
+                            resolve_precision("fp32", CPU), 8)
+    augment, keys = BatchedSimCLRAugment(32, 0.5, True), torch.arange(8)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    train_step(run, augment(images, ViewKeys(keys, 0, 0, 0)), augment(images, ViewKeys(keys, 0, 0, 1)), 0.1)
+    with Probe() as probe:  # the second step: the optimizer state exists
+        train_step(run, augment(images, ViewKeys(keys, 0, 1, 0)), augment(images, ViewKeys(keys, 0, 1, 1)), 0.1)
+    assert probe.seen == []
+    with Probe() as probe:  # the probe sees them
+        torch.tensor([1.0]).sum().item()
+    assert probe.seen == ["lift_fresh", "_local_scalar_dense"]
+
+
+def test_compile_with_syncbn_under_torchrun_is_refused():
+    from training.build import build_pretraining, step_config
+    cfg = step_config("cifar10", 8, arch="resnet18", compile=True, sync_bn=True)
+    with pytest.raises(UserError, match="--compile with SyncBN under torchrun is refused"):
+        build_pretraining(cfg, DistInfo(world_size=2, distributed=True), resolve_precision("fp32", CPU), 4)
+
+
+@pytest.mark.parametrize("major,warned", [(7, True), (8, False)])
+def test_bf16_on_a_gpu_without_fast_bf16_warns(monkeypatch, capsys, major, warned):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    precision = resolve_precision("bf16", torch.device("cuda"))
+    err = capsys.readouterr().err
+    assert precision.name == "bf16"
+    assert ("warning: --precision bf16 on a GPU of compute capability 7.0" in err) is warned
+    assert resolve_precision("auto", torch.device("cuda")).name == ("fp32" if warned else "bf16")

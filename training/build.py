@@ -14,6 +14,7 @@ from models.simclr import SimCLR
 from optim.groups import build_optimizer
 from training.config import PretrainConfig, resolve_pretrain
 from training.gradcache import CachedEmbedding
+from utils.errors import UserError
 from utils.distributed import DistInfo, convert_sync_batchnorm, gather_with_grad, wrap_model
 from utils.precision import PrecisionNet, Precision
 
@@ -54,6 +55,10 @@ def build_pretraining(cfg: PretrainConfig, info: DistInfo, precision: Precision,
                       batch_per_process: int) -> Pretraining:
     """From the configuration (training/config.py); the weights are drawn from ``cfg.seed``. Gradient caching
     when 0 < chunk_size < ``batch_per_process``."""
+    if cfg.compile and cfg.sync_bn and info.distributed and info.world_size > 1:
+        raise UserError("--compile with SyncBN under torchrun is refused: torch breaks the graph at every "
+                        "SyncBatchNorm and has an open bug on the combination; leave out --compile (or pass "
+                        "--no-sync-bn, which changes the BN statistics)")
     torch.manual_seed(cfg.seed)
     model = SimCLR(cfg.arch, cfg.stem, cfg.proj_dim, cfg.proj_hidden_dim, cfg.proj_layers, cfg.width_multiplier)
     if cfg.sync_bn and info.distributed:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,9 @@ def resolve_precision(choice: str, device: torch.device, channels_last: bool | N
     if choice == "auto":
         fast, reason = fast_bf16(device)
         name = "bf16" if fast else "fp32"
+    elif choice == "bf16" and device.type == "cuda" and not fast_bf16(device)[0]:
+        print(f"warning: --precision bf16 on a {fast_bf16(device)[1]}: bf16 is emulated there, slower than fp32 "
+              f"(--precision auto picks fp32)", file=sys.stderr)
     return Precision(name, name == "bf16" if channels_last is None else channels_last, device.type, reason)
 
 
