@@ -76,7 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="linear layers in the head; 3 is SimCLRv2 (default: 2)")
     p.add_argument("--num-workers", type=nonneg_int,
                    help="DataLoader worker processes for image trees and the kNN monitor\n"
-                        "(default: the CPU cores per process on this machine, 2 to 16)")
+                        "(default: the CPU cores of this process's affinity per process, less one, 2 to 16)")
     p.add_argument("--test-freq", type=nonneg_int,
                    help="kNN top-1 every N epochs, 0: off (default: recipe)")
     p.add_argument("--knn-k", type=positive_int, help="neighbours of the kNN monitor (default: 200)")

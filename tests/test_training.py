@@ -303,3 +303,13 @@ def test_bf16_on_a_gpu_without_fast_bf16_warns(monkeypatch, capsys, major, warne
     assert precision.name == "bf16"
     assert ("warning: --precision bf16 on a GPU of compute capability 7.0" in err) is warned
     assert resolve_precision("auto", torch.device("cuda")).name == ("fp32" if warned else "bf16")
+
+
+@pytest.mark.parametrize("cores,local,workers", [(16, 1, 15), (64, 1, 16), (16, 8, 2), (2, 1, 2), (32, 2, 15)])
+def test_default_workers_leave_a_core_to_each_process(monkeypatch, cores, local, workers):
+    import os
+
+    from utils.device import default_workers
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local))
+    assert default_workers() == workers

@@ -19,6 +19,8 @@ def select_device(choice: str) -> torch.device:
 
 
 def default_workers() -> int:
-    """DataLoader workers per process: this machine's cores shared among its torchrun processes, 2 to 16."""
+    """DataLoader workers per process: the cores this process may run on (its affinity set, not the machine's
+    count) shared among this machine's torchrun processes, less one for the process itself; 2 to 16."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(2, min(16, (os.cpu_count() or 2) // local))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(2, min(16, cores // local - 1))
