@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.datasets import DATASETS, load_train_test
-from data.paths import DEFAULT_PATHS_FILE
 from data.subsets import IndexedImages, check_subset, draw_subset, holdout_split, requested_subset
+from evaluation.config import FinetuneConfig, print_filled, resolve_finetune, with_dataset, with_subset
 from evaluation.harness import (Target, add_precision_option, check_outputs, default_output, eval_loader,
                                 eval_transform_for, finetune_network, place, save_result, seeded_train_loader, setup)
 from evaluation.load import state_equal
@@ -28,7 +28,6 @@ from models.finetune import FROZEN_BN, STAGES, FineTuneNet
 from models.resnet import ARCHS, STEMS
 from optim.groups import build_optimizer
 from optim.schedules import lr_schedule, scaled_lr
-from training.recipe import FINETUNE_BASE_LR
 from utils.cli import Parser, nonneg_float, nonneg_int, number, positive_float, positive_int
 from utils.errors import UserError, run_cli
 from utils.files import save_torch
@@ -37,126 +36,118 @@ from utils.precision import Precision
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = Parser(description="Fine-tune a SimCLR encoder on a fraction of the labels",
-                                formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--load-from", default=None, help="simclr.py checkpoint or backbone state_dict (or --from-scratch)")
+               formatter_class=argparse.RawTextHelpFormatter,
+               argument_default=argparse.SUPPRESS)  # options not given stay out: evaluation/config.py fills them
+    p.add_argument("--load-from", help="simclr.py checkpoint or backbone state_dict (or --from-scratch)")
     p.add_argument("--from-scratch", action="store_true",
                    help="the same network, recipe and subset from random init: the baseline for pretraining")
-    p.add_argument("--dataset", default=None, choices=list(DATASETS),
+    p.add_argument("--dataset", choices=list(DATASETS),
                    help="(default: the one the checkpoint was trained on)")
-    p.add_argument("--dataset-paths", default=DEFAULT_PATHS_FILE, help="(default: the repository's dataset-paths.json)")
-    p.add_argument("--arch", default=None, choices=list(ARCHS), help="(default: the checkpoint's)")
-    p.add_argument("--stem", default=None, choices=STEMS, help="(default: the checkpoint's, else the dataset's)")
-    p.add_argument("--width-multiplier", type=positive_int, default=None,
+    p.add_argument("--dataset-paths", help="(default: the repository's dataset-paths.json)")
+    p.add_argument("--arch", choices=list(ARCHS), help="(default: the checkpoint's)")
+    p.add_argument("--stem", choices=STEMS, help="(default: the checkpoint's, else the dataset's)")
+    p.add_argument("--width-multiplier", type=positive_int,
                    help="ResNet width multiplier (default: the checkpoint's, else 1)")
-    p.add_argument("--image-size", type=positive_int, default=None,
+    p.add_argument("--image-size", type=positive_int,
                    help="(default: the checkpoint's, else the dataset's)")
     g = p.add_argument_group("labels")
-    g.add_argument("--label-fraction", type=number(float, 0, 1, low_open=True), default=None,
+    g.add_argument("--label-fraction", type=number(float, 0, 1, low_open=True),
                    help="fraction of the training labels, in (0, 1]: 0.01 and 0.1 are the paper's Table 7;\n"
                         "the same number of images from every class, at least one (required unless --subset-file)")
-    g.add_argument("--subset-file", default=None,
+    g.add_argument("--subset-file",
                    help="JSON subset of an earlier run or `python -m data.subsets`: train on exactly those images\n"
                         "(refused for another dataset); without it one is drawn and written as <result>.subset.json")
-    g.add_argument("--subset-seed", type=int, default=0, help="seed of the subset and validation split (default: 0)")
-    g.add_argument("--val-fraction", type=number(float, 0, 1, high_open=True), default=0.0,
+    g.add_argument("--subset-seed", type=int, help="seed of the subset and validation split (default: 0)")
+    g.add_argument("--val-fraction", type=number(float, 0, 1, high_open=True),
                    help="part of every class of the subset held out to choose the epoch by top-1; at 1%% of CIFAR-10,\n"
                         "0.1 chooses on 5 images per class (default: 0: the whole subset, the last epoch, as official)")
-    g.add_argument("--val-freq", type=positive_int, default=1,
+    g.add_argument("--val-freq", type=positive_int,
                    help="with --val-fraction: validate every N epochs and after the last (default: 1)")
     g = p.add_argument_group("model")
-    g.add_argument("--finetune-from", default="conv1", choices=STAGES,
+    g.add_argument("--finetune-from", choices=STAGES,
                    help="first trained part, the earlier ones frozen (--frozen-bn): conv1 (the paper) trains all,\n"
                         "head only the kept head layers and the classifier (default: conv1)")
-    g.add_argument("--frozen-bn", default="train", choices=FROZEN_BN,
+    g.add_argument("--frozen-bn", choices=FROZEN_BN,
                    help="BN of the frozen stages. train: batch statistics, running ones updated, as the official\n"
                         "code; eval: running statistics, frozen. Their weights never change (default: train)")
-    g.add_argument("--from-head-layer", type=nonneg_int, default=0,
+    g.add_argument("--from-head-layer", type=nonneg_int,
                    help="keep the first K layers of the checkpoint's projection head between encoder and\n"
                         "classifier, and fine-tune them; SimCLRv2: 1 with its 3-layer head (default: 0, none)")
     g = p.add_argument_group("optimisation (defaults: the official code's fine-tuning on ImageNet 1%/10%)")
-    g.add_argument("--num-epochs", type=positive_int, default=None,
+    g.add_argument("--num-epochs", type=positive_int,
                    help="(default: 60 for fractions <= 1%%, else 30: the paper's 1%% and 10%% settings)")
-    g.add_argument("--batch-size", type=number(int, 2), default=None,
+    g.add_argument("--batch-size", type=number(int, 2),
                    help="(default: min(1024, training images): the official command's 1024)")
-    g.add_argument("--optimizer", default="lars", choices=["lars", "sgd"],
+    g.add_argument("--optimizer", choices=["lars", "sgd"],
                    help="lars: trust 1e-3, classifier without adaptation; sgd: momentum SGD (default: lars)")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum with --optimizer sgd (App. B.5)")
-    g.add_argument("--momentum", type=nonneg_float, default=0.9, help="(default: 0.9)")
-    g.add_argument("--trust-coefficient", type=positive_float, default=1e-3, help="LARS eta (default: 1e-3)")
-    g.add_argument("--lr-scaling", default="sqrt", choices=["sqrt", "linear", "none"],
+    g.add_argument("--momentum", type=nonneg_float, help="(default: 0.9)")
+    g.add_argument("--trust-coefficient", type=positive_float, help="LARS eta (default: 1e-3)")
+    g.add_argument("--lr-scaling", choices=["sqrt", "linear", "none"],
                    help="sqrt: lr = base_lr*sqrt(B); linear: base_lr*B/256; none: base_lr (default: sqrt)")
-    g.add_argument("--base-lr", type=positive_float, default=None,
+    g.add_argument("--base-lr", type=positive_float,
                    help="(default: training/recipe.FINETUNE_BASE_LR: 0.005 with sqrt scaling, the official\n"
                         "fine-tuning; 0.05 with linear, the paper's App. B.5; 0.16 with none)")
-    g.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="no warmup (default: cosine)")
-    g.add_argument("--weight-decay", type=nonneg_float, default=0.0,
+    g.add_argument("--schedule", choices=["cosine", "constant"], help="no warmup (default: cosine)")
+    g.add_argument("--weight-decay", type=nonneg_float,
                    help="on weights, ndim > 1 (default: 0, the paper)")
     g = p.add_argument_group("run")
-    g.add_argument("--num-workers", type=nonneg_int, default=2, help="(default: 2)")
+    g.add_argument("--num-workers", type=nonneg_int, help="(default: 2)")
     add_precision_option(g, "finetune", "autocast of the network, the loss in fp32")
-    g.add_argument("--output", default=None,
+    g.add_argument("--output",
                    help="JSON result (default: <checkpoint>.finetune-<dataset>-<N>pct[-scratch].json)")
-    g.add_argument("--save-model", default=None, help="also write the reported fine-tuned weights to this file")
+    g.add_argument("--save-model", help="also write the reported fine-tuned weights to this file")
     g.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    g.add_argument("--seed", type=int, default=0, help="seed of data order, augmentations, new weights (default: 0)")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
+    g.add_argument("--seed", type=int, help="seed of data order, augmentations, new weights (default: 0)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     return p
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """The checks that relate two options (each option's range is checked at parsing)."""
-    if args.val_freq != 1 and args.val_fraction == 0:
-        raise UserError("--val-freq goes with --val-fraction (e.g. 0.1)")
-    if args.nesterov and args.optimizer != "sgd":
-        raise UserError("--nesterov goes with --optimizer sgd")
-
-
-def plan_outputs(args: argparse.Namespace, target: Target, name: str):
+def plan_outputs(cfg: FinetuneConfig, target: Target, name: str):
     """(``--subset-file``'s record or None, subset file, result file), every output checked before any compute:
     not an input nor another output, not existing unless ``--overwrite``, writable (evaluation/outputs.py)."""
-    record = requested_subset(args.subset_file, args.label_fraction)
-    fraction = record["fraction"] if record is not None else args.label_fraction
-    output = args.output or default_output(target.checkpoint, "finetune", target.dataset, f"{100 * fraction:.6g}pct",
-                                           "scratch" if args.from_scratch else "", scratch_name=name)
-    subset_file = args.subset_file or f"{os.path.splitext(output)[0]}.subset.json"
+    record = requested_subset(cfg.subset_file, cfg.label_fraction)
+    fraction = record["fraction"] if record is not None else cfg.label_fraction
+    output = cfg.output or default_output(target.checkpoint, "finetune", target.dataset, f"{100 * fraction:.6g}pct",
+                                          "scratch" if cfg.from_scratch else "", scratch_name=name)
+    subset_file = cfg.subset_file or f"{os.path.splitext(output)[0]}.subset.json"
     drawn = subset_file if record is None else None
-    check_outputs(args, target, {"--output": output, "--save-model": args.save_model,
-                                 "the subset file of --output": drawn}, {"--subset-file": args.subset_file},
+    check_outputs(cfg, target, {"--output": output, "--save-model": cfg.save_model,
+                                "the subset file of --output": drawn}, {"--subset-file": cfg.subset_file},
                   hints={"the subset file of --output": f"pass --subset-file {drawn} to train on it, or choose "
                                                         f"another --output"})
     return record, subset_file, output
 
 
-def loaders(args: argparse.Namespace, train_full, test, fit_idx, val_idx, target: Target, batch_size: int,
+def loaders(cfg: FinetuneConfig, train_full, test, fit_idx, val_idx, target: Target,
             device: torch.device) -> tuple[DataLoader, DataLoader | None, DataLoader]:
     """Augmented, seeded training batches (a new order each epoch); validation and test without augmentation."""
-    test_tf, eval_batch = eval_transform_for(target, train_full), min(max(batch_size, 256), 1024)
-    train = seeded_train_loader(IndexedImages(train_full, fit_idx), target, batch_size, args.seed, args.num_workers,
+    test_tf, eval_batch = eval_transform_for(target, train_full), min(max(cfg.batch_size, 256), 1024)
+    train = seeded_train_loader(IndexedImages(train_full, fit_idx), target, cfg.batch_size, cfg.seed, cfg.num_workers,
                                 device)
-    val = (eval_loader(IndexedImages(train_full, val_idx), test_tf, eval_batch, args.num_workers) if len(val_idx)
+    val = (eval_loader(IndexedImages(train_full, val_idx), test_tf, eval_batch, cfg.num_workers) if len(val_idx)
            else None)
-    return train, val, eval_loader(test, test_tf, eval_batch, args.num_workers)
+    return train, val, eval_loader(test, test_tf, eval_batch, cfg.num_workers)
 
 
-def settings(args: argparse.Namespace, target: Target, backbone, record: dict, subset_file: str, num_train: int,
+def settings(cfg: FinetuneConfig, target: Target, backbone, record: dict, subset_file: str, num_train: int,
              num_val: int, num_test: int, precision: Precision) -> dict:
-    """The run's settings, the first fields of the result: batch size, epochs and lr filled in where not given
-    (batch: all the labelled training images up to 1024; epochs: 60 at 1% of the labels or less, else 30)."""
-    batch_size = args.batch_size or min(1024, num_train)
-    if batch_size > num_train:
-        raise UserError(f"--batch-size {batch_size} is larger than the labelled training images ({num_train} "
+    """The run's settings, the first fields of the result: ``cfg`` with batch size and epochs filled in from the
+    subset (evaluation/config.with_subset) and the lr by the scaling rule."""
+    if cfg.batch_size > num_train:
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the labelled training images ({num_train} "
                         f"after holding out {num_val} for validation): use --batch-size {num_train} or less")
-    base_lr = args.base_lr or FINETUNE_BASE_LR[args.lr_scaling]
     return {
         "checkpoint": target.checkpoint, "dataset": target.dataset, "arch": target.arch, "stem": backbone.stem,
         "width_multiplier": backbone.width_multiplier, "image_size": target.image_size,
         "label_fraction": record["fraction"], "subset_file": subset_file, "subset_seed": record["seed"],
         "num_labelled": len(record["indices"]), "num_train": num_train, "num_val": num_val, "num_test": num_test,
-        "epochs": args.num_epochs or (60 if record["fraction"] <= 0.01 else 30), "batch_size": batch_size,
-        "base_lr": base_lr, "lr": scaled_lr(base_lr, batch_size, args.lr_scaling), "precision": precision.name,
-        **{k: vars(args)[k] for k in ("val_fraction", "from_scratch", "finetune_from", "frozen_bn",
-                                      "from_head_layer", "optimizer", "nesterov", "lr_scaling", "schedule",
-                                      "weight_decay", "seed")},
+        "epochs": cfg.num_epochs, "batch_size": cfg.batch_size,
+        "base_lr": cfg.base_lr, "lr": scaled_lr(cfg.base_lr, cfg.batch_size, cfg.lr_scaling),
+        "precision": precision.name,
+        **{k: getattr(cfg, k) for k in ("val_fraction", "from_scratch", "finetune_from", "frozen_bn",
+                                        "from_head_layer", "optimizer", "nesterov", "lr_scaling", "schedule",
+                                        "weight_decay", "seed")},
     }
 
 
@@ -179,25 +170,25 @@ def describe(run: dict, record: dict, model: FineTuneNet, name: str, device: tor
                            "reported": reported}))
 
 
-def write_results(summary: dict, output: str, model: FineTuneNet, args: argparse.Namespace, classes) -> dict:
+def write_results(summary: dict, output: str, model: FineTuneNet, cfg: FinetuneConfig, classes) -> dict:
     """The JSON result (with the git commit, returned), and with ``--save-model`` the reported weights with the
-    run's args and that result."""
+    run's options (``args``, resolved) and that result."""
     summary = save_result(output, summary)
-    if args.save_model:
-        save_torch(args.save_model, {"model": model.state_dict(), "args": vars(args), "summary": summary,
-                                     "classes": list(classes)})
-        print(f"wrote {args.save_model}")
+    if cfg.save_model:
+        save_torch(cfg.save_model, {"model": model.state_dict(), "args": cfg.as_dict(), "summary": summary,
+                                    "classes": list(classes)})
+        print(f"wrote {cfg.save_model}")
     return summary
 
 
-def train(model: FineTuneNet, args: argparse.Namespace, lr: float, total_steps: int, epochs: int, train_loader,
-          val_loader, precision, device: torch.device) -> tuple[dict, list, float]:
+def train(model: FineTuneNet, cfg: FinetuneConfig, lr: float, total_steps: int, train_loader, val_loader, precision,
+          device: torch.device) -> tuple[dict, list, float]:
     """Fine-tune (models/finetune.py's frozen parts checked unmoved after); (reported epoch, history, seconds)."""
     frozen_before, start = model.frozen_state(), time.perf_counter()
-    optimizer = build_optimizer(model, args.optimizer, lr, args.weight_decay, args.momentum, args.trust_coefficient,
-                                unadapted=model.classifier, nesterov=args.nesterov)  # the official head_supervised
-    best, history = fit(model, optimizer, lr_schedule(lr, total_steps, 0, args.schedule == "cosine"), train_loader,
-                        epochs, precision, device, val_loader, args.val_freq)
+    optimizer = build_optimizer(model, cfg.optimizer, lr, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient,
+                                unadapted=model.classifier, nesterov=cfg.nesterov)  # the official head_supervised
+    best, history = fit(model, optimizer, lr_schedule(lr, total_steps, 0, cfg.schedule == "cosine"), train_loader,
+                        cfg.num_epochs, precision, device, val_loader, cfg.val_freq)
     seconds = time.perf_counter() - start
     if not state_equal(model.frozen_state(), frozen_before):
         raise RuntimeError("a frozen part of the encoder changed during fine-tuning: this is a bug, please report it")
@@ -205,26 +196,28 @@ def train(model: FineTuneNet, args: argparse.Namespace, lr: float, total_steps: 
 
 
 def main(args: argparse.Namespace) -> dict:
-    check_args(args)
-    device, precision = setup(args, "finetune")
-    backbone, head, target = finetune_network(args)
+    cfg = resolve_finetune(vars(args))
+    print(f"options {cfg.origin() or 'given: none'}; the others: evaluation/config.py's defaults")
+    device, precision = setup(cfg, "finetune")
+    backbone, head, target = finetune_network(cfg)
+    cfg = with_dataset(cfg, target.dataset)
     name = f"{target.arch}{f'-{backbone.width_multiplier}x' if backbone.width_multiplier != 1 else ''}"
-    record, subset_file, output = plan_outputs(args, target, name)
-    train_full, test = load_train_test(target.dataset, args.dataset_paths)
+    record, subset_file, output = plan_outputs(cfg, target, name)
+    train_full, test = load_train_test(target.dataset, cfg.dataset_paths)
     record = (check_subset(record, subset_file, target.dataset, train_full.labels) if record is not None
-              else draw_subset(subset_file, target.dataset, train_full.labels, args.label_fraction, args.subset_seed))
-    fit_idx, val_idx = holdout_split(record["indices"], train_full.labels, args.val_fraction, args.subset_seed)
-    if args.val_fraction > 0 and len(val_idx) == 0:
+              else draw_subset(subset_file, target.dataset, train_full.labels, cfg.label_fraction, cfg.subset_seed))
+    fit_idx, val_idx = holdout_split(record["indices"], train_full.labels, cfg.val_fraction, cfg.subset_seed)
+    if cfg.val_fraction > 0 and len(val_idx) == 0:
         print("no validation images (every class has a single labelled image): the last epoch is kept")
-    run = settings(args, target, backbone, record, subset_file, len(fit_idx), len(val_idx), len(test), precision)
-    epochs, batch_size = run["epochs"], run["batch_size"]
-    train_loader, val_loader, test_loader = loaders(args, train_full, test, fit_idx, val_idx, target, batch_size,
-                                                    device)
-    torch.manual_seed(args.seed)
-    model = FineTuneNet(backbone, head, len(train_full.classes), args.finetune_from, args.frozen_bn)
+    cfg = with_subset(cfg, record["fraction"], len(fit_idx))
+    print_filled(cfg, "dataset", "num_epochs", "batch_size")
+    run = settings(cfg, target, backbone, record, subset_file, len(fit_idx), len(val_idx), len(test), precision)
+    train_loader, val_loader, test_loader = loaders(cfg, train_full, test, fit_idx, val_idx, target, device)
+    torch.manual_seed(cfg.seed)
+    model = FineTuneNet(backbone, head, len(train_full.classes), cfg.finetune_from, cfg.frozen_bn)
     model = place(model, device, precision)
     describe(run, record, model, name, device, precision)
-    best, history, seconds = train(model, args, run["lr"], epochs * (len(fit_idx) // batch_size), epochs,
+    best, history, seconds = train(model, cfg, run["lr"], cfg.num_epochs * (len(fit_idx) // cfg.batch_size),
                                    train_loader, val_loader, precision, device)
     top1, top5, test_loss = evaluate(model, test_loader, device, precision, desc="test")  # the only test evaluation
     chosen = best["state"] is not None  # an epoch chosen on validation, else the last
@@ -234,7 +227,7 @@ def main(args: argparse.Namespace) -> dict:
                "train_seconds": seconds, "history": history}
     print(f"test top-1 {top1:.2f}%, top-5 {top5:.2f}% ({len(test)} images) with the weights of epoch "
           f"{best['epoch']} ({'best validation top-1' if chosen else 'the last'})")
-    summary = write_results(summary, output, model, args, train_full.classes)
+    summary = write_results(summary, output, model, cfg, train_full.classes)
     return {**summary, "model": model, "output": output}
 
 

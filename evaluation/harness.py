@@ -6,7 +6,6 @@ A script's ``task`` names it: ``lbfgs`` and ``sgd`` evaluate the features of a f
 trains the encoder."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from data.augment import eval_transform, train_linear_transform
 from data.datasets import DatasetInfo, native_size
 from data.sampler import EpochSampler
 from data.views import SeededTransformed, Transformed
+from evaluation.config import FinetuneConfig, LBFGSConfig, SGDConfig
 from evaluation.load import evaluation_target, finetune_encoder, load_backbone, random_init_like
 from evaluation.outputs import prepare_outputs
 from models.finetune import KeptHead
@@ -30,6 +30,7 @@ from utils.device import select_device
 from utils.files import save_json
 from utils.precision import Precision, resolve_precision
 
+EvalConfig = LBFGSConfig | SGDConfig | FinetuneConfig  # a script's resolved options (evaluation/config.py)
 FROZEN_FEATURES = ("lbfgs", "sgd")  # the tasks that evaluate a frozen backbone's features
 # --precision auto for them: fp32, as README ("Differences from the paper") reports
 FROZEN_AUTO_REASON = "frozen features: bf16 features moved kNN accuracy by up to 0.6 points"
@@ -37,11 +38,11 @@ FROZEN_AUTO_REASON = "frozen features: bf16 features moved kNN accuracy by up to
 
 # ------------------------------------------------------------------------------------------------ device, precision
 def add_precision_option(parser, task: str, what: str) -> None:
-    """``--precision`` of ``task``'s script (``what``: what runs under the autocast), default ``auto`` resolved
-    by :func:`eval_precision`."""
+    """``--precision`` of ``task``'s script (``what``: what runs under the autocast); its default ``auto`` is the
+    configuration's (evaluation/config.py), resolved by :func:`eval_precision`."""
     rule = ("fp32 for frozen features (bf16 features moved kNN accuracy by up to 0.6 points)"
             if task in FROZEN_FEATURES else "bf16 where it is fast, as simclr.py")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                         help=f"{what}; auto: {rule} (default: auto)")
 
 
@@ -53,14 +54,14 @@ def eval_precision(choice: str, device: torch.device, task: str) -> Precision:
     return resolve_precision(choice, device)
 
 
-def setup(args: argparse.Namespace, task: str) -> tuple[torch.device, Precision]:
+def setup(cfg: EvalConfig, task: str) -> tuple[torch.device, Precision]:
     """(device, precision) of ``--device`` and ``--precision``, with the CPU allocator tuned (utils/allocator.py);
     prints which precision and why. The CUDA backends keep torch's defaults here (no TF32, no cuDNN benchmark),
     as before the harness: whether evaluation should share simclr.py's is GPU round 2's question."""
-    device = select_device(args.device)
+    device = select_device(cfg.device)
     tune_cpu_allocator(device)  # on CPU: keep freed tensors' memory for reuse
-    precision = eval_precision(args.precision, device, task)
-    why = f"auto, {precision.reason}" if args.precision == "auto" else f"--precision {args.precision}"
+    precision = eval_precision(cfg.precision, device, task)
+    why = f"auto, {precision.reason}" if cfg.precision == "auto" else f"--precision {cfg.precision}"
     print(f"{task}: {device}, precision {precision.name} ({why})")
     return device, precision
 
@@ -85,32 +86,32 @@ class Target:
     image_size: int
 
 
-def target_of(ckpt: str | None, saved: dict, args: argparse.Namespace) -> Target:
+def target_of(ckpt: str | None, saved: dict, cfg: EvalConfig) -> Target:
     """The options (``--arch``, ``--dataset``, ``--image-size``), else what the checkpoint was trained with."""
-    dataset, info, size = evaluation_target(ckpt, saved, args.dataset, args.image_size)
-    return Target(ckpt, saved, args.arch or saved.get("arch"), dataset, info, size)
+    dataset, info, size = evaluation_target(ckpt, saved, cfg.dataset, cfg.image_size)
+    return Target(ckpt, saved, cfg.arch or saved.get("arch"), dataset, info, size)
 
 
-def frozen_backbone(args: argparse.Namespace) -> tuple[ResNetBackbone, Target]:
+def frozen_backbone(cfg: EvalConfig) -> tuple[ResNetBackbone, Target]:
     """The checkpoint's backbone, loaded strictly (evaluation/load.py), and its :class:`Target`."""
-    ckpt = find_checkpoint(args.load_from)
-    backbone, saved = load_backbone(ckpt, args.arch, args.stem)
-    return backbone, target_of(ckpt, saved, args)
+    ckpt = find_checkpoint(cfg.load_from)
+    backbone, saved = load_backbone(ckpt, cfg.arch, cfg.stem)
+    return backbone, target_of(ckpt, saved, cfg)
 
 
-def random_init_baseline(backbone: ResNetBackbone, args: argparse.Namespace, target: Target) -> ResNetBackbone:
+def random_init_baseline(backbone: ResNetBackbone, cfg: EvalConfig, target: Target) -> ResNetBackbone:
     """With ``--random-init`` the same network at a seeded (``--seed``) initialisation, the baseline a
     representation must beat; else ``backbone``."""
-    return random_init_like(backbone, target.arch, args.seed) if args.random_init else backbone
+    return random_init_like(backbone, target.arch, cfg.seed) if cfg.random_init else backbone
 
 
-def finetune_network(args: argparse.Namespace) -> tuple[ResNetBackbone, KeptHead, Target]:
+def finetune_network(cfg: EvalConfig) -> tuple[ResNetBackbone, KeptHead, Target]:
     """(backbone, kept head layers, target) to fine-tune: the checkpoint's, or with ``--from-scratch`` the same
     shapes at a seeded random init (evaluation/load.finetune_encoder)."""
-    ckpt = find_checkpoint(args.load_from) if args.load_from else None
-    backbone, head, saved = finetune_encoder(ckpt, args.from_scratch, args.arch, args.stem, args.width_multiplier,
-                                             args.dataset, args.from_head_layer, args.seed)
-    return backbone, head, target_of(ckpt, saved, args)
+    ckpt = find_checkpoint(cfg.load_from) if cfg.load_from else None
+    backbone, head, saved = finetune_encoder(ckpt, cfg.from_scratch, cfg.arch, cfg.stem, cfg.width_multiplier,
+                                             cfg.dataset, cfg.from_head_layer, cfg.seed)
+    return backbone, head, target_of(ckpt, saved, cfg)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -145,13 +146,13 @@ def default_output(ckpt: str | None, task: str, dataset: str, *variants: str, sc
     return f"{base}.{tag}.json"
 
 
-def check_outputs(args: argparse.Namespace, target: Target, outputs: dict[str, str | None],
+def check_outputs(cfg: EvalConfig, target: Target, outputs: dict[str, str | None],
                   inputs: dict[str, str | None] | None = None, replaceable: tuple[str, ...] = (),
                   hints: dict[str, str] | None = None) -> None:
     """Every output (what -> path) checked before any compute, against the checkpoint, ``inputs`` and
     ``--dataset-paths``, with ``--overwrite`` (evaluation/outputs.prepare_outputs: ``replaceable``, ``hints``)."""
-    inputs = {"--load-from": target.checkpoint, **(inputs or {}), "--dataset-paths": args.dataset_paths}
-    prepare_outputs(outputs, inputs, args.overwrite, replaceable, hints)
+    inputs = {"--load-from": target.checkpoint, **(inputs or {}), "--dataset-paths": cfg.dataset_paths}
+    prepare_outputs(outputs, inputs, cfg.overwrite, replaceable, hints)
 
 
 def save_result(output: str, summary: dict) -> dict:

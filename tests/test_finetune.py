@@ -13,6 +13,7 @@ import evaluation.supervised
 import finetune
 import simclr
 from data.subsets import balanced_subset, read_subset, subset_record, write_subset
+from evaluation.config import resolve_finetune
 from evaluation.harness import finetune_network
 from evaluation.load import backbone_state, state_equal
 from models.finetune import FineTuneNet, KeptHead
@@ -86,7 +87,8 @@ def test_subset_file_round_trip_and_refusals(tmp_path):
 def test_head_layers_kept_and_classifier_zero(pretrained):
     ckpt, paths = pretrained
     model_state = load_checkpoint(ckpt)["model"]
-    parse = finetune.get_args_parser().parse_args
+    def parse(argv):
+        return resolve_finetune(vars(finetune.get_args_parser().parse_args(argv)))
     backbone, head, target = finetune_network(parse(["--load-from", ckpt, "--from-head-layer", "1"]))
     assert target.saved["proj_layers"] == 3 and len(head.layers) == 1
     kept = head.state_dict()

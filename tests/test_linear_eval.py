@@ -14,6 +14,8 @@ import simclr
 import utils.precision
 from data.datasets import ArrayImages, dataset_info, native_size
 from data.sampler import EpochSampler
+from evaluation.config import (FinetuneConfig, LBFGSConfig, SGDConfig, defaults_of, resolve_finetune, resolve_lbfgs,
+                               resolve_sgd, with_dataset, with_linear_recipe, with_subset)
 from evaluation.features import weights_digest
 from evaluation.harness import Target, default_output, eval_precision, seeded_train_loader
 from evaluation.knn import knn_predict
@@ -188,17 +190,63 @@ def test_a_dataset_without_a_recipe_needs_the_option(monkeypatch):
 def test_gradient_defaults_follow_the_dataset_and_use_nesterov():
     """Nesterov on by default (the official optimizer); batch and epochs from training/recipe.LINEAR_EVAL:
     the paper's B.6 on ImageNet, batch 512 and 100 epochs on the small datasets; explicit options win."""
-    parse = gradient_linear_clf.get_args_parser().parse_args
+    def resolve(argv, dataset):
+        cfg = resolve_sgd(vars(gradient_linear_clf.get_args_parser().parse_args(["--load-from", "x.pth", *argv])))
+        return with_linear_recipe(with_dataset(cfg, dataset))
     for dataset, expected in (("cifar10", (512, 100)), ("stl10", (512, 100)), ("imagenette", (512, 100)),
                               ("imagenet", (4096, 90))):
-        args = parse(["--load-from", "x.pth"])
-        gradient_linear_clf.fill_recipe(args, dataset)
-        assert (args.batch_size, args.num_epochs, args.nesterov) == (*expected, True)
-    args = parse(["--load-from", "x.pth", "--batch-size", "64", "--no-nesterov"])
-    gradient_linear_clf.fill_recipe(args, "imagenet")
-    assert (args.batch_size, args.num_epochs, args.nesterov) == (64, 90, False)
-    with pytest.raises(UserError, match="no linear-evaluation recipe"):
-        gradient_linear_clf.fill_recipe(parse(["--load-from", "x.pth"]), "mystery")
+        cfg = resolve([], dataset)
+        assert (cfg.batch_size, cfg.num_epochs, cfg.nesterov) == (*expected, True)
+        recipe = f"from the linear-evaluation recipe of {dataset}"
+        assert cfg.sources["batch_size"] == cfg.sources["num_epochs"] == recipe
+        assert cfg.sources["dataset"] == "from the checkpoint"
+    cfg = resolve(["--batch-size", "64", "--no-nesterov", "--dataset", "imagenet"], "imagenet")
+    assert (cfg.batch_size, cfg.num_epochs, cfg.nesterov) == (64, 90, False)
+    assert cfg.sources["batch_size"] == cfg.sources["dataset"] == cfg.sources["nesterov"] == "given"
+    filled = cfg.origin(("dataset", "batch_size", "num_epochs"))
+    assert filled == "from the linear-evaluation recipe of imagenet: num_epochs=90"
+    with pytest.raises(UserError, match="no linear-evaluation recipe in training/recipe.py: pass --batch-size, "
+                                        "--num-epochs"):
+        resolve([], "mystery")
+
+
+def test_eval_defaults_live_in_one_place():
+    """The three evaluation parsers have no defaults of their own (evaluation/config.py's fill what was not
+    given), and every '(default: X)' of their help that names a value is the configuration's."""
+    import re
+    for script, kind, resolve in ((lbfgs_linear_clf, LBFGSConfig, resolve_lbfgs),
+                                  (gradient_linear_clf, SGDConfig, resolve_sgd),
+                                  (finetune, FinetuneConfig, resolve_finetune)):
+        parser, defaults = script.get_args_parser(), defaults_of(kind)
+        assert vars(parser.parse_args(["--load-from", "x.pth"])) == {"load_from": "x.pth"}, script
+        assert {a.dest for a in parser._actions if a.dest != "help"} == set(defaults), script
+        for action in parser._actions:
+            said = re.search(r"\(default: ([-\w.]+)\)", action.help or "")
+            value = defaults.get(action.dest)
+            if said and value is not None:
+                if isinstance(value, bool):
+                    assert said.group(1) == ("on" if value else "off"), (script, action.dest)
+                else:
+                    assert type(value)(said.group(1)) == value, (script, action.dest)
+        cfg = resolve({"load_from": "x.pth", "seed": 3})
+        assert cfg.sources == {"load_from": "given", "seed": "given"} or kind is FinetuneConfig
+        assert cfg.seed == 3 and cfg.num_workers == 2 and cfg.precision == "auto"
+    cfg = resolve_finetune({"lr_scaling": "linear"})
+    assert cfg.base_lr == training.recipe.FINETUNE_BASE_LR["linear"] == 0.05
+    assert cfg.sources["base_lr"] == "from training/recipe.FINETUNE_BASE_LR of --lr-scaling linear"
+    assert resolve_finetune({}).base_lr == 0.005 and resolve_finetune({"base_lr": 0.1}).sources["base_lr"] == "given"
+    cfg = with_subset(resolve_finetune({}), 0.01, 5000)
+    assert (cfg.num_epochs, cfg.batch_size) == (60, 1024)
+    cfg = with_subset(resolve_finetune({}), 0.1, 40)
+    assert (cfg.num_epochs, cfg.batch_size) == (30, 40) and cfg.sources["batch_size"] == "from the 40 labelled " \
+        "training images" and cfg.sources["num_epochs"] == "from the label fraction 0.1"
+    cfg = with_subset(resolve_finetune({"num_epochs": 3, "batch_size": 8}), 0.01, 40)
+    assert (cfg.num_epochs, cfg.batch_size, cfg.sources["num_epochs"], cfg.sources["batch_size"]) == (3, 8, "given",
+                                                                                                        "given")
+    with pytest.raises(UserError, match="--l2-min 10 is above --l2-max 1"):
+        resolve_lbfgs({"l2_min": 10.0, "l2_max": 1.0})
+    with pytest.raises(TypeError, match="unknown options"):
+        resolve_sgd({"label_fraction": 0.1})
 
 
 def test_gradient_script_random_init_is_the_lbfgs_baseline_network(pretrained, tmp_path):
@@ -230,7 +278,9 @@ def test_auto_precision_is_fp32_for_frozen_features_and_as_simclr_for_finetuning
     assert eval_precision("auto", cpu, "finetune").name == "bf16"
     assert eval_precision("fp32", cpu, "finetune") == resolve_precision("fp32", cpu)
     for script in (lbfgs_linear_clf, gradient_linear_clf, finetune):
-        assert script.get_args_parser().parse_args(["--load-from", "x.pth"]).precision == "auto"
+        assert "precision" not in vars(script.get_args_parser().parse_args(["--load-from", "x.pth"]))
+    for resolve in (resolve_lbfgs, resolve_sgd, resolve_finetune):  # the configuration's default
+        assert resolve({"load_from": "x.pth"}).precision == "auto"
 
 
 def test_default_output_names():

@@ -28,11 +28,13 @@ RECIPE_KEYS = tuple(k for k in _CIFAR if k != "base_lr")  # base_lr: learning_ra
 # equals 0.3 x B/256 at 4096; from 4096 on, linear scaling (its Fig. 9 and Table 6 runs). Imagenette inherits it.
 # Linear evaluation by SGD (gradient_linear_clf.py): the paper's B.6 on ImageNet (batch 4096, 90 epochs);
 # on the small datasets, Imagenette included, batch 512 and 100 epochs. lr = 0.1 x B/256, Nesterov momentum 0.9.
+# Read by evaluation/config.with_linear_recipe once the dataset is known.
 _SMALL_LINEAR = dict(batch_size=512, num_epochs=100)
 LINEAR_EVAL: dict[str, dict] = {"cifar10": _SMALL_LINEAR, "cifar10-sample": _SMALL_LINEAR, "cifar100": _SMALL_LINEAR,
                                 "stl10": _SMALL_LINEAR, "imagenette": _SMALL_LINEAR,
                                 "imagenet": dict(batch_size=4096, num_epochs=90)}
 # Fine-tuning's base lr by scaling rule: 0.005 x sqrt(B) is the official code's, 0.05 x B/256 the paper's B.5.
+# Read by evaluation/config.resolve_finetune.
 FINETUNE_BASE_LR = {"sqrt": 0.005, "linear": 0.05, "none": 0.16}
 
 
