@@ -6,7 +6,7 @@ step grows linearly; the price is a second forward pass.
 
     python bench/memory.py --batch-sizes 64 128 256 --chunk-size 32 --steps 2 --device cpu
 
-The step is ``training.step.simclr_step`` (the training loop's) plus an optimizer step, on random
+The step is ``training.loop.train_step`` (the training loop's, LARS included), built by training.build, on random
 images, for a ResNet (default resnet18, CIFAR stem, 32x32). Memory: on GPU the growth of
 ``torch.cuda.max_memory_allocated`` over the step (weights, gradients and optimizer state already
 allocated); on CPU the growth of the peak resident set size (``ru_maxrss``) over the resident size

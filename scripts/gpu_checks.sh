@@ -26,12 +26,12 @@ device=${DEVICE:-cuda}
 mkdir -p "$out" checkpoint
 export PYTHONUNBUFFERED=1
 if [ "${QUICK:-0}" = 1 ]; then  # every command, tiny sizes
-    batch=32 steps=2 rounds=1 mem_sizes="64 128" chunk=32 plain=64 epochs=1 smoke_batch=32 smoke_chunk=8
+    batch=32 steps=2 rounds=1 mem_sizes="64 128" chunk=32 plain=64 epochs=1 smoke_batch=32 smoke_chunk=8 smoke_epochs=1
     smoke_arch=resnet18  # torchrun gives each CPU process one thread: ResNet-50 would not fit the limit
     limits=(300 300 300 300 600) dataset=${DATASET:-cifar10-sample}
 else
     batch=512 steps=30 rounds=2 mem_sizes="512 4096 16384 50000" chunk=512 plain=16384 epochs=4 smoke_batch=128
-    smoke_chunk=32 limits=(110 90 80 70 150) dataset=${DATASET:-cifar10} smoke_arch=resnet50
+    smoke_chunk=32 limits=(110 90 80 70 150) dataset=${DATASET:-cifar10} smoke_arch=resnet50 smoke_epochs=2
 fi
 
 step() {  # step NAME LIMIT_S COMMAND...: run it with its log in OUT_DIR/NAME.log, print its tail
@@ -68,10 +68,10 @@ rm -f checkpoint/gpu_epoch.*
 cat checkpoint/gpu_epoch.csv >>"$out/epoch.log" 2>/dev/null && tail -n 3 checkpoint/gpu_epoch.csv
 rm -f checkpoint/gpu_smoke.*
 step smoke "${limits[3]}" bash -c "python -m torch.distributed.run --standalone --nproc_per_node=1 simclr.py \
-    --dataset cifar10-sample --arch $smoke_arch --batch-size $smoke_batch --chunk-size $smoke_chunk --num-epochs 2 \
+    --dataset cifar10-sample --arch $smoke_arch --batch-size $smoke_batch --chunk-size $smoke_chunk --num-epochs $smoke_epochs \
     --test-freq 1 --num-workers 2 --device $device --filename gpu_smoke.pth && cat checkpoint/gpu_smoke.csv && \
-    python gradient_linear_clf.py --load-from gpu_smoke.pth --batch-size 64 --num-epochs 2 --num-workers 2 \
-    --device $device && python finetune.py --load-from gpu_smoke.pth --label-fraction 0.1 --num-epochs 2 \
+    python gradient_linear_clf.py --load-from gpu_smoke.pth --batch-size 64 --num-epochs $smoke_epochs --num-workers 2 \
+    --device $device && python finetune.py --load-from gpu_smoke.pth --label-fraction 0.1 --num-epochs $smoke_epochs \
     --num-workers 2 --device $device"
 gpus=$( [ "$device" = cuda ] && nvidia-smi -L 2>/dev/null | grep -c '^GPU' || echo 0)
 if [ "$gpus" -ge 2 ]; then
