@@ -10,35 +10,19 @@ checkpoint (:func:`with_dataset`), the SGD batch and epochs from the dataset's r
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 from data.paths import DEFAULT_PATHS_FILE
 from training.recipe import FINETUNE_BASE_LR, LINEAR_EVAL, defaults_for
 from utils.errors import UserError
+from utils.options import Options, check_known
 
 RECIPE = None  # a field whose default is the dataset's row of training/recipe.LINEAR_EVAL
 DATA = None  # a field whose default follows from the data (the checkpoint, the labelled subset)
 
 
-class _Options:
-    """What the three configurations share: their options as a dict and the startup line."""
-
-    def as_dict(self) -> dict:
-        """The options, as a fine-tuned model file stores them (``args``)."""
-        return {k: v for k, v in asdict(self).items() if k != "sources"}
-
-    def origin(self, keys: tuple[str, ...] | None = None) -> str:
-        """Where the values that are not this module's defaults came from, for the startup line: ``given: a=1,
-        b=2; from the checkpoint: dataset=cifar10``; with ``keys`` only those of them not given (filled later)."""
-        by: dict[str, list[str]] = {}
-        for k, source in self.sources.items():
-            if keys is None or (k in keys and source != "given"):
-                by.setdefault(source, []).append(f"{k}={getattr(self, k)}")
-        return "; ".join(f"{source}: {', '.join(items)}" for source, items in by.items())
-
-
 @dataclass(frozen=True)
-class LBFGSConfig(_Options):
+class LBFGSConfig(Options):
     """lbfgs_linear_clf.py: L-BFGS logistic regression on frozen features."""
     load_from: str | None = None  # required on the command line
     dataset: str | None = DATA  # the checkpoint's
@@ -64,7 +48,7 @@ class LBFGSConfig(_Options):
 
 
 @dataclass(frozen=True)
-class SGDConfig(_Options):
+class SGDConfig(Options):
     """gradient_linear_clf.py: a linear classifier trained by SGD on a frozen backbone."""
     load_from: str | None = None  # required on the command line
     dataset: str | None = DATA  # the checkpoint's
@@ -89,7 +73,7 @@ class SGDConfig(_Options):
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(_Options):
+class FinetuneConfig(Options):
     """finetune.py: fine-tuning on a fraction of the labels."""
     load_from: str | None = None
     from_scratch: bool = False
@@ -127,15 +111,8 @@ class FinetuneConfig(_Options):
     sources: dict = field(default_factory=dict, compare=False, repr=False)
 
 
-def defaults_of(kind: type) -> dict:
-    """option -> default of a configuration class."""
-    return {f.name: f.default for f in fields(kind) if f.name != "sources"}
-
-
 def _resolve(kind: type, given: dict):
-    unknown = set(given) - set(defaults_of(kind))
-    if unknown:
-        raise TypeError(f"unknown options of {kind.__name__}: {sorted(unknown)}")
+    check_known(kind, given)
     return kind(**given, sources={k: "given" for k in given})
 
 

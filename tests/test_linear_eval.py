@@ -10,34 +10,27 @@ import torch
 import finetune
 import gradient_linear_clf
 import lbfgs_linear_clf
-import simclr
 import utils.precision
 from data.datasets import ArrayImages, dataset_info, native_size
 from data.sampler import EpochSampler
-from evaluation.config import (FinetuneConfig, LBFGSConfig, SGDConfig, defaults_of, resolve_finetune, resolve_lbfgs,
+from evaluation.config import (FinetuneConfig, LBFGSConfig, SGDConfig, resolve_finetune, resolve_lbfgs,
                                resolve_sgd, with_dataset, with_linear_recipe, with_subset)
 from evaluation.features import weights_digest
 from evaluation.harness import Target, default_output, eval_precision, seeded_train_loader
 from evaluation.knn import knn_predict
 from evaluation.load import backbone_state, evaluation_target, load_backbone, recipe_default
 from models.resnet import resnet18
-from tests.tiny_data import write_image_folder, write_paths
+from tests.tiny_data import tiny_checkpoint, write_image_folder, write_paths
 import training.recipe
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
+from utils.options import defaults_of
 from utils.precision import resolve_precision
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lin")
-    write_image_folder(str(root / "d"), classes=("a", "b", "c"), per_class=10, size=8)
-    paths = write_paths(str(root / "paths.json"), {"cifar10": "d"})
-    ckpt = str(root / "pre.pth")
-    simclr.main(simclr.get_args_parser().parse_args(
-        ["--dataset-paths", paths, "--arch", "resnet18", "--batch-size", "10", "--num-workers", "0",
-         "--precision", "fp32", "--num-epochs", "1", "--test-freq", "0", "--proj-dim", "8", "--filename", ckpt]))
-    return ckpt, paths
+    return tiny_checkpoint(str(tmp_path_factory.mktemp("lin")), 10, 10, "--proj-dim", "8")
 
 
 def test_knn_matches_plain_loop():

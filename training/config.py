@@ -6,19 +6,20 @@ defaults the paper sets per dataset), else the default below; ``sources`` says w
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 from data.datasets import dataset_info
 from data.paths import DEFAULT_PATHS_FILE
 from optim.schedules import scaled_lr
-from training.recipe import RECIPE_KEYS, RECIPES, learning_rate
+from training.recipe import RECIPE_KEYS, RECIPES, defaults_for, learning_rate
 from utils.errors import UserError
+from utils.options import Options, check_known, defaults_of
 
 RECIPE = None  # a field whose default is the dataset's row of training/recipe.py
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(Options):
     # data and augmentation
     dataset: str = "cifar10"
     dataset_paths: str = DEFAULT_PATHS_FILE
@@ -68,40 +69,21 @@ class PretrainConfig:
     native_size: int | None = None
     sources: dict = field(default_factory=dict, compare=False, repr=False)  # option -> where its value came from
 
-    def as_dict(self) -> dict:
-        """The options and derived values, as checkpoints store them (``args``)."""
-        return {k: v for k, v in asdict(self).items() if k != "sources"}
-
     def with_(self, **derived) -> "PretrainConfig":
         return replace(self, **derived)
 
-    def origin(self) -> str:
-        """Where the values that are not this module's defaults came from, for the startup line."""
-        by: dict[str, list[str]] = {}
-        for k, source in self.sources.items():
-            by.setdefault(source, []).append(f"{k}={getattr(self, k)}")
-        return "; ".join(f"{source}: {', '.join(items)}" for source, items in by.items())
 
-
-DEFAULTS = {f.name: f.default for f in fields(PretrainConfig) if f.name != "sources"}
+DEFAULTS = defaults_of(PretrainConfig)
 
 
 def resolve_pretrain(given: dict) -> PretrainConfig:
     """The configuration of ``given`` (option -> value, only those given) over the recipe and the defaults."""
-    unknown = set(given) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown pretraining options: {sorted(unknown)}")
+    check_known(PretrainConfig, given)
     dataset = given.get("dataset", DEFAULTS["dataset"])
     dataset_info(dataset)  # a clear error for an unknown name
-    values, row = {**DEFAULTS, **given}, RECIPES.get(dataset, {})
+    values = {**DEFAULTS, **given, **defaults_for(RECIPES, dataset, {k: given.get(k) for k in RECIPE_KEYS})}
     sources = {k: "given" for k in given}
-    for k in RECIPE_KEYS:
-        if k not in given:
-            values[k], sources[k] = row.get(k), f"from the recipe of {dataset}"
-    missing = [k for k in RECIPE_KEYS if values[k] is None]
-    if missing:
-        raise UserError(f"{dataset} has no recipe in training/recipe.py: pass --" +
-                        ", --".join(k.replace("_", "-") for k in missing))
+    sources.update({k: f"from the recipe of {dataset}" for k in RECIPE_KEYS if k not in given})
     values["base_lr"], values["lr_scaling"] = learning_rate(dataset, values["batch_size"], given.get("base_lr"),
                                                             given.get("lr_scaling"))
     for k in ("base_lr", "lr_scaling"):
