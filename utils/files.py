@@ -44,16 +44,21 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
+def _write_synced(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
+    """``write(f)`` into a new file at ``path`` (its folder made), flushed to the disk."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
     """Call ``write(f)`` on a temporary file beside ``path``, then put it in place in one rename."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = _tmp_name(path)
     try:
-        os.makedirs(folder, exist_ok=True)
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(tmp, write)
         os.replace(tmp, path)
         _fsync_folder(folder)
     except OSError as e:
@@ -114,11 +119,7 @@ def check_output(path: str, what: str, need_bytes: int = 0) -> None:
         raise UserError(f"cannot write {what} {path}: {above} is a file, not a folder; choose another location")
     probe = os.path.join(folder, f".{os.path.basename(path)}.probe{os.getpid()}")
     try:
-        os.makedirs(folder, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(b"probe")
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(probe, lambda f: f.write(b"probe"))
     except OSError as e:
         raise UserError(f"cannot write {what} {path} ({e.strerror or e}): choose a writable location "
                         f"(checked before any compute)") from None
