@@ -10,10 +10,9 @@ import torch
 import finetune
 import gradient_linear_clf
 import lbfgs_linear_clf
-import simclr
 from data.subsets import subset_record, write_subset
 from tests.bad_input import assert_refused, run_script, snapshot
-from tests.tiny_data import write_image_folder, write_paths
+from tests.tiny_data import tiny_checkpoint
 from utils.checkpoint import load_checkpoint
 
 SCRIPTS = {"lbfgs": lbfgs_linear_clf, "sgd": gradient_linear_clf, "finetune": finetune}
@@ -22,14 +21,7 @@ SCRIPTS = {"lbfgs": lbfgs_linear_clf, "sgd": gradient_linear_clf, "finetune": fi
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(checkpoint, dataset-paths file): a 1-epoch resnet18 run on 3 classes x 8 images of 8x8."""
-    root = tmp_path_factory.mktemp("bad_eval")
-    write_image_folder(str(root / "d"), classes=("a", "b", "c"), per_class=8, size=8)
-    paths = write_paths(str(root / "paths.json"), {"cifar10": "d"})
-    ckpt = str(root / "c.pth")
-    simclr.main(simclr.get_args_parser().parse_args(
-        ["--dataset-paths", paths, "--arch", "resnet18", "--batch-size", "8", "--num-workers", "0", "--precision",
-         "fp32", "--num-epochs", "1", "--test-freq", "0", "--proj-dim", "16", "--filename", ckpt]))
-    return ckpt, paths
+    return tiny_checkpoint(str(tmp_path_factory.mktemp("bad_eval")), 8, 8, "--proj-dim", "16")
 
 
 def base(script: str, ckpt: str, paths: str) -> list[str]:

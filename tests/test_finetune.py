@@ -11,14 +11,13 @@ import torch
 
 import evaluation.supervised
 import finetune
-import simclr
 from data.subsets import balanced_subset, read_subset, subset_record, write_subset
 from evaluation.config import resolve_finetune
 from evaluation.harness import finetune_network
 from evaluation.load import backbone_state, state_equal
 from models.finetune import FineTuneNet, KeptHead
 from models.resnet import resnet18, resnet50
-from tests.tiny_data import write_image_folder, write_paths
+from tests.tiny_data import tiny_checkpoint
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
@@ -28,15 +27,8 @@ STEM_AND_BLOCKS = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A 1-epoch resnet18 checkpoint with SimCLRv2's 3-layer head, on 3 classes x 20 images of 8x8."""
-    root = tmp_path_factory.mktemp("ft")
-    write_image_folder(str(root / "d"), classes=("a", "b", "c"), per_class=20, size=8)
-    paths = write_paths(str(root / "paths.json"), {"cifar10": "d"})
-    ckpt = str(root / "pre.pth")
-    simclr.main(simclr.get_args_parser().parse_args(
-        ["--dataset-paths", paths, "--arch", "resnet18", "--batch-size", "20", "--num-workers", "0",
-         "--precision", "fp32", "--num-epochs", "1", "--test-freq", "0", "--proj-dim", "8", "--proj-layers", "3",
-         "--proj-hidden-dim", "16", "--image-size", "8", "--filename", ckpt]))
-    return ckpt, paths
+    return tiny_checkpoint(str(tmp_path_factory.mktemp("ft")), 20, 20, "--proj-dim", "8", "--proj-layers", "3",
+                           "--proj-hidden-dim", "16", "--image-size", "8")
 
 
 def run(ckpt, paths, tmp_path, *extra, name="r.json"):

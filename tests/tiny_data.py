@@ -140,3 +140,16 @@ def write_py2_pickle(path: str, obj) -> str:
     with open(path, "wb") as f:
         _Py2Pickler(f, protocol=2).dump(obj)
     return path
+
+
+def tiny_checkpoint(root, per_class: int, batch_size: int, *extra: str) -> tuple[str, str]:
+    """(checkpoint, dataset-paths file) of a 1-epoch resnet18 simclr.py run (fp32, no workers) on 3 classes of
+    ``per_class`` 8x8 images written under ``root``; ``extra``: more simclr.py options."""
+    import simclr
+    write_image_folder(os.path.join(root, "d"), classes=("a", "b", "c"), per_class=per_class, size=8)
+    paths = write_paths(os.path.join(root, "paths.json"), {"cifar10": "d"})
+    ckpt = os.path.join(root, "pre.pth")
+    simclr.main(simclr.get_args_parser().parse_args(
+        ["--dataset-paths", paths, "--arch", "resnet18", "--batch-size", str(batch_size), "--num-workers", "0",
+         "--precision", "fp32", "--num-epochs", "1", "--test-freq", "0", "--filename", ckpt, *extra]))
+    return ckpt, paths
