@@ -3,9 +3,7 @@ other, never an existing file unless ``--overwrite``, each writable; the tempora
 are removed."""
 from __future__ import annotations
 
-import os
 
-from utils.errors import UserError
 from utils.files import check_output, clean_orphans, refuse_existing, refuse_same
 
 
@@ -24,10 +22,8 @@ def prepare_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None
     for what, path in named:
         check_output(path, what)
     for what, path in named:
-        if hints and what in hints and os.path.exists(path) and not overwrite:
-            raise UserError(f"{path} exists ({what}): pass --overwrite to replace it, or {hints[what]}")
         if what not in replaceable:
-            refuse_existing(path, overwrite, what)
+            refuse_existing(path, overwrite, what, (hints or {}).get(what))
     for _, path in named:
         removed = clean_orphans(path)
         if removed:

@@ -151,10 +151,12 @@ def refuse_same(outputs: dict[str, str | None], inputs: dict[str, str | None]) -
                                 f"input; choose another {out_name}")
 
 
-def refuse_existing(path: str, overwrite: bool, what: str = "--output") -> None:
-    """A UserError if ``path`` exists and ``overwrite`` was not asked for."""
+def refuse_existing(path: str, overwrite: bool, what: str = "--output", instead: str | None = None) -> None:
+    """A UserError if ``path`` exists and ``overwrite`` was not asked for; ``instead``: the other way out
+    (default: choose another ``what``)."""
     if os.path.exists(path) and not overwrite:
-        raise UserError(f"{path} exists ({what}): pass --overwrite to replace it, or choose another {what}")
+        instead = instead or f"choose another {what}"
+        raise UserError(f"{path} exists ({what}): pass --overwrite to replace it, or {instead}")
 
 
 class RunLock:
