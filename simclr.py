@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import uuid
 
 
 from data.datasets import DATASETS, native_size
@@ -20,14 +19,15 @@ from optim.schedules import lr_schedule
 from training.build import build_pretraining
 from training.config import PretrainConfig, resolve_pretrain
 from training.loop import BatchError, NonFiniteLoss, train_one_epoch
+from training.run_files import claim_run, continued
 from utils.allocator import tune_cpu_allocator
-from utils.checkpoint import Saver, checkpoint_path, git_commit, resume, save_checkpoint
+from utils.checkpoint import Saver, checkpoint_path, git_commit, save_checkpoint
 from utils.cli import Parser, nonneg_float, nonneg_int, number, positive_float, positive_int
 from utils.csvlog import CSVLog, NullLog
 from utils.device import default_workers
 from utils.distributed import DistInfo, any_rank, barrier, cleanup_distributed, init_distributed
 from utils.errors import UserError, run_cli
-from utils.files import RunLock, check_output, clean_orphans, refuse_same, same_file
+from utils.files import check_output
 from utils.interrupt import StopRequest
 from utils.precision import configure_backends, resolve_precision
 
@@ -143,31 +143,6 @@ def setup(cfg: PretrainConfig, dist_info: DistInfo):
     return cfg, pretrain, sampler, batches, run
 
 
-def claim_run(cfg: PretrainConfig, path: str, log_path: str, dist_info: DistInfo) -> RunLock | None:
-    """Rank 0, before any compute: the location is writable, no other run writes there (a lock held until this
-    process ends), and an existing run there is continued (--resume) or replaced (--overwrite), never silently.
-    A refusal on rank 0 stops every rank."""
-    lock, refusal = None, None
-    if dist_info.is_main:
-        try:
-            refuse_same({"--filename": path, "its log": log_path}, {"--dataset-paths": cfg.dataset_paths})
-            check_output(path, "--filename")
-            lock = RunLock(path).acquire(path)
-            for p in (path, log_path):
-                clean_orphans(p)  # temporary files of a save that was killed
-            existing = [p for p in (path, log_path) if os.path.exists(p)]
-            if existing and not cfg.resume and not cfg.overwrite:
-                raise UserError(f"{existing[0]} exists: pass --resume to continue that run, --overwrite to replace "
-                                f"it, or another --filename")
-        except UserError as e:
-            refusal = e
-            if lock is not None:
-                lock.release()
-    if any_rank(refusal is not None, dist_info):
-        raise refusal or UserError("rank 0 refused the run (its error says why)")
-    return lock
-
-
 def train(cfg: PretrainConfig, dist_info: DistInfo) -> dict:
     """Pretrain into checkpoint_path(--filename) and the CSV log beside it, holding the run's lock throughout."""
     path = checkpoint_path(cfg.filename)
@@ -190,7 +165,7 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
     if dist_info.is_main:  # room for one more checkpoint (model and momentum) beside the old one
         check_output(path, "--filename", 2 * sum(t.numel() * t.element_size() for t in model.state_dict().values()))
     steps_per_epoch = len(pretrain) // cfg.batch_size  # = len(batches) on every rank
-    start_epoch, step, run_id, history = continued(cfg, dist_info, run, path, steps_per_epoch)
+    start_epoch, step, run_id, history = continued(cfg, dist_info, run, path, steps_per_epoch, MODEL_KEYS)
     total, warmup = steps_per_epoch * cfg.num_epochs, round(cfg.warmup_epochs * steps_per_epoch)
     lr_at = lr_schedule(cfg.lr, total, warmup, cfg.cosine_anneal)
     keep = step if cfg.resume and not cfg.overwrite else None
@@ -235,28 +210,6 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
     log.close()
     barrier(dist_info)  # no rank leaves before rank 0 has written the last checkpoint
     return result
-
-
-def continued(cfg: PretrainConfig, dist_info: DistInfo, run, path: str, steps_per_epoch: int):
-    """(epochs done, step, run id, history): of the checkpoint with --resume (utils/checkpoint.resume: exactly, or
-    refused with the differences), else of a new run."""
-    if not cfg.resume:
-        return 0, 0, uuid.uuid4().hex[:12], []
-    resumed = resume(cfg.filename if cfg.resume is True else cfg.resume, run.model, run.optimizer, cfg.as_dict(),
-                     MODEL_KEYS, steps_per_epoch, cfg.allow_changes)
-    if dist_info.is_main and os.path.exists(path) and not same_file(resumed.path, path) and not cfg.overwrite:
-        raise UserError(f"{path} holds another run than {resumed.path}: pass --overwrite to replace it with the "
-                        f"continued run, or another --filename")
-    epoch, step = resumed.epoch, resumed.step
-    skip = step - epoch * steps_per_epoch  # > 0 after a mid-epoch stop
-    if dist_info.is_main:
-        print(f"resumed from {resumed.path}: epoch {epoch}, step {step}"
-              + (f" ({skip} steps into epoch {epoch + 1})" if skip else "")
-              + (f"; nothing to do: --num-epochs is {cfg.num_epochs}" if epoch >= cfg.num_epochs else "")
-              + "".join(f"; --{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in resumed.changes.items())
-              + ("; the lr schedule is recomputed for the new --num-epochs" if "num_epochs" in resumed.changes
-                 else ""))
-    return epoch, step, resumed.run_id or uuid.uuid4().hex[:12], resumed.history  # no id: written before ids
 
 
 def startup_line(cfg: PretrainConfig, dist_info: DistInfo, run, images: int, steps_per_epoch: int, path: str,
