@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.batched_augment import BatchedSimCLRAugment, ViewKeys  # noqa: E402
 from data.datasets import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from data.reference_augment import simclr_augmentation  # noqa: E402
+from utils.precision import configure_backends  # noqa: E402
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
@@ -74,6 +75,7 @@ def main() -> None:
 
     in_size = args.input_size or args.size
     device = torch.device(args.device)
+    configure_backends(device)  # simclr.py's
     rng = np.random.default_rng(0)
     array = rng.integers(0, 256, size=(args.batch_size, in_size, in_size, 3), dtype=np.uint8)  # (B, H, W, 3)
     pil_images = [Image.fromarray(a) for a in array]

@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluation.logreg import l2_sweep, standardize, stratified_split  # noqa: E402
+from utils.precision import configure_backends  # noqa: E402
 
 
 def make_features(n: int, n_test: int, d: int, classes: int, seed: int = 0, latent: int = 32,
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"torch {torch.__version__} on {args.device} ({torch.get_num_threads()} threads)", flush=True)
 
     dev = torch.device(args.device)
+    configure_backends(dev)  # simclr.py's
     if dev.type == "cuda":  # warm up kernels / context outside the timed region
         l2_sweep(x_tr[:500].to(dev), y_tr[:500].to(dev), x_te[:100].to(dev), y_te[:100].to(dev),
                  args.classes, l2_grid=[1.0], max_iter=5)

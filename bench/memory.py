@@ -32,7 +32,7 @@ from training.build import build_pretraining, step_config  # noqa: E402
 from training.loop import train_step  # noqa: E402
 from utils.allocator import tune_cpu_allocator  # noqa: E402
 from utils.distributed import DistInfo  # noqa: E402
-from utils.precision import resolve_precision  # noqa: E402
+from utils.precision import configure_backends, resolve_precision  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.threads)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
+    configure_backends(device)  # simclr.py's
     if args.one:
         print(json.dumps(measure(*args.one, args, device)))
         return []

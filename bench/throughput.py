@@ -43,7 +43,7 @@ from training.recipe import recipe  # noqa: E402
 from utils.allocator import tune_cpu_allocator  # noqa: E402
 from utils.device import select_device  # noqa: E402
 from utils.distributed import DistInfo  # noqa: E402
-from utils.precision import resolve_precision  # noqa: E402
+from utils.precision import configure_backends, resolve_precision  # noqa: E402
 
 # (name, path, malloc tuning) of each column
 CONFIGS = {"a": ("workers", False), "b": ("device", False), "c": ("device", True)}
@@ -93,6 +93,7 @@ def measure(args: argparse.Namespace) -> dict:
     device = select_device(args.device)
     if tuned:
         tune_cpu_allocator(device)
+    configure_backends(device)  # simclr.py's
     torch.manual_seed(0)
     r, precision = settings(args, device)
     info = dataset_info(args.dataset)

@@ -46,7 +46,7 @@ from training.loop import train_step  # noqa: E402
 from training.recipe import recipe  # noqa: E402
 from utils.device import select_device  # noqa: E402
 from utils.distributed import DistInfo  # noqa: E402
-from utils.precision import resolve_precision  # noqa: E402
+from utils.precision import configure_backends, resolve_precision  # noqa: E402
 
 
 class DecodePIL(Dataset):
@@ -116,6 +116,7 @@ def training_steps(args: argparse.Namespace, precision, device: torch.device, ba
 
 def main(args: argparse.Namespace) -> dict:
     device = select_device(args.device)
+    configure_backends(device)  # simclr.py's
     r, info = recipe(args.dataset), dataset_info(args.dataset)
     size, b, w = r["image_size"], args.batch_size, args.num_workers
     limit, datasets.DECODED_LIMIT = datasets.DECODED_LIMIT, 0  # the files themselves, as (a)-(d)'s workers read them

@@ -28,7 +28,7 @@ from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import checkpoint_path, find_checkpoint, git_commit
 from utils.device import select_device
 from utils.files import save_json
-from utils.precision import Precision, resolve_precision
+from utils.precision import Precision, configure_backends, resolve_precision
 
 EvalConfig = LBFGSConfig | SGDConfig | FinetuneConfig  # a script's resolved options (evaluation/config.py)
 FROZEN_FEATURES = ("lbfgs", "sgd")  # the tasks that evaluate a frozen backbone's features
@@ -55,11 +55,11 @@ def eval_precision(choice: str, device: torch.device, task: str) -> Precision:
 
 
 def setup(cfg: EvalConfig, task: str) -> tuple[torch.device, Precision]:
-    """(device, precision) of ``--device`` and ``--precision``, with the CPU allocator tuned (utils/allocator.py);
-    prints which precision and why. The CUDA backends keep torch's defaults here (no TF32, no cuDNN benchmark),
-    as before the harness: whether evaluation should share simclr.py's is GPU round 2's question."""
+    """(device, precision) of ``--device`` and ``--precision``, with the CPU allocator tuned (utils/allocator.py)
+    and simclr.py's backend setup (utils/precision.configure_backends); prints which precision and why."""
     device = select_device(cfg.device)
     tune_cpu_allocator(device)  # on CPU: keep freed tensors' memory for reuse
+    configure_backends(device)
     precision = eval_precision(cfg.precision, device, task)
     why = f"auto, {precision.reason}" if cfg.precision == "auto" else f"--precision {cfg.precision}"
     print(f"{task}: {device}, precision {precision.name} ({why})")
