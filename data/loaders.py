@@ -10,7 +10,8 @@ have seen, even on another number of processes.
   there for view 0 and view 1; no DataLoader workers at all.
 - Image-tree path, ``ImageTreeTwoViews`` (ImageNet: images read from disk): DataLoader workers decode each
   image and cut its two random resized crops (``TwoCrops``, the boxes of the views' keys); the device
-  finishes the views (the rest of the pipeline, without the crop).
+  finishes the views (the rest of the pipeline, without the crop). The workers' batches pass through /dev/shm:
+  their number and prefetch are lowered to fit it, or the run is refused (utils.device.fit_workers_to_shm).
 
 ``pretrain_input`` loads the pretraining split and ``two_view_batches`` picks the path.
 """
@@ -26,6 +27,7 @@ from data.batched_augment import BatchedSimCLRAugment, sample_crop_params
 from data.datasets import ArrayImages, dataset_info, load_split
 from data.keyed_random import ViewKeys
 from data.sampler import EpochSampler
+from utils.device import fit_workers_to_shm
 from utils.errors import UserError
 
 
@@ -82,6 +84,12 @@ class TwoCrops(Dataset):
         return crops[0], crops[1], i
 
 
+def crop_batch_bytes(batch_size: int, size: int) -> int:
+    """Bytes of one batch of ``TwoCrops`` (what a worker puts in shared memory): two uint8 (B, 3, size, size) crops
+    and the int64 (B,) indices."""
+    return batch_size * (2 * 3 * size * size + 8)
+
+
 class ImageTreeTwoViews:
     """Wraps a DataLoader of (crop0, crop1, index) batches (``TwoCrops``: uint8 crops at the output size) and
     yields (x1, x2) float32 normalised views finished on ``device`` by ``augment`` with the crops' own keys
@@ -109,13 +117,15 @@ def two_view_batches(images, sampler: EpochSampler, batch_size: int, *, image_si
                      blur: bool, mean, std, device: torch.device, seed: int, num_workers: int):
     """An iterable of (x1, x2) batches of ``batch_size`` images each, (B, 3, S, S) float32 normalised on ``device``,
     over the keys of ``sampler`` (one process's share of each epoch); ``len()`` is the number of batches.
-    In-memory images (ArrayImages) take the in-memory path, the others the image-tree path."""
+    In-memory images (ArrayImages) take the in-memory path, the others the image-tree path, with ``num_workers``
+    workers or fewer (what fits in /dev/shm: ``fit_workers_to_shm``)."""
     augment = BatchedSimCLRAugment(image_size, jitter_strength, blur, mean=mean, std=std).to(device)
     if isinstance(images, ArrayImages):
         return InMemoryTwoViews(images.images, augment, batch_size, sampler, device, seed=seed)
+    workers, prefetch = fit_workers_to_shm(crop_batch_bytes(batch_size, image_size), num_workers)
     loader = DataLoader(TwoCrops(images, image_size, seed=seed), batch_size=batch_size, sampler=sampler,
-                        num_workers=num_workers, drop_last=True, pin_memory=device.type == "cuda",
-                        persistent_workers=num_workers > 0)
+                        num_workers=workers, prefetch_factor=prefetch if workers else None, drop_last=True,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     return ImageTreeTwoViews(loader, augment, sampler, device, seed=seed)
 
 
