@@ -113,7 +113,8 @@ def loop_step(groups: list[dict], state: dict) -> None:
 
 def test_foreach_update_equals_the_loop_on_a_network():
     """Multi-tensor update vs the per-parameter loop: two groups (one without adaptation), a parameter
-    without a gradient, a zero weight, several steps with changing lr; equal to float32 rounding."""
+    without a gradient, a zero weight, several steps with changing lr; equal bit for bit (on the CPU a foreach op
+    loops over its tensors with the ops of the loop; spreading the trust ratios changes no product)."""
     from models.simclr import SimCLR
 
     torch.manual_seed(0)
@@ -136,9 +137,110 @@ def test_foreach_update_equals_the_loop_on_a_network():
         with torch.no_grad():
             loop_step(ref_groups, ref_state)
     for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+        assert torch.equal(a, b), name
     zeroed = nets[0].head.layers[0][0].weight
     assert not torch.equal(zeroed, torch.zeros_like(zeroed))  # moved by the plain step (trust ratio 1)
+
+
+def _fast_route(lists: list[list[torch.Tensor]]) -> bool:
+    """torch's ``can_use_fast_route`` (ATen/native/ForeachUtils.h) for a foreach op over these tensor lists: one
+    dtype and device, dense tensors, and at each index the same sizes and the same strides (where a size is not 1).
+    On a GPU it decides between one fused multi-tensor kernel and one kernel per tensor."""
+    from torch._prims_common import is_non_overlapping_and_dense_or_false as dense
+
+    first = lists[0][0]
+    if any(t.dtype != first.dtype or t.device != first.device or not dense(t)
+           for ts in lists for t in ts):
+        return False
+    return all(t.shape == ts[0].shape and all(n == 1 or a == b for n, a, b in zip(t.shape, t.stride(), ts[0].stride()))
+               for ts in zip(*lists) for t in ts)
+
+
+def _step_probe():
+    """A dispatch mode recording the ops that launch kernels (views launch none), the host round trips on a GPU,
+    and the foreach ops over two or more tensor lists that miss the fast route."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    round_trips = {"lift_fresh", "lift_fresh_copy", "_local_scalar_dense", "nonzero", "masked_select"}
+
+    class Probe(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.launched, self.round_trips, self.slow = [], [], []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if not func.is_view:
+                self.launched.append(name)
+            if name in round_trips:
+                self.round_trips.append(name)
+            lists = [a for a in [*args, *(kwargs or {}).values()]
+                     if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor)]
+            if name.startswith("_foreach_") and len(lists) >= 2 and not _fast_route(lists):
+                self.slow.append(name)
+            return func(*args, **(kwargs or {}))
+
+    return Probe()
+
+
+def _mixed_params(copies: int) -> list[torch.nn.Parameter]:
+    """``copies`` times a channels_last conv weight (as under bf16), a linear weight and a BN-like vector."""
+    params = []
+    for _ in range(copies):
+        params += [torch.nn.Parameter(torch.randn(4, 3, 3, 3).to(memory_format=torch.channels_last)),
+                   torch.nn.Parameter(torch.randn(5, 7)), torch.nn.Parameter(torch.randn(7))]
+    return params
+
+
+def test_update_keeps_each_layout_and_equals_the_loop():
+    """Channels_last and contiguous weights, weight decay on, three steps: bit for bit the per-parameter loop."""
+    torch.manual_seed(0)
+    params = _mixed_params(2)
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in params]  # clone keeps the layout
+    opt = LARS(param_groups(holder(params), 0.1), lr=0.5, momentum=0.9)
+    ref_groups, ref_state = param_groups(holder(ref), 0.1), {}
+    for group in ref_groups:
+        group.update(lr=0.5, momentum=0.9, trust_coefficient=1e-3)
+    for _ in range(3):
+        for p, r in zip(params, ref):
+            p.grad = torch.randn_like(p)
+            r.grad = p.grad.clone()
+        opt.step()
+        with torch.no_grad():
+            loop_step(ref_groups, ref_state)
+    for p, r in zip(params, ref):
+        assert torch.equal(p, r) and p.stride() == r.stride()
+
+
+def _probed_step(copies: int):
+    """The second LARS step (the first makes the momentum buffers) on ``_mixed_params(copies)``, weight decay on:
+    the probe of that step."""
+    torch.manual_seed(0)
+    params = _mixed_params(copies)
+    opt = LARS(param_groups(holder(params), 0.1), lr=0.5, momentum=0.9)
+    for p in params:
+        p.grad = torch.randn_like(p)  # the layout of p, as autograd's
+    opt.step()
+    for p in params:
+        p.grad = torch.randn_like(p)
+    with _step_probe() as probe:
+        opt.step()
+    return probe
+
+
+def test_every_foreach_op_takes_the_fast_route_with_no_host_round_trip():
+    """Each foreach op over two or more lists pairs tensors alike in size and stride (a 0-dim trust ratio against a
+    gradient does not: one kernel per parameter on a GPU), no op reads back or uploads data, and the ops of a step
+    are the same for 2 and for 6 parameters of each kind: one launch per op whatever the number of parameters."""
+    small, large = _probed_step(2), _probed_step(6)
+    assert small.slow == [] and large.slow == []
+    assert small.round_trips == [] and large.round_trips == []
+    assert small.launched == large.launched
+    assert {"_foreach_mul", "_foreach_mul_", "_foreach_add_", "_foreach_sub_"} <= set(small.launched)
+    with _step_probe() as probe:  # the probe sees them
+        torch._foreach_mul([torch.ones(2, 2)], [torch.ones(())])
+        torch.ones(1).nonzero()
+    assert probe.slow == ["_foreach_mul"] and probe.round_trips == ["nonzero"]
 
 
 def name_groups(net, opt) -> list[list[str]]:
