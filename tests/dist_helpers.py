@@ -9,6 +9,7 @@ import sys
 import torch
 import torch.multiprocessing as mp
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.head import ProjectionHead
 from utils.interrupt import StopRequest
@@ -88,6 +89,22 @@ def max_rel_err(a: dict, b: dict) -> float:
     assert a.keys() == b.keys(), (a.keys() ^ b.keys())
     return max(rel_err(a[k], b[k]) for k in a)
 
+
+class HostReads(TorchDispatchMode):
+    """Records the ops, run while it is active (forward and backward), that read a tensor's values on the host
+    or copy host values into a tensor: ``.item()`` and ``.tolist()`` (``_local_scalar_dense``), ``torch.tensor``
+    of a Python value (``lift_fresh``), and the ops whose output shape depends on values (``nonzero``,
+    ``masked_select``, boolean-mask indexing). On a GPU each is a host round trip: the host waits for the GPU."""
+    OPS = {"lift_fresh", "lift_fresh_copy", "_local_scalar_dense", "nonzero", "masked_select"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.OPS:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 class StopAfter(StopRequest):

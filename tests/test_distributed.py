@@ -2,6 +2,8 @@
 
 A 2-process DDP step with SyncBN and gathered embeddings must equal the step of one process on
 the whole batch: same loss, same gradient for every parameter; the common wrong gathers must not.
+A SyncBN layer on 2 processes must equal BatchNorm over their concatenated batches, without reading
+any tensor back on the host.
 simclr.py on 2 processes must train as on 1 (views keyed by image), and resume on another number
 of processes from a stop in the middle of an epoch.
 """
@@ -13,6 +15,7 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import simclr
@@ -20,10 +23,12 @@ from models.simclr import SimCLR
 from models.loss import NTXentLoss
 from optim.groups import param_groups
 from optim.lars import LARS
-from tests.dist_helpers import StopAfter, TinyNet, free_port, grads, max_rel_err, rel_err, spawn, tiny_batch
+from tests.dist_helpers import (HostReads, StopAfter, TinyNet, free_port, grads, max_rel_err, rel_err, spawn,
+                                tiny_batch)
 from tests.tiny_data import write_image_folder, write_paths
 from utils.checkpoint import load_checkpoint
-from utils.distributed import DistInfo, convert_sync_batchnorm, gather_pairs, gather_with_grad, init_distributed
+from utils.distributed import (DistInfo, convert_sync_batchnorm, gather_pairs, gather_with_grad, init_distributed,
+                               wrap_model)
 
 WORLD, PAIRS, STEPS = 2, 8, 3
 
@@ -59,20 +64,65 @@ def step_loss(net, x1, x2, gather=None):
     return NTXentLoss(0.5)(z1, z2)
 
 
+BN_BATCH, BN_STEPS, BN_MOMENTA = 8, 2, (0.1, None)  # None: the cumulative average over num_batches_tracked
+
+
+def bn_step_data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global batch of the BN layer's step (neither centred nor of unit variance) and its output's gradient."""
+    g = torch.Generator().manual_seed(10 + step)
+    x = 3 + 2 * torch.randn(BN_BATCH, 3, 4, 4, generator=g)
+    return x, torch.randn(BN_BATCH, 3, 4, 4, generator=g)  # (B, C, H, W) each
+
+
+def bn_layer(momentum: float | None) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(3, momentum=momentum)
+    with torch.no_grad():
+        bn.weight.copy_(torch.linspace(0.5, 2.0, 3))
+        bn.bias.copy_(torch.linspace(-1.0, 1.0, 3))
+    return bn
+
+
+def bn_steps(bn: nn.Module, rows: slice) -> list[dict]:
+    """Forward and backward of ``rows`` of each step's batch: the output and the gradients, per step."""
+    out = []
+    for s in range(BN_STEPS):
+        x, grad_y = bn_step_data(s)
+        x = x[rows].requires_grad_()
+        y = bn(x)
+        y.backward(grad_y[rows])
+        out.append({"y": y.detach(), "x": x.grad, "weight": bn.weight.grad, "bias": bn.bias.grad})
+        bn.zero_grad(set_to_none=True)
+    return out
+
+
+def _syncbn_layer(info: DistInfo) -> dict:
+    """This rank's outputs, gradients and final state of a SyncBN layer on its slice of each step's batch, and the
+    host reads seen during its forwards and backwards."""
+    rows = slice(info.rank * BN_BATCH // WORLD, (info.rank + 1) * BN_BATCH // WORLD)
+    out = {}
+    for momentum in BN_MOMENTA:
+        bn = convert_sync_batchnorm(bn_layer(momentum))
+        with HostReads() as reads:
+            steps = bn_steps(bn, rows)
+        out[momentum] = {"steps": steps, "state": bn.state_dict(), "host_reads": reads.seen}
+    return out
+
+
 def _ddp_worker(info: DistInfo, out_dir: str) -> None:
     rows = slice(info.rank * PAIRS // WORLD, (info.rank + 1) * PAIRS // WORLD)  # this rank's pairs
     x1, x2 = tiny_batch(PAIRS)
     out = {}
     for name, gather in GATHERS.items():
         torch.manual_seed(0)
-        model = convert_sync_batchnorm(TinyNet(), "cpu")
+        model = convert_sync_batchnorm(TinyNet())
         ddp = DistributedDataParallel(model)  # kept alive until backward: its reducer averages the gradients
         loss = step_loss(ddp, x1[rows], x2[rows], gather)
         loss.backward()
         out[name] = {"loss": loss.item(), "grads": grads(model)}
     torch.manual_seed(0)
-    model = convert_sync_batchnorm(TinyNet(), "cpu")
-    ddp = DistributedDataParallel(model)
+    model = convert_sync_batchnorm(TinyNet())
+    ddp, _ = wrap_model(model, info, sync_bn=True)  # the running statistics must stay equal unbroadcast
+    out["broadcast_buffers"] = ddp.broadcast_buffers, wrap_model(TinyNet(), info)[0].broadcast_buffers
     opt = LARS(param_groups(model, 1e-4), lr=2.0, momentum=0.9, trust_coefficient=0.02)
     for s in range(STEPS):
         x1, x2 = tiny_batch(PAIRS, seed=1 + s)
@@ -80,6 +130,7 @@ def _ddp_worker(info: DistInfo, out_dir: str) -> None:
         step_loss(ddp, x1[rows], x2[rows], gather_with_grad).backward()
         opt.step()
     out["state"] = {k: v.clone() for k, v in model.state_dict().items()}
+    out["syncbn"] = _syncbn_layer(info)
     torch.save(out, os.path.join(out_dir, f"rank{info.rank}.pt"))
 
 
@@ -117,6 +168,8 @@ def test_a_wrong_gather_fails_the_comparison(ddp_results, wrong):
 
 
 def test_parameters_stay_identical_across_ranks_and_follow_one_process(ddp_results):
+    """With SyncBN, DDP does not broadcast the buffers (wrap_model): the running statistics stay equal anyway."""
+    assert [r["broadcast_buffers"] for r in ddp_results] == [(False, True)] * WORLD  # with and without SyncBN
     a, b = ddp_results[0]["state"], ddp_results[1]["state"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -133,6 +186,26 @@ def test_parameters_stay_identical_across_ranks_and_follow_one_process(ddp_resul
     floats = {k: v for k, v in ref.items() if v.is_floating_point()}  # weights and SyncBN running statistics
     assert max_rel_err({k: a[k] for k in floats}, floats) < 2e-5  # fp32 sums in another order, over 4 steps
     assert all(torch.equal(a[k], v) for k, v in ref.items() if k not in floats)  # num_batches_tracked
+
+
+@pytest.mark.parametrize("momentum", BN_MOMENTA)
+def test_syncbn_layer_equals_batchnorm_on_the_global_batch_without_host_reads(ddp_results, momentum):
+    """Output and input gradient: the ranks' rows of one BatchNorm's over the concatenated batch; weight and bias
+    gradients: each rank's share, which add up to BatchNorm's (DDP averages them over the ranks); running
+    statistics: the same on each rank and as BatchNorm's, also as a cumulative average (momentum None)."""
+    bn = bn_layer(momentum)
+    ref = bn_steps(bn, slice(None))
+    ranks = [r["syncbn"][momentum] for r in ddp_results]
+    for s in range(BN_STEPS):
+        got = [r["steps"][s] for r in ranks]
+        for k in ("y", "x"):
+            assert rel_err(torch.cat([g[k] for g in got]), ref[s][k]) < 1e-6, (s, k)
+        for k in ("weight", "bias"):
+            assert rel_err(sum(g[k] for g in got), ref[s][k]) < 1e-6, (s, k)
+    for k, v in bn.state_dict().items():
+        assert torch.equal(ranks[0]["state"][k], ranks[1]["state"][k]), k
+        assert torch.allclose(ranks[0]["state"][k], v, rtol=1e-6, atol=0), k
+    assert [r["host_reads"] for r in ranks] == [[]] * WORLD  # no .item(), torch.tensor(list), nonzero, mask
 
 
 def test_single_process_without_torchrun():

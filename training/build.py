@@ -67,7 +67,7 @@ def build_pretraining(cfg: PretrainConfig, info: DistInfo, precision: Precision,
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient)
     if cfg.compile:
         model.compile()  # in place: the state_dict keys and the checkpoints stay those of the plain model
-    net, parallel = wrap_model(PrecisionNet(model, precision), info, compiled=cfg.compile)
+    net, parallel = wrap_model(PrecisionNet(model, precision), info, compiled=cfg.compile, sync_bn=cfg.sync_bn)
     cached = 0 < cfg.chunk_size < batch_per_process
     embed = CachedEmbedding(net, cfg.chunk_size) if cached else PlainEmbedding(net)
     gather = gather_with_grad if info.world_size > 1 else None

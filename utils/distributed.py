@@ -4,14 +4,16 @@ SimCLR's negatives are the other images of the *global* batch (Chen et al. 2020,
 "we aggregate BN mean and variance over all devices" and compute the loss over the batch of all
 cores). With DistributedDataParallel every process embeds its own slice of the batch, so the
 embeddings are all-gathered before NT-Xent (``gather_with_grad``), and BatchNorm layers are
-replaced by synchronised ones (``convert_sync_batchnorm``; ``CPUSyncBatchNorm`` on CPU processes).
+replaced by synchronised ones (``convert_sync_batchnorm``: ``AllReduceSyncBatchNorm``, on every device).
 
 The rule used throughout, which makes the gradients exact: every collective's backward is the
-adjoint of its forward (all_gather <-> reduce-scatter of the sum, all_reduce <-> all_reduce), so
-the local gradients of all processes add up to the gradient of ``sum_r L_r``, where ``L_r`` is
-the loss computed on rank r. Here each rank computes the same global loss L, so the sum is
-``world * dL/dtheta``, and DDP's gradient averaging (division by world) leaves exactly the gradient
-of one process on the concatenated global batch.
+adjoint of its forward (all_gather <-> reduce-scatter of the sum, all_reduce <-> all_reduce; SyncBN's
+backward does the adjoint of its forward's two all-reduces in one, as the gradients of the mean and
+the variance are linear in two per-channel sums, which it all-reduces), so the local gradients of
+all processes add up to the gradient of ``sum_r L_r``, where ``L_r`` is the loss computed on rank r.
+Here each rank computes the same global loss L, so the sum is ``world * dL/dtheta``, and DDP's
+gradient averaging (division by world) leaves exactly the gradient of one process on the
+concatenated global batch.
 """
 from __future__ import annotations
 
@@ -116,16 +118,20 @@ def any_rank(flag: bool, dist_info: DistInfo) -> bool:
     return bool(t.item())
 
 
-def wrap_model(net: nn.Module, dist_info: DistInfo, compiled: bool = False) -> tuple[nn.Module, str]:
+def wrap_model(net: nn.Module, dist_info: DistInfo, compiled: bool = False,
+               sync_bn: bool = False) -> tuple[nn.Module, str]:
     """DistributedDataParallel under torchrun; DataParallel over all visible GPUs without it; else ``net``
     itself. Returns the wrapped network and a description for the log. A ``compiled`` network is refused
-    under DataParallel: its replicas would run GPU 0's compiled weights."""
+    under DataParallel: its replicas would run GPU 0's compiled weights. With ``sync_bn`` (its BatchNorm layers
+    converted by ``convert_sync_batchnorm``) DDP does not broadcast rank 0's buffers at every forward: the
+    running statistics are the same on every rank already, and the broadcast would be one more collective."""
     if compiled and not dist_info.distributed and dist_info.device.type == "cuda" and torch.cuda.device_count() > 1:
         raise UserError("--compile does not work under DataParallel: launch with torchrun --nproc_per_node=N, "
                         "or leave out --compile")
     if dist_info.distributed:
         ids = [dist_info.local_rank] if dist_info.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(net, device_ids=ids), f"DDP over {dist_info.world_size} processes"
+        ddp = nn.parallel.DistributedDataParallel(net, device_ids=ids, broadcast_buffers=not sync_bn)
+        return ddp, f"DDP over {dist_info.world_size} processes"
     if dist_info.device.type == "cuda" and torch.cuda.device_count() > 1:
         return nn.DataParallel(net), f"DataParallel over {torch.cuda.device_count()} GPUs"
     return net, "1 process"
@@ -190,35 +196,74 @@ def gather_pairs(z1: torch.Tensor, z2: torch.Tensor, gather: Callable[[torch.Ten
     return z[:, 0].reshape(-1, d), z[:, 1].reshape(-1, d)
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """all_reduce (sum) whose backward is the same all_reduce: its adjoint."""
+class _SyncBatchNormFunction(torch.autograd.Function):
+    """Training BatchNorm over the union of the ranks' batches: ``y = (x - mean) / sqrt(var + eps) * weight + bias``
+    with the per-channel mean and biased variance of all ranks' elements, from two all-reduces of sums; its
+    backward all-reduces the per-channel sums of the output gradient g and of g * x_hat, the two sums that the
+    gradients of mean and var are linear in. Only the input is saved (as BatchNorm saves it); x_hat is recomputed."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
-        ctx.group = group
-        x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
-        return x
+    def forward(ctx, input, weight, bias, eps: float, group):
+        acc = torch.float64 if input.device.type == "cpu" else torch.float32  # why: see AllReduceSyncBatchNorm
+        dims = [0] + list(range(2, input.dim()))  # every dimension but the channels
+        shape = (1, -1) + (1,) * (input.dim() - 2)  # a (C,) tensor broadcast over (B, C, ...)
+        count = torch.full((1,), input.numel() // input.shape[1], dtype=acc, device=input.device)
+        sums = torch.cat([input.sum(dims, dtype=acc), count])
+        dist.all_reduce(sums, group=group)  # (C + 1,): every rank's sum per channel, then its element count
+        n = sums[-1]
+        mean = sums[:-1] / n
+        var = (input - mean.view(shape)).square_().sum(dims)  # in the accumulation dtype, by type promotion
+        dist.all_reduce(var, group=group)
+        var /= n  # biased, as BatchNorm normalises with
+        rstd = torch.rsqrt(var + eps)
+        ctx.save_for_backward(input, weight, mean, rstd, n)
+        ctx.dims, ctx.shape, ctx.group = dims, shape, group
+        ctx.mark_non_differentiable(mean, var, n)
+        scale = rstd if weight is None else rstd * weight.to(acc)  # y = x * scale + shift, per channel
+        shift = -mean * scale if bias is None else bias.to(acc) - mean * scale
+        y = torch.addcmul(shift.view(shape), input, scale.view(shape)).to(input.dtype)
+        return y, mean, var, n
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad, None
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y, _mean, _var, _n):
+        input, weight, mean, rstd, n = ctx.saved_tensors
+        dims, shape = ctx.dims, ctx.shape
+        acc = mean.dtype
+        x_hat = (input - mean.view(shape)).mul_(rstd.view(shape))  # (B, C, ...) in acc
+        local = torch.cat([grad_y.sum(dims, dtype=acc), (grad_y * x_hat).sum(dims)])  # (2C,)
+        total = local.clone()
+        dist.all_reduce(total, group=ctx.group)  # every rank joins, whether or not it needs grad_input
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            sum_g, sum_g_x_hat = total.chunk(2)
+            scale = rstd if weight is None else rstd * weight.to(acc)
+            grad_input = torch.sub(grad_y, x_hat.mul_((sum_g_x_hat / n).view(shape)).add_((sum_g / n).view(shape)))
+            grad_input = grad_input.mul_(scale.view(shape)).to(input.dtype)
+        if weight is not None:  # this rank's share; DDP averages it over the ranks
+            grad_bias, grad_weight = (t.to(weight.dtype) for t in local.chunk(2))
+        return grad_input, grad_weight, grad_bias, None, None
 
 
-class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """SyncBatchNorm for CPU processes (gloo), which torch's ``nn.SyncBatchNorm`` does not run on (and which
-    DDP refuses in CPU modules); for 2D to 5D inputs (B, C, ...), like ``nn.SyncBatchNorm``.
+class AllReduceSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm synchronised across the process group by all-reduces, on every device; for 2D to 5D inputs
+    (B, C, ...), like ``nn.SyncBatchNorm``.
 
-    In training under a process group of several ranks, the batch mean and biased variance are those
-    of the union of all ranks' batches, from two differentiable all-reduces (sums of x, with the
-    element count, then of (x - mean)^2); the running statistics are updated as BatchNorm does
-    (unbiased variance). That is the computation of ``nn.SyncBatchNorm`` on GPUs, gradients included
-    (its backward all-reduces the same sums), in float64: the sums of BN's backward (of the gradient and
-    of gradient x normalised input) can cancel to a small fraction of their terms, and torch's CPU
-    BatchNorm accumulates them in float64 too; in float32 they were off by up to 0.7% on such a batch.
-    Otherwise it is plain BatchNorm.
+    In training under a process group of several ranks, the batch mean and biased variance are those of the
+    union of all ranks' batches (``_SyncBatchNormFunction``: the gradients of one BatchNorm over that union), and
+    the running statistics are updated as BatchNorm does (unbiased variance, or the cumulative average when
+    ``momentum`` is None); they come out the same on every rank. Otherwise it is plain BatchNorm.
+
+    Why not ``nn.SyncBatchNorm``: it all-gathers each rank's mean, inverse std and count, and drops the ranks
+    with no elements by boolean-mask indexing, whose output shape depends on values, so the host waits for the
+    GPU at every BN layer's forward; nor does it run on the CPU. Sums need no such mask (an empty rank adds
+    zeros), and the element count, the variance correction n / (n - 1) and the momentum stay tensors on the
+    input's device: no value is read back on the host in forward or backward.
+
+    The sums are accumulated in float64 on the CPU: those of the backward (of the gradient and of gradient x
+    normalised input) can cancel to a small fraction of their terms, float32 sums were visibly off against torch's
+    BatchNorm on such a batch, and torch's CPU BatchNorm accumulates in float64 too. On GPUs they are float32, as
+    torch's CUDA BatchNorm: float64 would multiply the memory traffic of bf16 activations and run far slower.
     """
 
     process_group = None
@@ -232,37 +277,25 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not (self.training and group is not None and dist.get_world_size(group) > 1):
             return super().forward(input)
         self._check_input_dim(input)
-        c = input.shape[1]
-        x = input.double().transpose(0, 1).reshape(c, -1)  # (C, this rank's elements per channel)
-        count = torch.full((1,), float(x.shape[1]), dtype=torch.float64)
-        sums = _AllReduceSum.apply(torch.cat([x.sum(1), count]), group)  # (C + 1,)
-        n = sums[c].detach()
-        mean = sums[:c] / n
-        xc = x - mean[:, None]
-        var = _AllReduceSum.apply(xc.pow(2).sum(1), group) / n  # biased, as BN normalises with
-        y = xc * torch.rsqrt(var + self.eps)[:, None]
-        if self.weight is not None:
-            y = y * self.weight.double()[:, None] + self.bias.double()[:, None]
+        y, mean, var, n = _SyncBatchNormFunction.apply(input, self.weight, self.bias, self.eps, group)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                m = 1.0 / self.num_batches_tracked.item() if self.momentum is None else self.momentum
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
-                self.running_var.lerp_((var.detach() * n / max(n.item() - 1, 1)).to(self.running_var.dtype), m)
-        shape = (c, input.shape[0]) + tuple(input.shape[2:])
-        return y.reshape(shape).transpose(0, 1).to(input.dtype)  # (B, C, ...) as the input
+                m = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked  # a tensor
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
+                self.running_var.lerp_((var * n / (n - 1).clamp(min=1)).to(self.running_var.dtype), m)
+        return y
 
 
-def convert_sync_batchnorm(module: nn.Module, device: torch.device | str = "cuda") -> nn.Module:
-    """Every BatchNorm*D in ``module`` becomes synchronised across the process group.
+def convert_sync_batchnorm(module: nn.Module, device: torch.device | str | None = None) -> nn.Module:
+    """Every BatchNorm*D in ``module`` becomes an ``AllReduceSyncBatchNorm``, synchronised across the process group.
 
-    On GPUs: ``nn.SyncBatchNorm.convert_sync_batchnorm``. On the CPU the converted layers are then
-    given the class ``CPUSyncBatchNorm`` (same attributes). Parameters and buffers stay the same
-    tensors, so ``state_dict`` keys and values are unchanged.
+    The layers converted by ``nn.SyncBatchNorm.convert_sync_batchnorm`` are given the class
+    ``AllReduceSyncBatchNorm`` (same attributes). Parameters and buffers stay the same tensors, so
+    ``state_dict`` keys and values are unchanged. ``device`` plays no part: the class is the same on every device.
     """
     module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    if torch.device(device).type == "cpu":
-        for m in module.modules():
-            if type(m) is nn.SyncBatchNorm:
-                m.__class__ = CPUSyncBatchNorm
+    for m in module.modules():
+        if type(m) is nn.SyncBatchNorm:
+            m.__class__ = AllReduceSyncBatchNorm
     return module
