@@ -129,12 +129,24 @@ def crop_box(u: dict[str, torch.Tensor], height: int, width: int, scale: Sequenc
     is valid, the centre crop of the whole image with its aspect ratio clamped to ``ratio``.
     All 10 tries are drawn for every sample at once and the first valid one is picked.
 
+    The same box on CPU and CUDA: the arithmetic is float64 from the draws on, as torchvision's (Python floats),
+    each op its own kernel (eager mode: nothing is contracted into an FMA). The draws (float32 with 24 random bits)
+    convert exactly, and +, *, / and sqrt are correctly rounded IEEE operations: the same on both devices. Only
+    ``exp`` is not (Sleef's on CPU, CUDA's): each is within 1 ulp of the true value, so the two aspect ratios
+    differ by at most 2 ulps, a relative 2**-51. Every rounding is monotone, so w can differ between the devices
+    only when a half-integer lies between the two values of sqrt(area * r), which are within a relative
+    2**-52 (the aspect's 2**-51 halved by the root) + 2**-53 (the product's rounding on either side, halved)
+    + 2**-52 (the root's rounding on either side) < 2**-50 (9e-16) of each other; h likewise with area / r.
+    Nothing else depends on a rounding: w and h are integers from there on, and top = floor(u * n) with
+    n = H - h + 1 is exact (u = k / 2**24 and k * n < 2**53 for n < 2**29), hence below n since u < 1.
+
     Returns ``(top, left, h, w)``, each a (B,) int64 tensor on the draws' device.
     """
     area = float(height * width)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    target_area = area * (scale[0] + (scale[1] - scale[0]) * u["area"])                          # (B, T)
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * u["aspect"])                                 # (B, T)
+    u_area, u_aspect = u["area"].double(), u["aspect"].double()                                  # (B, T) exact
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * u_area)                             # (B, T)
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u_aspect)                                    # (B, T)
     w_try = torch.round(torch.sqrt(target_area * aspect)).long()                                 # (B, T)
     h_try = torch.round(torch.sqrt(target_area / aspect)).long()                                 # (B, T)
     valid = (w_try > 0) & (w_try <= width) & (h_try > 0) & (h_try <= height)                     # (B, T)
@@ -152,9 +164,9 @@ def crop_box(u: dict[str, torch.Tensor], height: int, width: int, scale: Sequenc
 
     w = torch.where(found, w_try.gather(1, first).squeeze(1), fb_w)                            # (B,)
     h = torch.where(found, h_try.gather(1, first).squeeze(1), fb_h)                            # (B,)
-    # randint(0, n) as floor(u * n); the clamp guards against u * n rounding up to n in float32.
-    top_rand = torch.minimum(torch.floor(u["top"] * (height - h + 1)).long(), height - h)
-    left_rand = torch.minimum(torch.floor(u["left"] * (width - w + 1)).long(), width - w)
+    # randint(0, n) as floor(u * n), exact in float64 (docstring): below n without a clamp.
+    top_rand = torch.floor(u["top"].double() * (height - h + 1)).long()                        # (B,)
+    left_rand = torch.floor(u["left"].double() * (width - w + 1)).long()                       # (B,)
     top = torch.where(found, top_rand, (height - fb_h) // 2)
     left = torch.where(found, left_rand, (width - fb_w) // 2)
     return top, left, h, w

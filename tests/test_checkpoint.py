@@ -45,3 +45,37 @@ def test_load_is_weights_only_and_reports_corrupt_files(tmp_path):
 def test_bare_names_go_to_the_checkpoint_folder():
     assert ckpt.checkpoint_path("output.pth") == os.path.join("checkpoint", "output.pth")
     assert ckpt.checkpoint_path("runs/a.pth") == "runs/a.pth"
+
+
+def test_a_checkpoint_without_a_code_record_has_its_legacy_value(tmp_path):
+    """crop_arithmetic (data/batched_augment.crop_box's, not an option) was float32 before checkpoints saved it: a
+    checkpoint without it differs from this code, one with it does not; its resume is refused naming the code, or,
+    with allow_changes, continues with the change recorded."""
+    now = {"arch": "tiny", "optimizer": "sgd", "seed": 0, "crop_arithmetic": "float64"}
+    old = {k: v for k, v in now.items() if k != "crop_arithmetic"}
+    assert ckpt.LEGACY_ARGS["crop_arithmetic"] == "float32"
+    assert ckpt.option_changes(old, now) == {"crop_arithmetic": ("float32", "float64")}
+    assert ckpt.option_changes(now, now) == {} and ckpt.option_changes(old, old) == {}
+    assert ckpt.option_changes(old, {**now, "seed": 1}) == {"crop_arithmetic": ("float32", "float64"), "seed": (0, 1)}
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for name, args in (("old", old), ("new", now)):
+        ckpt.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 1,
+                              "step": 2, "args": args, "git_commit": "0123abc"}, str(tmp_path / f"{name}.pth"))
+    resume = lambda name, args, allow: ckpt.resume(str(tmp_path / f"{name}.pth"), model, optimizer,  # noqa: E731
+                                                    args, ["arch"], 2, allow_changes=allow)
+    assert resume("new", now, False).changes == {}
+    with pytest.raises(UserError) as refused:
+        resume("old", now, False)
+    assert str(refused.value) == (f"{tmp_path / 'old.pth'} was trained with another version of the code "
+                                  f"(crop_arithmetic float32 -> float64): run the code that wrote it (commit 0123abc) "
+                                  f"to continue it exactly, or --allow-changes to apply these from here on (recorded "
+                                  f"in the checkpoint)")
+    with pytest.raises(UserError, match=r"other options \(--seed 0 -> 1\) and another version of the code "
+                                        r"\(crop_arithmetic float32 -> float64\): pass the checkpoint's values and "
+                                        r"run the code that wrote it"):
+        resume("old", {**now, "seed": 1}, False)
+    resumed = resume("old", now, True)
+    assert resumed.changes == {"crop_arithmetic": ["float32", "float64"]}
+    assert resumed.history[-1]["changed"] == {"crop_arithmetic": ["float32", "float64"]}

@@ -67,6 +67,9 @@ class PretrainConfig(Options):
     lr: float | None = None
     world_size: int | None = None
     native_size: int | None = None
+    # not an option: how this code computes, saved with the options so that a checkpoint of another version of it
+    # is not resumed as if nothing changed (utils/checkpoint.LEGACY_ARGS: the value before it was saved)
+    crop_arithmetic: str = "float64"  # of data/batched_augment.crop_box's boxes
     sources: dict = field(default_factory=dict, compare=False, repr=False)  # option -> where its value came from
 
     def with_(self, **derived) -> "PretrainConfig":
@@ -79,6 +82,8 @@ DEFAULTS = defaults_of(PretrainConfig)
 def resolve_pretrain(given: dict) -> PretrainConfig:
     """The configuration of ``given`` (option -> value, only those given) over the recipe and the defaults."""
     check_known(PretrainConfig, given)
+    if "crop_arithmetic" in given:
+        raise TypeError("crop_arithmetic says how data/batched_augment.crop_box computes: it cannot be chosen")
     dataset = given.get("dataset", DEFAULTS["dataset"])
     dataset_info(dataset)  # a clear error for an unknown name
     values = {**DEFAULTS, **given, **defaults_for(RECIPES, dataset, {k: given.get(k) for k in RECIPE_KEYS})}

@@ -7,7 +7,7 @@ import uuid
 
 from training.build import Pretraining
 from training.config import PretrainConfig
-from utils.checkpoint import resume
+from utils.checkpoint import change_text, resume
 from utils.distributed import DistInfo, any_rank
 from utils.errors import UserError
 from utils.files import RunLock, check_output, clean_orphans, refuse_same, same_file
@@ -55,7 +55,7 @@ def continued(cfg: PretrainConfig, dist_info: DistInfo, run: Pretraining, path: 
         print(f"resumed from {resumed.path}: epoch {epoch}, step {step}"
               + (f" ({skip} steps into epoch {epoch + 1})" if skip else "")
               + (f"; nothing to do: --num-epochs is {cfg.num_epochs}" if epoch >= cfg.num_epochs else "")
-              + "".join(f"; --{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in resumed.changes.items())
+              + "".join(f"; {change_text(k, *v)}" for k, v in resumed.changes.items())
               + ("; the lr schedule is recomputed for the new --num-epochs" if "num_epochs" in resumed.changes
                  else ""))
     return epoch, step, resumed.run_id or uuid.uuid4().hex[:12], resumed.history  # no id: written before ids

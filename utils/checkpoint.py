@@ -65,10 +65,17 @@ RESUME_FREE = frozenset({"lr", "num_workers", "log_freq", "save_freq", "test_fre
                          "dataset_paths", "num_epochs"})
 
 
+# Records of how the code computes (not options), with the value of the checkpoints written before the record was
+# saved in their args: such a checkpoint differs from this code's where the record's value is not this one's.
+LEGACY_ARGS = {"crop_arithmetic": "float32"}  # data/batched_augment.crop_box: float64 since issue 27
+
+
 def option_changes(saved: dict, now: dict) -> dict[str, tuple]:
     """{option: (checkpoint's value, this run's)} for the options that change the computation and differ;
     ``num_epochs`` only when it shrinks (a larger one extends the run); the number of processes only when BN
-    statistics are not global (several processes without SyncBN) on one side."""
+    statistics are not global (several processes without SyncBN) on one side. A record of ``LEGACY_ARGS`` that
+    the checkpoint lacks has its legacy value."""
+    saved = {**LEGACY_ARGS, **saved}
     free = set(RESUME_FREE)
     if all(a.get("world_size") == 1 or a.get("sync_bn") for a in (saved, now)):
         free |= {"world_size", "sync_bn"}  # BN over the global batch either way: the same steps (views are global)
@@ -76,6 +83,27 @@ def option_changes(saved: dict, now: dict) -> dict[str, tuple]:
     if now.get("num_epochs", 0) < saved.get("num_epochs", 0):
         changes["num_epochs"] = (saved["num_epochs"], now["num_epochs"])
     return changes
+
+
+def change_text(key: str, old, new) -> str:
+    """One change as the messages say it: an option as its flag, a record of the code (LEGACY_ARGS) as its name."""
+    return f"{key if key in LEGACY_ARGS else '--' + key.replace('_', '-')} {old} -> {new}"
+
+
+def _refusal(path: str, changes: dict[str, tuple], commit: str) -> str:
+    """Why a resume is refused: the options that differ as command-line flags, then the records of the code
+    (``LEGACY_ARGS``: only the code that wrote the checkpoint continues it exactly)."""
+    options = [change_text(k, *v) for k, v in changes.items() if k not in LEGACY_ARGS]
+    code = [change_text(k, *v) for k, v in changes.items() if k in LEGACY_ARGS]
+    said, fix = [], []
+    if options:
+        said.append(f"other options ({', '.join(options)})")
+        fix.append("pass the checkpoint's values")
+    if code:
+        said.append(f"another version of the code ({', '.join(code)})")
+        fix.append(f"run the code that wrote it (commit {commit})")
+    return (f"{path} was trained with {' and '.join(said)}: {' and '.join(fix)} to continue it exactly, or "
+            f"--allow-changes to apply these from here on (recorded in the checkpoint)")
 
 
 @dataclass
@@ -110,9 +138,7 @@ def resume(filename: str, model: torch.nn.Module, optimizer: torch.optim.Optimiz
         raise UserError(f"{path} was trained with --optimizer {saved.get('optimizer')}: resume with it")
     changes = option_changes(saved, args)
     if changes and not allow_changes:
-        listed = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in changes.items())
-        raise UserError(f"{path} was trained with other options ({listed}): pass the checkpoint's values to continue "
-                        f"it exactly, or --allow-changes to apply these from here on (recorded in the checkpoint)")
+        raise UserError(_refusal(path, changes, state.get("git_commit", "unknown")))
     epoch, step = state["epoch"], state["step"]
     if not 0 <= step - epoch * steps_per_epoch < steps_per_epoch:
         raise UserError(f"{path} was written with {step // max(epoch, 1)} steps per epoch, this run has "
