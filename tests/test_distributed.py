@@ -208,6 +208,47 @@ def test_syncbn_layer_equals_batchnorm_on_the_global_batch_without_host_reads(dd
     assert [r["host_reads"] for r in ranks] == [[]] * WORLD  # no .item(), torch.tensor(list), nonzero, mask
 
 
+def _one_gpu_worker(info: DistInfo, out_dir: str) -> None:
+    """The correct gather and SyncBN of _ddp_worker, both ranks on cuda:0 over gloo (CUDA tensors), as on a
+    machine with one GPU: the DDP step and the SyncBN layer, with the host reads seen in the layer."""
+    from utils.precision import configure_backends
+    configure_backends(torch.device("cuda"))  # fp32 without TF32, as the scripts
+    cuda = torch.device("cuda", 0)
+    rows = slice(info.rank * PAIRS // WORLD, (info.rank + 1) * PAIRS // WORLD)
+    x1, x2 = (x.to(cuda) for x in tiny_batch(PAIRS))
+    torch.manual_seed(0)
+    model = convert_sync_batchnorm(TinyNet()).to(cuda)
+    ddp = DistributedDataParallel(model, device_ids=[0], broadcast_buffers=False)
+    loss = step_loss(ddp, x1[rows], x2[rows], gather_with_grad)
+    loss.backward()
+    out = {"loss": loss.item(), "grads": {k: g.cpu() for k, g in grads(model).items()}}
+    bn_rows = slice(info.rank * BN_BATCH // WORLD, (info.rank + 1) * BN_BATCH // WORLD)
+    bn = convert_sync_batchnorm(bn_layer(0.1)).to(cuda)
+    with HostReads() as reads:
+        y = bn(bn_step_data(0)[0][bn_rows].to(cuda))
+        y.backward(bn_step_data(0)[1][bn_rows].to(cuda))
+    out["bn"] = {"y": y.detach().cpu(), "host_reads": reads.seen, "state": {k: v.cpu() for k, v in
+                                                                          bn.state_dict().items()}}
+    torch.save(out, os.path.join(out_dir, f"rank{info.rank}.pt"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_two_ranks_on_one_cuda_gpu_equal_one_process(tmp_path):
+    """CUDA tensors over gloo, 2 processes sharing cuda:0: the gather with gradients and the SyncBN of a DDP step
+    equal one process on the whole batch on the CPU (fp32, TF32 off), and the SyncBN layer reads nothing back."""
+    spawn(_one_gpu_worker, WORLD, str(tmp_path))
+    results = [torch.load(os.path.join(str(tmp_path), f"rank{r}.pt")) for r in range(WORLD)]
+    loss, ref = single_process_step()
+    bn = bn_layer(0.1)
+    ref_y = bn(bn_step_data(0)[0]).detach()  # one step, as the ranks'
+    for r in results:
+        assert r["loss"] == pytest.approx(loss, rel=1e-5)
+        assert max_rel_err(r["grads"], ref) < 1e-4
+        assert r["bn"]["host_reads"] == []
+        assert torch.allclose(r["bn"]["state"]["running_var"], bn.running_var, rtol=1e-5)
+    assert rel_err(torch.cat([r["bn"]["y"] for r in results]), ref_y) < 1e-5
+
+
 def test_single_process_without_torchrun():
     info = init_distributed(device="cpu")
     assert (info.rank, info.world_size, info.is_main, info.distributed) == (0, 1, True, False)
