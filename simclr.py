@@ -216,7 +216,6 @@ def startup_line(cfg: PretrainConfig, dist_info: DistInfo, run, images: int, ste
                  log_path: str) -> str:
     return (f"{cfg.dataset}: {images} images, {steps_per_epoch} steps/epoch of {cfg.batch_size}; {cfg.arch} "
             f"({cfg.stem} stem) on {dist_info.device}, {run.precision.label}, {run.parallel}, SyncBN {cfg.sync_bn}"
-            + (" (--compile breaks the graph at every SyncBatchNorm)" if cfg.compile and cfg.sync_bn else "")
             + (" (--sync-bn has no effect without torchrun)" if cfg.sync_bn and not dist_info.distributed else "")
             + (f", gradient caching in chunks of {cfg.chunk_size} pairs" if cfg.chunk_size else "")
             + f"; lr {cfg.lr:.4g} ({cfg.lr_scaling} scaling of {cfg.base_lr}); checkpoint {path}, log {log_path}")

@@ -56,9 +56,9 @@ def build_pretraining(cfg: PretrainConfig, info: DistInfo, precision: Precision,
     """From the configuration (training/config.py); the weights are drawn from ``cfg.seed``. Gradient caching
     when 0 < chunk_size < ``batch_per_process``."""
     if cfg.compile and cfg.sync_bn and info.distributed and info.world_size > 1:
-        raise UserError("--compile with SyncBN under torchrun is refused: torch breaks the graph at every "
-                        "SyncBatchNorm and has an open bug on the combination; leave out --compile (or pass "
-                        "--no-sync-bn, which changes the BN statistics)")
+        raise UserError("--compile with SyncBN under torchrun is refused: the graph would break at every "
+                        "synchronised BN layer (collectives inside an autograd Function), untried on a GPU; leave "
+                        "out --compile (or pass --no-sync-bn, which changes the BN statistics)")
     torch.manual_seed(cfg.seed)
     model = SimCLR(cfg.arch, cfg.stem, cfg.proj_dim, cfg.proj_hidden_dim, cfg.proj_layers, cfg.width_multiplier)
     if cfg.sync_bn and info.distributed:
