@@ -391,6 +391,14 @@ class RandomResizedCrop(Op):
     def apply(self, x, p, aug):
         return resized_crop(x, p["top"], p["left"], p["h"], p["w"], aug.size)              # (B, 3, S, S)
 
+    def cut(self, img, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
+        """An image-tree worker's crop of one PIL image: (3, size, size) uint8, PIL's antialiased bicubic (the
+        reference pipeline's; the batched ``apply`` computes the same filter in float, without the rounding)."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+        top, left, h, w = box
+        return TF.pil_to_tensor(TF.resized_crop(img, top, left, h, w, [size, size], InterpolationMode.BICUBIC))
+
 
 class HorizontalFlip(Op):
     """flip (B,) bool, with probability HFLIP_P."""
@@ -495,18 +503,19 @@ DRAWS = key_layout(PIPELINE)                     # name -> range of draw numbers
 NUM_DRAWS = max(r.stop for r in DRAWS.values())
 
 
-def draw_range(names: Sequence[str]) -> tuple[int, int]:
-    """(first, count) of the contiguous draw numbers of ``names`` (an op's ``draws``)."""
-    first, stop = min(DRAWS[n].start for n in names), max(DRAWS[n].stop for n in names)
+def draw_range(names: Sequence[str], layout: dict[str, range] = DRAWS) -> tuple[int, int]:
+    """(first, count) of the contiguous draw numbers of ``names`` (an op's ``draws``) in ``layout``."""
+    first, stop = min(layout[n].start for n in names), max(layout[n].stop for n in names)
     return first, stop - first
 
 
-def op_draws(u: torch.Tensor, names: Sequence[str], first: int = 0) -> dict[str, torch.Tensor]:
-    """An op's draws by name from ``u`` (B, count), the draws ``first, first + 1, ...`` of every sample:
-    (B,) for a single draw, (B, n) for a block of n."""
+def op_draws(u: torch.Tensor, names: Sequence[str], first: int = 0,
+             layout: dict[str, range] = DRAWS) -> dict[str, torch.Tensor]:
+    """An op's draws by name from ``u`` (B, count), the draws ``first, first + 1, ...`` of every sample in
+    ``layout``: (B,) for a single draw, (B, n) for a block of n."""
     out = {}
     for name in dict.fromkeys(names):
-        r = DRAWS[name]
+        r = layout[name]
         out[name] = u[:, r.start - first] if len(r) == 1 else u[:, r.start - first:r.stop - first]
     return out
 
@@ -523,12 +532,17 @@ class BatchedSimCLRAugment(torch.nn.Module):
     with the distributions of the per-image torchvision pipeline: random resized crop, flip, colour
     jitter of strength ``jitter_strength`` in random op order, grayscale, optional blur; then the
     sample is normalised. ``forward(images, keys)`` = ``apply(images, sample_params(keys, H, W))``;
-    the parameter dict is exposed for testing and for reproducing a view.
+    the parameter dict is exposed for testing and for reproducing a view. ``pipeline``: the ops, ``PIPELINE``
+    (torchvision's semantics) unless another is given (data/official_augment.py); its first op is the crop.
     """
 
     def __init__(self, size: int, jitter_strength: float = 1.0, blur: bool = False,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 pipeline: Sequence[Op] = PIPELINE) -> None:
         super().__init__()
+        self.pipeline = tuple(pipeline)
+        self.layout = key_layout(self.pipeline)  # name -> draw numbers in a view's key
+        self.num_draws = max(r.stop for r in self.layout.values())
         s = float(jitter_strength)
         if not 0.0 <= 0.2 * s <= 0.5:
             raise ValueError(f"jitter_strength must be in [0, 2.5] (hue = 0.2 s <= 0.5), got {s}")
@@ -553,14 +567,20 @@ class BatchedSimCLRAugment(torch.nn.Module):
         float factors; grayscale (B,) bool; blur (B,) bool; sigma (B,) float in [0.1, 2]; jitter_order (B, 4)
         int64 permutation of (BRIGHTNESS, CONTRAST, SATURATION, HUE).
         """
-        u = keys.uniform(0, NUM_DRAWS)                                                 # (B, NUM_DRAWS)
+        u = keys.uniform(0, self.num_draws)                                            # (B, num_draws)
         params: dict[str, torch.Tensor] = {}
-        for op in PIPELINE:
-            params.update(op.params(op_draws(u, op.draws), self, height, width))
+        for op in self.pipeline:
+            params.update(op.params(op_draws(u, op.draws, layout=self.layout), self, height, width))
         return params
 
+    def crop_params(self, keys: ViewKeys, height: int, width: int) -> dict[str, torch.Tensor]:
+        """The crop's parameters alone (top, left, h, w), from the crop's draws: what image-tree workers cut."""
+        crop = self.pipeline[0]
+        first, count = draw_range(crop.draws, self.layout)
+        return crop.params(op_draws(keys.uniform(first, count), crop.draws, first, self.layout), self, height, width)
+
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor], crop: bool = True) -> torch.Tensor:
-        """Apply given parameters: the ops of ``PIPELINE`` in order, then the normalisation.
+        """Apply given parameters: the ops of the pipeline in order, then the normalisation.
         images: (B, 3, H, W) uint8 or float in [0, 1]; with ``crop=False`` they are already the crops
         (size x size) and the crop box is not used.
         Returns normalised float32 (B, 3, size, size) on the images' device."""
@@ -569,7 +589,7 @@ class BatchedSimCLRAugment(torch.nn.Module):
         p = {k: v.to(dev) for k, v in params.items()}
         if not crop and x.shape[-2:] != (self.size, self.size):
             raise ValueError(f"crop=False needs {self.size}x{self.size} crops, got {tuple(x.shape[-2:])}")
-        for op in PIPELINE if crop else PIPELINE[1:]:
+        for op in self.pipeline if crop else self.pipeline[1:]:
             x = op.apply(x, p, self)
         return (x - self.mean.to(dev)) / self.std.to(dev)
 

@@ -17,13 +17,13 @@ have seen, even on another number of processes.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
-from data.batched_augment import BatchedSimCLRAugment, sample_crop_params
+from data.batched_augment import BatchedSimCLRAugment
 from data.datasets import ArrayImages, dataset_info, load_split
 from data.keyed_random import ViewKeys
 from data.sampler import EpochSampler
@@ -59,14 +59,16 @@ class InMemoryTwoViews:
 
 class TwoCrops(Dataset):
     """The workers' share: keys ``(epoch, index)`` (data.sampler.EpochSampler) -> (crop0, crop1, index), the
-    random resized crops of views 0 and 1 of the image, uint8 (3, size, size), bicubic as the reference pipeline.
+    random resized crops of views 0 and 1 of the image, uint8 (3, size, size), cut by the pipeline's crop op
+    (``cut``: bicubic as the reference pipeline for torchvision's semantics).
 
-    Each box is ``sample_crop_params`` of the view's key (seed, epoch, index, view): the box the
+    Each box is ``augment.crop_params`` of the view's key (seed, epoch, index, view): the box the
     in-memory path draws for the same image, whatever the worker, batch or process.
     """
 
-    def __init__(self, images, size: int, seed: int = 0) -> None:
-        self.images, self.size, self.seed = images, size, seed
+    def __init__(self, images, augment: BatchedSimCLRAugment, seed: int = 0) -> None:
+        self.images, self.augment, self.seed = images, copy.deepcopy(augment).cpu(), seed  # workers use no GPU
+        self.crop = augment.pipeline[0]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -77,10 +79,8 @@ class TwoCrops(Dataset):
         index = torch.tensor([i])
         crops = []
         for view in (0, 1):
-            box = sample_crop_params(ViewKeys(index, self.seed, epoch, view), img.height, img.width)
-            top, left, h, w = (int(v) for v in box)
-            crop = TF.resized_crop(img, top, left, h, w, [self.size, self.size], InterpolationMode.BICUBIC)
-            crops.append(TF.pil_to_tensor(crop))
+            box = self.augment.crop_params(ViewKeys(index, self.seed, epoch, view), img.height, img.width)
+            crops.append(self.crop.cut(img, tuple(int(box[k]) for k in ("top", "left", "h", "w")), self.augment.size))
         return crops[0], crops[1], i
 
 
@@ -123,7 +123,7 @@ def two_view_batches(images, sampler: EpochSampler, batch_size: int, *, image_si
     if isinstance(images, ArrayImages):
         return InMemoryTwoViews(images.images, augment, batch_size, sampler, device, seed=seed)
     workers, prefetch = fit_workers_to_shm(crop_batch_bytes(batch_size, image_size), num_workers)
-    loader = DataLoader(TwoCrops(images, image_size, seed=seed), batch_size=batch_size, sampler=sampler,
+    loader = DataLoader(TwoCrops(images, augment, seed=seed), batch_size=batch_size, sampler=sampler,
                         num_workers=workers, prefetch_factor=prefetch if workers else None, drop_last=True,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     return ImageTreeTwoViews(loader, augment, sampler, device, seed=seed)

@@ -76,14 +76,14 @@ def tree_views(skip=0, batch_size=4, num_workers=0, seed=3):
     images = ArrayImages(TREE, np.zeros(8), ["x"])  # read through .image(i) as a file tree would be
     sampler = EpochSampler(8, seed=2)
     sampler.set_epoch(0, skip=skip)
-    loader = DataLoader(TwoCrops(images, 6, seed=seed), batch_size=batch_size, sampler=sampler,
+    loader = DataLoader(TwoCrops(images, BatchedSimCLRAugment(6), seed=seed), batch_size=batch_size, sampler=sampler,
                         num_workers=num_workers)
     return list(ImageTreeTwoViews(loader, BatchedSimCLRAugment(6, blur=True), sampler, CPU, seed=seed)), loader
 
 
 def test_workers_cut_the_crop_box_of_the_in_memory_path():
     images = ArrayImages(TREE, np.zeros(8), ["x"])
-    c1, c2, i = TwoCrops(images, 6, seed=3)[(4, 5)]
+    c1, c2, i = TwoCrops(images, BatchedSimCLRAugment(6), seed=3)[(4, 5)]
     assert c1.dtype == torch.uint8 and c1.shape == (3, 6, 6) and i == 5 and not torch.equal(c1, c2)
     for view, crop in enumerate((c1, c2)):
         top, left, h, w = (int(v) for v in sample_crop_params(ViewKeys(torch.tensor([5]), 3, 4, view), 12, 10))
