@@ -17,6 +17,8 @@ RECIPES: dict[str, dict] = {
                   blur=True, test_freq=10),
     # The kNN monitor off: rank 0 alone would embed the whole training set while the others wait.
     # sqrt_lr: (base lr, batch) of square-root scaling below that batch (training.recipe.learning_rate).
+    # weight_decay 1e-6: the v1 paper's (B.1) and the official code's flag default; the official README's
+    # ImageNet commands, written for SimCLRv2, pass 1e-4. The paper's Table 7/8 numbers are v1's.
     "imagenet": dict(stem="imagenet", image_size=224, base_lr=0.3, weight_decay=1e-6, temperature=0.1,
                      jitter_strength=1.0, blur=True, test_freq=0, sqrt_lr=(0.075, 4096)),
 }
