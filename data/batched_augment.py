@@ -131,12 +131,13 @@ def crop_box(u: dict[str, torch.Tensor], height: int, width: int, scale: Sequenc
 
     The same box on CPU and CUDA: the arithmetic is float64 from the draws on, as torchvision's (Python floats),
     each op its own kernel (eager mode: nothing is contracted into an FMA). The draws (float32 with 24 random bits)
-    convert exactly, and +, *, / and sqrt are correctly rounded IEEE operations: the same on both devices. Only
-    ``exp`` is not (Sleef's on CPU, CUDA's): each is within 1 ulp of the true value, so the two aspect ratios
-    differ by at most 2 ulps, a relative 2**-51. Every rounding is monotone, so w can differ between the devices
-    only when a half-integer lies between the two values of sqrt(area * r), which are within a relative
-    2**-52 (the aspect's 2**-51 halved by the root) + 2**-53 (the product's rounding on either side, halved)
-    + 2**-52 (the root's rounding on either side) < 2**-50 (9e-16) of each other; h likewise with area / r.
+    convert exactly, and +, * and / are correctly rounded IEEE operations: the same on both devices. ``exp`` is
+    not (Sleef's on CPU, CUDA's), nor is torch's CPU ``sqrt`` (off by one ulp for about 1% of float64 inputs:
+    data/official_crop.py measured it); each is within 1 ulp. So the two aspect ratios differ by at most 2 ulps,
+    a relative 2**-51, and w can differ between the devices only when a half-integer lies between the two values
+    of sqrt(area * r), which are within a relative 2**-52 (the aspect's 2**-51 halved by the root) + 2**-53 (the
+    product's rounding on either side, halved) + 2**-51 (the root, 1 ulp on either side) < 2**-49 (2e-15) of each
+    other; h likewise with area / r.
     Nothing else depends on a rounding: w and h are integers from there on, and top = floor(u * n) with
     n = H - h + 1 is exact (u = k / 2**24 and k * n < 2**53 for n < 2**29), hence below n since u < 1.
 
