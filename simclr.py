@@ -70,6 +70,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--jitter-strength", type=nonneg_float,
                    help="colour distortion strength s (default: recipe)")
     p.add_argument("--blur", action=argparse.BooleanOptionalAction, help="blur, p=0.5 (default: recipe)")
+    p.add_argument("--augment", choices=["torchvision", "official"],
+                   help="the ops' semantics: torchvision's (as the PyTorch reproductions), or the official TF2 "
+                        "code's (its crop sampler, HSV saturation, per-channel contrast, zero-padded blur, bicubic "
+                        "without antialiasing, [0, 1] inputs; README, What differs) (default: torchvision)")
     p.add_argument("--proj-dim", type=positive_int, help="projection output size (default: 128)")
     p.add_argument("--proj-hidden-dim", type=positive_int, help="(default: the encoder's feature size)")
     p.add_argument("--proj-layers", type=positive_int,
@@ -137,6 +141,7 @@ def setup(cfg: PretrainConfig, dist_info: DistInfo):
     pretrain, sampler, batches = pretrain_input(
         cfg.dataset, cfg.dataset_paths, cfg.batch_size, world=world, rank=dist_info.rank, seed=cfg.seed,
         device=device, image_size=cfg.image_size, jitter_strength=cfg.jitter_strength, blur=cfg.blur,
+        augment=cfg.augment,
         num_workers=cfg.num_workers)
     cfg = cfg.with_(native_size=native_size(pretrain))
     run = build_pretraining(cfg, dist_info, precision, cfg.batch_size // world)
@@ -171,7 +176,7 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
     keep = step if cfg.resume and not cfg.overwrite else None
     log = CSVLog(log_path, LOG_FIELDS, run_id, keep) if dist_info.is_main else NullLog()
     monitor = KNNMonitor(cfg.dataset, cfg.dataset_paths, cfg.image_size, cfg.native_size, device, precision,
-                         cfg.num_workers, cfg.knn_k) if cfg.test_freq > 0 and dist_info.is_main else None
+                         cfg.num_workers, cfg.knn_k, cfg.augment) if cfg.test_freq > 0 and dist_info.is_main else None
     print0(startup_line(cfg, dist_info, run, len(pretrain), steps_per_epoch, path, log_path))
     print0(f"options {cfg.origin()}; the others: training/config.py's defaults")
 

@@ -18,7 +18,7 @@ import os
 import pickle
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -54,6 +54,13 @@ DATASETS: dict[str, DatasetInfo] = {
     "imagenet": DatasetInfo("imagefolder", IMAGENET_MEAN, IMAGENET_STD, False, "train", "val"),
     "imagenette": DatasetInfo("imagefolder", IMAGENET_MEAN, IMAGENET_STD, False, "train", "val"),  # 10 classes
 }
+
+
+def input_info(name: str, augment: str = "torchvision") -> DatasetInfo:
+    """``dataset_info`` with the inputs' normalisation of a run made with ``augment``: the dataset's mean and std
+    for torchvision's semantics, none for the official code's, which feeds pixels in [0, 1]."""
+    info = dataset_info(name)
+    return info if augment == "torchvision" else replace(info, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
 def dataset_info(name: str) -> DatasetInfo:

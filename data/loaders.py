@@ -24,8 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.batched_augment import BatchedSimCLRAugment
-from data.datasets import ArrayImages, dataset_info, load_split
+from data.datasets import ArrayImages, input_info, load_split
 from data.keyed_random import ViewKeys
+from data.official_augment import PIPELINES
 from data.sampler import EpochSampler
 from utils.device import fit_workers_to_shm
 from utils.errors import UserError
@@ -114,12 +115,14 @@ class ImageTreeTwoViews:
 # ---- the pretraining input ---------------------------------------------------------------------------------
 
 def two_view_batches(images, sampler: EpochSampler, batch_size: int, *, image_size: int, jitter_strength: float,
-                     blur: bool, mean, std, device: torch.device, seed: int, num_workers: int):
+                     blur: bool, mean, std, device: torch.device, seed: int, num_workers: int,
+                     augment: str = "torchvision"):
     """An iterable of (x1, x2) batches of ``batch_size`` images each, (B, 3, S, S) float32 normalised on ``device``,
     over the keys of ``sampler`` (one process's share of each epoch); ``len()`` is the number of batches.
     In-memory images (ArrayImages) take the in-memory path, the others the image-tree path, with ``num_workers``
     workers or fewer (what fits in /dev/shm: ``fit_workers_to_shm``)."""
-    augment = BatchedSimCLRAugment(image_size, jitter_strength, blur, mean=mean, std=std).to(device)
+    augment = BatchedSimCLRAugment(image_size, jitter_strength, blur, mean=mean, std=std,
+                                   pipeline=PIPELINES[augment]).to(device)
     if isinstance(images, ArrayImages):
         return InMemoryTwoViews(images.images, augment, batch_size, sampler, device, seed=seed)
     workers, prefetch = fit_workers_to_shm(crop_batch_bytes(batch_size, image_size), num_workers)
@@ -141,7 +144,7 @@ def pretrain_input(dataset: str, paths_file: str, batch_size: int, *, world: int
     if len(images) < batch_size:
         raise UserError(f"--batch-size {batch_size} is larger than the dataset ({len(images)} images): "
                         f"use --batch-size {len(images)} or less")
-    info = dataset_info(dataset)
+    info = input_info(dataset, views.get("augment", "torchvision"))  # the inputs' normalisation
     sampler = EpochSampler(len(images), seed=seed, num_replicas=world, rank=rank)
     batches = two_view_batches(images, sampler, batch_size // world, mean=info.mean, std=info.std, device=device,
                                seed=seed, **views)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from data.augment import eval_transform
-from data.datasets import dataset_info, load_split
+from data.datasets import input_info, load_split
 from data.views import Transformed
 from evaluation.features import extract_features
 
@@ -42,8 +42,9 @@ class KNNMonitor:
     un-augmented images, at ``precision`` (utils.precision.Precision): the monitor of pretraining."""
 
     def __init__(self, dataset: str, paths_file: str, image_size: int, native_size: int | None,
-                 device: torch.device, precision, num_workers: int = 0, k: int = 200) -> None:
-        info = dataset_info(dataset)
+                 device: torch.device, precision, num_workers: int = 0, k: int = 200,
+                 augment: str = "torchvision") -> None:
+        info = input_info(dataset, augment)  # the pretraining's input normalisation
         self.transform = eval_transform(image_size, info.mean, info.std, native_size)
         self.train_set, self.test_set = (load_split(dataset, split, paths_file) for split in ("train", "test"))
         self.device, self.precision, self.num_workers, self.k = device, precision, num_workers, k

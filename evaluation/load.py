@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from data.datasets import DatasetInfo, dataset_info
+from data.datasets import DatasetInfo, input_info
 from models.finetune import KeptHead, build_head
 from models.resnet import ResNetBackbone, build_backbone
 from training.recipe import recipe
@@ -85,7 +85,7 @@ def evaluation_target(ckpt: str, saved: dict, dataset: str | None,
     dataset = dataset or saved.get("dataset")
     if dataset is None:
         raise UserError(f"{ckpt} does not say which dataset it was trained on: pass --dataset")
-    info = dataset_info(dataset)
+    info = input_info(dataset, saved.get("augment", "torchvision"))  # the inputs the backbone was trained on
     trained_size = saved.get("image_size") if dataset == saved.get("dataset") else None
     return dataset, info, image_size or trained_size or recipe_default(dataset, "image_size", "--image-size")
 

@@ -26,6 +26,7 @@ class PretrainConfig(Options):
     image_size: int | None = RECIPE
     jitter_strength: float | None = RECIPE
     blur: bool | None = RECIPE
+    augment: str = "torchvision"  # the ops' semantics: torchvision's or the official TF2 code's
     # model
     arch: str = "resnet50"
     stem: str | None = RECIPE

@@ -65,15 +65,17 @@ RESUME_FREE = frozenset({"lr", "num_workers", "log_freq", "save_freq", "test_fre
                          "dataset_paths", "num_epochs"})
 
 
-# Records of how the code computes (not options), with the value of the checkpoints written before the record was
-# saved in their args: such a checkpoint differs from this code's where the record's value is not this one's.
-LEGACY_ARGS = {"crop_arithmetic": "float32"}  # data/batched_augment.crop_box: float64 since issue 27
+# The value of args that checkpoints written before them lack: records of how the code computes (CODE_RECORDS, not
+# options), and options added since, at the value that older code always used.
+LEGACY_ARGS = {"crop_arithmetic": "float32",  # data/batched_augment.crop_box: float64 since issue 27
+               "augment": "torchvision"}  # --augment, since issue 28
+CODE_RECORDS = frozenset({"crop_arithmetic"})
 
 
 def option_changes(saved: dict, now: dict) -> dict[str, tuple]:
     """{option: (checkpoint's value, this run's)} for the options that change the computation and differ;
     ``num_epochs`` only when it shrinks (a larger one extends the run); the number of processes only when BN
-    statistics are not global (several processes without SyncBN) on one side. A record of ``LEGACY_ARGS`` that
+    statistics are not global (several processes without SyncBN) on one side. An arg of ``LEGACY_ARGS`` that
     the checkpoint lacks has its legacy value."""
     saved = {**LEGACY_ARGS, **saved}
     free = set(RESUME_FREE)
@@ -86,15 +88,15 @@ def option_changes(saved: dict, now: dict) -> dict[str, tuple]:
 
 
 def change_text(key: str, old, new) -> str:
-    """One change as the messages say it: an option as its flag, a record of the code (LEGACY_ARGS) as its name."""
-    return f"{key if key in LEGACY_ARGS else '--' + key.replace('_', '-')} {old} -> {new}"
+    """One change as the messages say it: an option as its flag, a record of the code (CODE_RECORDS) as its name."""
+    return f"{key if key in CODE_RECORDS else '--' + key.replace('_', '-')} {old} -> {new}"
 
 
 def _refusal(path: str, changes: dict[str, tuple], commit: str) -> str:
     """Why a resume is refused: the options that differ as command-line flags, then the records of the code
-    (``LEGACY_ARGS``: only the code that wrote the checkpoint continues it exactly)."""
-    options = [change_text(k, *v) for k, v in changes.items() if k not in LEGACY_ARGS]
-    code = [change_text(k, *v) for k, v in changes.items() if k in LEGACY_ARGS]
+    (``CODE_RECORDS``: only the code that wrote the checkpoint continues it exactly)."""
+    options = [change_text(k, *v) for k, v in changes.items() if k not in CODE_RECORDS]
+    code = [change_text(k, *v) for k, v in changes.items() if k in CODE_RECORDS]
     said, fix = [], []
     if options:
         said.append(f"other options ({', '.join(options)})")
