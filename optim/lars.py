@@ -7,10 +7,10 @@ For every parameter w of a group with ``adapt=True`` (the default)::
     v     <- momentum * v + lr * trust * g
     w     <- w - v
 
-A group with ``adapt=False`` gets neither weight decay nor the trust ratio:
-``v <- momentum * v + lr * g``. Which parameters adapt is decided once, by ``optim.groups.param_groups``
-(weights with ndim > 1 adapt; BN parameters, biases and the fine-tuning classifier do not, as the
-official code's exclusions).
+A group with ``adapt=False`` gets no trust ratio: ``v <- momentum * v + lr * (g + weight_decay * w)``. Decay and
+adaptation are set apart as the official optimizer's two exclusion lists; ``optim.groups.param_groups`` decides
+them once (weights with ndim > 1 decay and adapt; BN parameters and biases do neither; the fine-tuning
+classifier's weight decays without adapting, as the official code's L2 on ``head_supervised``).
 
 All the parameters of a group are updated with ``torch._foreach_*`` ops: a few multi-tensor kernels on a GPU
 instead of about ten small kernels per parameter, and no host synchronisation. A foreach op over two lists fuses
@@ -84,9 +84,9 @@ def _update(params: list[torch.Tensor], bufs: list[torch.Tensor], group: dict, n
     for idx in by_kind.values():
         ps, vs = [params[i] for i in idx], [bufs[i] for i in idx]
         gs = [p.grad for p in ps]
+        if wd != 0:
+            gs = torch._foreach_add(gs, ps, alpha=wd)
         if adapt:
-            if wd != 0:
-                gs = torch._foreach_add(gs, ps, alpha=wd)
             trust = _trust(torch.stack(torch._foreach_norm(ps)), torch.stack(torch._foreach_norm(gs)), eta)
             gs = torch._foreach_mul(gs, _spread(trust, vs, numels_on_device))  # views laid out as the buffers
         torch._foreach_mul_(vs, m)

@@ -82,14 +82,19 @@ def test_rejects_bad_hyperparameters():
 
 
 def test_group_without_adaptation_gets_plain_momentum():
-    """As the official code's ``head_supervised``: plain momentum for the classifier, LARS for the rest."""
+    """As the official code's ``head_supervised``: plain momentum for the classifier, with its L2 term's gradient
+    when it decays, LARS for the rest."""
     w, c = torch.nn.Parameter(torch.full((2, 3), 2.0)), torch.nn.Parameter(torch.zeros(4, 3))
-    opt = LARS([{"params": [w]}, {"params": [c], "adapt": False}], lr=0.5, momentum=0.9,
-               weight_decay=0.1, trust_coefficient=1e-3)
-    w.grad, c.grad = torch.ones(2, 3), torch.ones(4, 3)
+    d = torch.nn.Parameter(torch.full((4, 3), 1.0))
+    opt = LARS([{"params": [w]}, {"params": [c], "adapt": False, "weight_decay": 0.0},
+                {"params": [d], "adapt": False}], lr=0.5, momentum=0.9, weight_decay=0.1, trust_coefficient=1e-3)
+    w.grad, c.grad, d.grad = torch.ones(2, 3), torch.ones(4, 3), torch.ones(4, 3)
     for _ in range(2):
         opt.step()
     assert torch.allclose(c, torch.full((4, 3), -(0.5 + 0.5 * 1.9)))  # v1 = lr g, v2 = 0.9 v1 + lr g
+    d1 = 1.0 - 0.5 * (1 + 0.1 * 1.0)  # v1 = lr (g + wd d0)
+    d2 = d1 - (0.9 * 0.5 * 1.1 + 0.5 * (1 + 0.1 * d1))  # v2 = 0.9 v1 + lr (g + wd d1)
+    assert torch.allclose(d, torch.full((4, 3), d2))
     # LARS: each step moves every weight by lr * eta * ||w|| / ||g|| * g = lr * eta * w (all entries equal)
     v1 = 0.5 * 1e-3 * 2.0
     v2 = 0.9 * v1 + 0.5 * 1e-3 * (2.0 - v1)
@@ -103,8 +108,8 @@ def loop_step(groups: list[dict], state: dict) -> None:
         lr, m, wd, eta = group["lr"], group["momentum"], group["weight_decay"], group["trust_coefficient"]
         for p in (p for p in group["params"] if p.grad is not None):
             g = p.grad
+            g = g.add(p, alpha=wd) if wd else g
             if group["adapt"]:
-                g = g.add(p, alpha=wd) if wd else g
                 g = g * _trust(torch.linalg.vector_norm(p), torch.linalg.vector_norm(g), eta)
             v = state.setdefault(p, torch.zeros_like(p))
             v.mul_(m).add_(g, alpha=lr)
@@ -250,7 +255,7 @@ def name_groups(net, opt) -> list[list[str]]:
 
 def test_param_groups_split_by_shape_and_exclude_frozen_and_plain():
     """Weights decay and adapt; BN parameters and biases do neither; the ``plain`` module (the fine-tuning
-    classifier) neither; frozen parameters are in no group."""
+    classifier) does not adapt, and its weights decay; frozen parameters are in no group."""
     from models.simclr import SimCLR
 
     net = SimCLR("resnet18", "cifar", 16)
@@ -259,10 +264,12 @@ def test_param_groups_split_by_shape_and_exclude_frozen_and_plain():
     ids = lambda ps: {id(p) for p in ps}  # noqa: E731
     plain = ids(p for p in net.head.layers[1].parameters() if p.requires_grad)  # its last BN has no trained shift
     trained = [p for p in net.parameters() if p.requires_grad]
-    assert [(g["weight_decay"], g["adapt"]) for g in groups] == [(1e-4, True), (0.0, False), (0.0, False)]
+    assert [(g["weight_decay"], g["adapt"]) for g in groups] == [(1e-4, True), (0.0, False), (1e-4, False),
+                                                                  (0.0, False)]
     assert ids(groups[0]["params"]) == {id(p) for p in trained if p.ndim > 1 and id(p) not in plain}
     assert ids(groups[1]["params"]) == {id(p) for p in trained if p.ndim <= 1 and id(p) not in plain}
-    assert ids(groups[2]["params"]) == plain
+    assert ids(groups[2]["params"]) | ids(groups[3]["params"]) == plain
+    assert all(p.ndim > 1 for p in groups[2]["params"]) and all(p.ndim <= 1 for p in groups[3]["params"])
     assert id(net.backbone.conv1.weight) not in set().union(*(ids(g["params"]) for g in groups))
 
 
