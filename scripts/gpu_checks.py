@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from data.batched_augment import BatchedSimCLRAugment, sample_crop_params  # noqa: E402
 from data.keyed_random import ViewKeys  # noqa: E402
+from data.official_augment import PIPELINES  # noqa: E402
 from data.paths import load_paths  # noqa: E402
 from training.build import build_pretraining, step_config  # noqa: E402
 from training.loop import train_step  # noqa: E402
@@ -142,15 +143,26 @@ def check_equal(args: argparse.Namespace, device: torch.device) -> None:
         b = torch.stack(sample_crop_params(ViewKeys(keys.to(device), 7, 3, 1), h, w)).cpu()
         differ[f"{h}x{w}"] = int((a != b).any(0).sum())
     row("crop boxes", not any(differ.values()), f"boxes that differ of {args.keys:,}: {differ}")
+    n = min(args.keys, 100_000)  # the official sampler takes 400 draws a view
+    aug = BatchedSimCLRAugment(224, pipeline=PIPELINES["official"])
+    a = aug.crop_params(ViewKeys(keys[:n], 7, 3, 1), 375, 500)
+    b = aug.to(device).crop_params(ViewKeys(keys[:n].to(device), 7, 3, 1), 375, 500)
+    differ = int(torch.stack([(a[k] != b[k].cpu()) for k in a]).any(0).sum())
+    row("official crop boxes", differ == 0, f"{differ} of {n:,} differ at 375x500 (--augment official's sampler)")
 
     g = torch.Generator().manual_seed(0)
     diffs = {}
-    for size, jitter, blur, side_in in ((32, 0.5, False, 32), (224, 1.0, True, 256)):
+    cases = [(augment, 32, 0.5, False, 32) for augment in PIPELINES] + [(augment, 224, 1.0, True, 256)
+                                                                         for augment in PIPELINES]
+    for augment, size, jitter, blur, side_in in cases:
         images = torch.randint(0, 256, (args.pixels, 3, side_in, side_in), dtype=torch.uint8, generator=g)
         idx = torch.arange(args.pixels)
-        a = BatchedSimCLRAugment(size, jitter, blur)(images, ViewKeys(idx, 0, 0, 0))
-        b = BatchedSimCLRAugment(size, jitter, blur).to(device)(images.to(device), ViewKeys(idx.to(device), 0, 0, 0))
-        diffs[f"{size}px{' blur' if blur else ''}"] = float((a - b.cpu()).abs().max())
+
+        def make():
+            return BatchedSimCLRAugment(size, jitter, blur, pipeline=PIPELINES[augment])
+        a = make()(images, ViewKeys(idx, 0, 0, 0))
+        b = make().to(device)(images.to(device), ViewKeys(idx.to(device), 0, 0, 0))
+        diffs[f"{augment} {size}px{' blur' if blur else ''}"] = float((a - b.cpu()).abs().max())
     row("augmentation pixels", max(diffs.values()) < 1e-4, "max abs(CPU - device) in normalised units: "
         + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + " (TF32 off)")
 
