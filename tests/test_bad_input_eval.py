@@ -20,8 +20,8 @@ SCRIPTS = {"lbfgs": lbfgs_linear_clf, "sgd": gradient_linear_clf, "finetune": fi
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """(checkpoint, dataset-paths file): a 1-epoch resnet18 run on 3 classes x 8 images of 8x8."""
-    return tiny_checkpoint(str(tmp_path_factory.mktemp("bad_eval")), 8, 8, "--proj-dim", "16")
+    """(checkpoint, dataset-paths file): a 1-epoch resnet18 run on 3 classes x 8 images of 8x8, at 8 px."""
+    return tiny_checkpoint(str(tmp_path_factory.mktemp("bad_eval")), 8, 8, "--proj-dim", "16", "--image-size", "8")
 
 
 def base(script: str, ckpt: str, paths: str) -> list[str]:

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from scipy import stats
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
@@ -184,6 +183,7 @@ def test_apply_matches_per_image_torchvision_functional() -> None:
 
 @pytest.mark.parametrize("H,W", [(64, 64), (96, 160)])
 def test_crop_params_distribution_matches_torchvision(H: int, W: int) -> None:
+    from scipy import stats  # here, not at import: 1.5 s that every test process would pay at collection
     N = 20000
     scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
     t, le, h, w = BA.sample_crop_params(ViewKeys(torch.arange(N)), H, W, scale, ratio)
@@ -278,6 +278,7 @@ def _within_3_sigma(mask: torch.Tensor, p: float) -> bool:
 
 
 def test_sampled_params_distributions() -> None:
+    from scipy import stats  # here, not at import: 1.5 s that every test process would pay at collection
     N = 20000
     aug = BA.BatchedSimCLRAugment(32, jitter_strength=1.0, blur=True)
     p = aug.sample_params(ViewKeys(torch.arange(N), seed=3, epoch=2, view=1), 32, 32)
@@ -404,6 +405,7 @@ def test_views_depend_on_the_key_alone() -> None:
 def test_keyed_uniforms() -> None:
     """Uniform in [0, 1), independent across draws and images, a function of the key: the same draws for
     image i in any batch, and different ones for another seed, epoch or view."""
+    from scipy import stats  # here, not at import: 1.5 s that every test process would pay at collection
     keys = ViewKeys(torch.arange(20000), seed=11, epoch=4, view=1)
     u = keys.uniform(0, 8)                                                               # (N, 8)
     assert u.dtype == torch.float32 and u.min() >= 0 and u.max() < 1

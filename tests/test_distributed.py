@@ -257,7 +257,7 @@ def test_single_process_without_torchrun():
 
 
 TINY = ["--arch", "resnet18", "--batch-size", "8", "--num-workers", "0", "--precision", "fp32", "--device", "cpu",
-        "--warmup-epochs", "1", "--log-freq", "1", "--proj-dim", "16", "--seed", "3"]
+        "--warmup-epochs", "1", "--log-freq", "1", "--proj-dim", "16", "--seed", "3", "--image-size", "8"]
 
 
 def torchrun(argv, cwd):
@@ -286,9 +286,21 @@ def csv_losses(path):
         return [float(r["loss"]) for r in csv.DictReader(f) if r["loss"]]
 
 
-def test_torchrun_two_processes_write_one_checkpoint_and_resume(tmp_path):
-    write_image_folder(str(tmp_path / "d"), classes=("a", "b", "c", "d"), per_class=5, size=8)
-    paths = write_paths(str(tmp_path / "paths.json"), {"cifar10": "d"})
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """(dataset-paths file, checkpoint): 20 tiny images and the uninterrupted 2-epoch run on them in one process
+    (the default, on-device augmentation), which the 2-process runs below must follow."""
+    root = tmp_path_factory.mktemp("one")
+    write_image_folder(str(root / "d"), classes=("a", "b", "c", "d"), per_class=5, size=8)
+    paths = write_paths(str(root / "paths.json"), {"cifar10": "d"})
+    ckpt = str(root / "one.pth")
+    simclr.main(simclr.get_args_parser().parse_args(TINY + ["--dataset-paths", paths, "--filename", ckpt,
+                                                            "--test-freq", "0", "--num-epochs", "2"]))
+    return paths, ckpt
+
+
+def test_torchrun_two_processes_write_one_checkpoint_and_resume(tmp_path, one_process):
+    paths, one = one_process
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     ckpt = str(run_dir / "ddp.pth")
@@ -308,11 +320,8 @@ def test_torchrun_two_processes_write_one_checkpoint_and_resume(tmp_path):
     lines = open(ckpt.replace(".pth", ".csv")).read().splitlines()
     assert len(lines) == 1 + 4 + 2  # 4 steps and 2 kNN rows, each written once
 
-    # The same run in one process (the default, on-device augmentation): the global batches, their views
-    # (keyed by image, not by rank or batch) and, with SyncBN, the steps are the same.
-    one = str(tmp_path / "one.pth")
-    simclr.main(simclr.get_args_parser().parse_args(TINY + ["--dataset-paths", paths, "--filename", one,
-                                                            "--test-freq", "0", "--num-epochs", "2"]))
+    # The same run in one process (one_process): the global batches, their views (keyed by image, not by rank or
+    # batch) and, with SyncBN, the steps are the same.
     assert csv_losses(one.replace(".pth", ".csv")) == pytest.approx(csv_losses(ckpt.replace(".pth", ".csv")), rel=1e-4)
     assert_models_close(state["model"], load_checkpoint(one)["model"])
 
@@ -329,14 +338,12 @@ def _stopped_run(info: DistInfo, argv: list, out_dir: str) -> None:
         f.write(str(code))
 
 
-def test_stopped_mid_epoch_on_two_processes_resumes_on_one(tmp_path):
+def test_stopped_mid_epoch_on_two_processes_resumes_on_one(tmp_path, one_process):
     """Epoch 1 and the first step of epoch 2 on 2 processes, stopped there, the rest on 1 process: the
-    uninterrupted 1-process run to float tolerance (the sampler's keys and every view are global)."""
-    write_image_folder(str(tmp_path / "d"), classes=("a", "b", "c", "d"), per_class=5, size=8)
-    paths = write_paths(str(tmp_path / "paths.json"), {"cifar10": "d"})
+    uninterrupted 1-process run (one_process) to float tolerance (the sampler's keys and every view are global)."""
+    paths, full = one_process
     common = TINY + ["--dataset-paths", paths, "--test-freq", "0", "--num-epochs", "2"]
-    full, part = str(tmp_path / "full.pth"), str(tmp_path / "part.pth")
-    simclr.main(simclr.get_args_parser().parse_args(common + ["--filename", full]))
+    part = str(tmp_path / "part.pth")
     spawn(_stopped_run, WORLD, common + ["--filename", part], str(tmp_path))
     assert [open(tmp_path / f"rank{r}.code").read() for r in range(WORLD)] == ["143"] * WORLD
     mid = load_checkpoint(part)

@@ -219,7 +219,7 @@ def test_simclr_script_with_chunk_size(tmp_path):
     write_image_folder(str(tmp_path / "d"), classes=("a", "b"), per_class=8, size=8)
     paths = write_paths(str(tmp_path / "paths.json"), {"cifar10": "d"})
     argv = ["--arch", "resnet18", "--batch-size", "8", "--num-workers", "0", "--precision", "fp32", "--device", "cpu",
-            "--proj-dim", "16", "--test-freq", "0", "--num-epochs", "1", "--dataset-paths", paths,
+            "--proj-dim", "16", "--image-size", "8", "--test-freq", "0", "--num-epochs", "1", "--dataset-paths", paths,
             "--filename", str(tmp_path / "c.pth"), "--chunk-size", "3"]
     result = simclr.main(simclr.get_args_parser().parse_args(argv))
     state = load_checkpoint(str(tmp_path / "c.pth"))

@@ -30,7 +30,7 @@ from utils.precision import resolve_precision
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    return tiny_checkpoint(str(tmp_path_factory.mktemp("lin")), 10, 10, "--proj-dim", "8")
+    return tiny_checkpoint(str(tmp_path_factory.mktemp("lin")), 10, 10, "--proj-dim", "8", "--image-size", "8")
 
 
 def test_knn_matches_plain_loop():

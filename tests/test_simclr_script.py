@@ -16,6 +16,7 @@ from utils.errors import UserError
 TINY = ["--arch", "resnet18", "--batch-size", "8", "--num-workers", "0", "--precision", "fp32",
         "--warmup-epochs", "1", "--cosine-anneal", "--log-freq", "1", "--proj-dim", "16",
         "--device", "cpu"]  # bit-exact resumes are CPU facts: cuDNN's weight gradients need not be deterministic
+PX8 = ["--image-size", "8"]  # the CPU runs train on the 8 px images at 8 px: the cifar10 recipe's 32 px costs ~8x
 
 
 @pytest.fixture
@@ -37,8 +38,8 @@ def log_lines(checkpoint: str) -> list[str]:
 def test_tiny_run_writes_checkpoint_and_log(tiny):
     root, paths = tiny
     ckpt = os.path.join(root, "run.pth")
-    result = run(TINY + ["--dataset-paths", paths, "--num-epochs", "2", "--filename", ckpt, "--test-freq", "1",
-                         "--knn-k", "5"])
+    result = run(TINY + PX8 + ["--dataset-paths", paths, "--num-epochs", "2", "--filename", ckpt, "--test-freq", "1",
+                               "--knn-k", "5"])
     state = load_checkpoint(ckpt)  # weights_only=True
     assert state["epoch"] == 2 and state["step"] == 4  # 20 images // 8 = 2 steps per epoch
     assert state["args"]["arch"] == "resnet18" and state["args"]["lr"] == pytest.approx(1.0 * 8 / 256)
@@ -54,16 +55,16 @@ def test_tiny_run_writes_checkpoint_and_log(tiny):
 def test_resume_refuses_a_different_model(tiny):
     root, paths = tiny
     ckpt = os.path.join(root, "r.pth")
-    run(TINY + ["--dataset-paths", paths, "--num-epochs", "1", "--filename", ckpt, "--test-freq", "0"])
+    run(TINY + PX8 + ["--dataset-paths", paths, "--num-epochs", "1", "--filename", ckpt, "--test-freq", "0"])
     with pytest.raises(UserError, match="different model"):
-        run(TINY[:1] + ["resnet34"] + TINY[2:] + ["--dataset-paths", paths, "--num-epochs", "2", "--filename", ckpt,
-                                                  "--resume", "--test-freq", "0"])
+        run(TINY[:1] + ["resnet34"] + TINY[2:] + PX8 + ["--dataset-paths", paths, "--num-epochs", "2",
+                                                        "--filename", ckpt, "--resume", "--test-freq", "0"])
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny):
     root, paths = tiny
     ckpt = os.path.join(root, "nan.pth")
-    base = TINY + ["--dataset-paths", paths, "--filename", ckpt, "--test-freq", "0"]
+    base = TINY + PX8 + ["--dataset-paths", paths, "--filename", ckpt, "--test-freq", "0"]
     run(base + ["--num-epochs", "1"])
     before = open(ckpt, "rb").read()
     with pytest.raises(UserError, match="not finite|loss is (nan|inf)"):
@@ -100,7 +101,7 @@ def test_a_longer_run_and_a_stop_mid_epoch_resume_exactly(tiny, monkeypatch):
     of 5 steps of epoch 2 and resumed: bit-identical to the uninterrupted 3 epochs, and the same log rows."""
     root, paths = tiny
     full, part = os.path.join(root, "full.pth"), os.path.join(root, "part.pth")
-    common = TINY + ["--dataset-paths", paths, "--test-freq", "0", "--batch-size", "4", "--seed", "1"]
+    common = TINY + PX8 + ["--dataset-paths", paths, "--test-freq", "0", "--batch-size", "4", "--seed", "1"]
     run(common + ["--num-epochs", "3", "--filename", full])
     run(common + ["--num-epochs", "1", "--filename", part])
     monkeypatch.setattr(simclr, "StopRequest", StopAfter)  # the 4th ask: after the 4th step of epoch 2
@@ -155,7 +156,7 @@ def test_compile_trains_the_same_model(tiny):
     """--compile (Inductor) against the eager run: same losses and weights to float32 tolerance, and a
     checkpoint with the plain model's keys."""
     root, paths = tiny
-    common = TINY + ["--dataset-paths", paths, "--test-freq", "0", "--seed", "2", "--num-epochs", "1"]
+    common = TINY + PX8 + ["--dataset-paths", paths, "--test-freq", "0", "--seed", "2", "--num-epochs", "1"]
     eager, compiled = os.path.join(root, "eager.pth"), os.path.join(root, "compiled.pth")
     run(common + ["--filename", eager])
     run(common + ["--filename", compiled, "--compile"])
