@@ -62,7 +62,7 @@ def build_pretraining(cfg: PretrainConfig, info: DistInfo, precision: Precision,
     torch.manual_seed(cfg.seed)
     model = SimCLR(cfg.arch, cfg.stem, cfg.proj_dim, cfg.proj_hidden_dim, cfg.proj_layers, cfg.width_multiplier)
     if cfg.sync_bn and info.distributed:
-        model = convert_sync_batchnorm(model, info.device)  # same parameters and state_dict keys, new module types
+        model = convert_sync_batchnorm(model)  # same parameters and state_dict keys, new module types
     model = model.to(info.device, memory_format=precision.memory_format)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient)
     if cfg.compile:

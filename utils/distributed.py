@@ -287,12 +287,12 @@ class AllReduceSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y
 
 
-def convert_sync_batchnorm(module: nn.Module, device: torch.device | str | None = None) -> nn.Module:
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """Every BatchNorm*D in ``module`` becomes an ``AllReduceSyncBatchNorm``, synchronised across the process group.
 
     The layers converted by ``nn.SyncBatchNorm.convert_sync_batchnorm`` are given the class
     ``AllReduceSyncBatchNorm`` (same attributes). Parameters and buffers stay the same tensors, so
-    ``state_dict`` keys and values are unchanged. ``device`` plays no part: the class is the same on every device.
+    ``state_dict`` keys and values are unchanged. The class is the same on every device.
     """
     module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for m in module.modules():
