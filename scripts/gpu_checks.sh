@@ -41,7 +41,7 @@ if [ "${QUICK:-0}" = 1 ]; then  # the dry run: every command at sizes a 2-core C
     limits=(60 60 60 60 1 40 60 60 120)
 else
     keys=1000000 pixels=256 batch=512 steps=20 workers=8
-    tests=($(python -c "import xdist" 2>/dev/null && echo -n 8))  # pytest-xdist where installed
+    tests=($(python -c "import xdist" 2>/dev/null && printf "%s " -n 8))  # pytest-xdist where installed
     mem=(--arch resnet50 --stem imagenet --image-size 224 --batch-sizes 256 512 1024 2048 --chunk-size 256)
     tree=(--arch resnet50 --batch-size 256 --num-workers 14 --batches 4 --rounds 1)
     epoch=(--dataset cifar10 --dataset-paths "$data/paths.json" --batch-size 512 --num-epochs 2)
@@ -105,7 +105,8 @@ step epoch "${limits[7]}" python simclr.py --arch resnet18 --test-freq 0 \
 print(f'{float(r[\"images_per_s\"]):,.0f} images/s at step {r[\"step\"]}, loss {float(r[\"loss\"]):.3f}')" \
         "$scratch/epoch.csv")"
 cat "$scratch/epoch.csv" >>"$log" 2>/dev/null
-common=(--dataset cifar10-sample --dataset-paths "$small" --arch resnet18 --test-freq 1 --num-workers 2 --device "$device" "${smoke[@]}")
+common=(--dataset cifar10-sample --dataset-paths "$small" --arch resnet18 --test-freq 1 --num-workers 2
+        --device "$device" "${smoke[@]}")
 step smoke "${limits[8]}" bash -c "python -m torch.distributed.run --standalone --nproc_per_node=1 simclr.py \
     ${common[*]} --num-epochs 1 --filename $scratch/smoke.pth \
     && python -m torch.distributed.run --standalone --nproc_per_node=1 simclr.py ${common[*]} --num-epochs 2 \
