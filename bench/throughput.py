@@ -87,13 +87,19 @@ def timed(fn, steps: int, device: torch.device, warmup: int = 1) -> float:
     return time.perf_counter() - t
 
 
+def process_setup(choice: str, tuned: bool) -> torch.device:
+    """This column's process: its device, simclr.py's backend setup, and glibc malloc's tuning where ``tuned``."""
+    device = select_device(choice)
+    if tuned:
+        tune_cpu_allocator(device)
+    configure_backends(device)
+    return device
+
+
 def measure(args: argparse.Namespace) -> dict:
     """One column in this process: views/s of augmentation alone and of the full step (and the ceiling)."""
     path, tuned = CONFIGS[args.one]
-    device = select_device(args.device)
-    if tuned:
-        tune_cpu_allocator(device)
-    configure_backends(device)  # simclr.py's
+    device = process_setup(args.device, tuned)
     torch.manual_seed(0)
     r, precision = settings(args, device)
     info = dataset_info(args.dataset)

@@ -41,6 +41,8 @@ import itertools
 import numpy as np
 import torch
 
+from data.batched_augment import resample
+
 __all__ = ["OFFICIAL_CROP_DRAWS", "NUM_ATTEMPTS", "official_crop_draws", "official_crop_box", "resize_bicubic_tf"]
 
 NUM_ATTEMPTS = 100                                # max_attempts
@@ -195,11 +197,8 @@ def resize_bicubic_tf(images: torch.Tensor, top: torch.Tensor, left: torch.Tenso
     images: (B, C, H, W) float; top, left, h, w: (B,) int tensors (boxes inside the image).
     Returns (B, C, size, size) in the images' dtype, not clamped (Keys' cubic overshoots at edges).
     """
-    B, C, H, W = images.shape
+    _, _, H, W = images.shape
     dev = images.device
-    wy = _bicubic_tf_matrix(top.to(dev), h.to(dev), H, size).to(images.dtype)         # (B, S, H)
-    wx = _bicubic_tf_matrix(left.to(dev), w.to(dev), W, size).to(images.dtype)        # (B, S, W)
-    rows = torch.bmm(images.reshape(B, C * H, W), wx.transpose(1, 2))                  # (B, C*H, S)
-    rows = rows.reshape(B, C, H, size).transpose(1, 2).reshape(B, H, C * size)         # (B, H, C*S)
-    out = torch.bmm(wy, rows).reshape(B, size, C, size).transpose(1, 2)                # (B, C, S, S)
-    return out.contiguous()
+    wy = _bicubic_tf_matrix(top.to(dev), h.to(dev), H, size)                           # (B, S, H)
+    wx = _bicubic_tf_matrix(left.to(dev), w.to(dev), W, size)                          # (B, S, W)
+    return resample(images, wy, wx)
