@@ -13,9 +13,10 @@ import os
 
 from data.datasets import DATASETS, native_size
 from data.loaders import pretrain_input
+from data.sampler import BATCHINGS
 from evaluation.knn import KNNMonitor
 from models.resnet import ARCHS, STEMS
-from optim.schedules import lr_schedule
+from optim.schedules import lr_schedule, warmup_steps
 from training.build import build_pretraining
 from training.config import PretrainConfig, resolve_pretrain
 from training.loop import BatchError, NonFiniteLoss, train_one_epoch
@@ -67,6 +68,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="cosine decay to 0 after warmup, the paper's; --no-cosine-anneal: constant (default: on)")
     p.add_argument("--warmup-epochs", type=nonneg_float,
                    help="linear warmup length in epochs (default: 10)")
+    p.add_argument("--batching", choices=list(BATCHINGS),
+                   help="stream: the official code's batches, running on across epochs (N*epochs//B + 1 steps,\n"
+                        "warmup int(warmup_epochs*N/B)); epochs: N//B batches an epoch, its last N %% B images left\n"
+                        "out, as the PyTorch reproductions (data/sampler.py) (default: stream)")
     p.add_argument("--jitter-strength", type=nonneg_float,
                    help="colour distortion strength s (default: recipe)")
     p.add_argument("--blur", action=argparse.BooleanOptionalAction, help="blur, p=0.5 (default: recipe)")
@@ -139,10 +144,9 @@ def setup(cfg: PretrainConfig, dist_info: DistInfo):
                     sync_bn=dist_info.distributed and world > 1 if cfg.sync_bn is None else cfg.sync_bn,
                     num_workers=default_workers() if cfg.num_workers is None else cfg.num_workers)
     pretrain, sampler, batches = pretrain_input(
-        cfg.dataset, cfg.dataset_paths, cfg.batch_size, world=world, rank=dist_info.rank, seed=cfg.seed,
-        device=device, image_size=cfg.image_size, jitter_strength=cfg.jitter_strength, blur=cfg.blur,
-        augment=cfg.augment,
-        num_workers=cfg.num_workers)
+        cfg.dataset, cfg.dataset_paths, cfg.batch_size, num_epochs=cfg.num_epochs, batching=cfg.batching,
+        world=world, rank=dist_info.rank, seed=cfg.seed, device=device, image_size=cfg.image_size,
+        jitter_strength=cfg.jitter_strength, blur=cfg.blur, augment=cfg.augment, num_workers=cfg.num_workers)
     cfg = cfg.with_(native_size=native_size(pretrain))
     run = build_pretraining(cfg, dist_info, precision, cfg.batch_size // world)
     return cfg, pretrain, sampler, batches, run
@@ -161,7 +165,7 @@ def train(cfg: PretrainConfig, dist_info: DistInfo) -> dict:
 
 
 def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> dict:
-    device, world = dist_info.device, dist_info.world_size
+    device = dist_info.device
     print0 = print if dist_info.is_main else lambda *a, **k: None  # rank 0 speaks for all
     tune_cpu_allocator(device)  # on CPU: reuse freed tensors' memory (utils/allocator.py)
     configure_backends(device)
@@ -169,15 +173,15 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
     model, optimizer, precision = run.model, run.optimizer, run.precision
     if dist_info.is_main:  # room for one more checkpoint (model and momentum) beside the old one
         check_output(path, "--filename", 2 * sum(t.numel() * t.element_size() for t in model.state_dict().values()))
-    steps_per_epoch = len(pretrain) // cfg.batch_size  # = len(batches) on every rank
-    start_epoch, step, run_id, history = continued(cfg, dist_info, run, path, steps_per_epoch, MODEL_KEYS)
-    total, warmup = steps_per_epoch * cfg.num_epochs, round(cfg.warmup_epochs * steps_per_epoch)
-    lr_at = lr_schedule(cfg.lr, total, warmup, cfg.cosine_anneal)
+    starts = sampler.starts  # each epoch's first step, then the run's number of steps (data/sampler.py)
+    start_epoch, step, run_id, history = continued(cfg, dist_info, run, path, starts, MODEL_KEYS)
+    warmup = warmup_steps(cfg.warmup_epochs, len(pretrain), cfg.batch_size, cfg.batching)
+    lr_at = lr_schedule(cfg.lr, starts[-1], warmup, cfg.cosine_anneal)
     keep = step if cfg.resume and not cfg.overwrite else None
     log = CSVLog(log_path, LOG_FIELDS, run_id, keep) if dist_info.is_main else NullLog()
     monitor = KNNMonitor(cfg.dataset, cfg.dataset_paths, cfg.image_size, cfg.native_size, device, precision,
                          cfg.num_workers, cfg.knn_k, cfg.augment) if cfg.test_freq > 0 and dist_info.is_main else None
-    print0(startup_line(cfg, dist_info, run, len(pretrain), steps_per_epoch, path, log_path))
+    print0(startup_line(cfg, dist_info, run, len(pretrain), starts[-1], path, log_path))
     print0(f"options {cfg.origin()}; the others: training/config.py's defaults")
 
     def save(epoch: int) -> None:  # epoch: epochs completed; step may be further on after a mid-epoch stop
@@ -189,8 +193,7 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
     saver = Saver(save, cfg.save_freq, cfg.num_epochs)
     with StopRequest() as stop:
         for epoch in range(start_epoch, cfg.num_epochs):
-            skip = step - epoch * steps_per_epoch if epoch == start_epoch else 0  # > 0 after a mid-epoch stop
-            sampler.set_epoch(epoch, skip=skip * (cfg.batch_size // world))
+            sampler.set_epoch(epoch, skip=step - starts[epoch] if epoch == start_epoch else 0)  # mid-epoch resume
             try:
                 step, stopped = run_epoch(cfg, dist_info, run, batches, lr_at, epoch, step, log, stop, result)
             except BatchError as e:  # e.g. an unreadable image: the steps done are kept
@@ -200,8 +203,9 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
                 raise UserError(f"{e}; the {step} steps done are saved in {path}: replace the file, then resume "
                                 f"with --resume") from None
             stopped = any_rank(stopped or stop.requested, dist_info)
+            done = epoch + (step == starts[epoch + 1])  # a stop after an epoch's last step completes it
             if dist_info.is_main:  # saved before the kNN monitor, so that a bad test image costs no epoch
-                saver(epoch + (0 if stopped else 1), force=stopped)
+                saver(done, force=stopped)
             if not stopped and monitor_epoch(cfg, dist_info, epoch, step, lr_at, log, result, monitor, model):
                 stopped = any_rank(stop.requested, dist_info)  # a signal during the kNN monitor
                 if stopped and dist_info.is_main:
@@ -217,9 +221,10 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
     return result
 
 
-def startup_line(cfg: PretrainConfig, dist_info: DistInfo, run, images: int, steps_per_epoch: int, path: str,
+def startup_line(cfg: PretrainConfig, dist_info: DistInfo, run, images: int, steps: int, path: str,
                  log_path: str) -> str:
-    return (f"{cfg.dataset}: {images} images, {steps_per_epoch} steps/epoch of {cfg.batch_size}; {cfg.arch} "
+    return (f"{cfg.dataset}: {images} images, {steps} steps of {cfg.batch_size} in {cfg.num_epochs} epochs "
+            f"({cfg.batching} batching); {cfg.arch} "
             f"({cfg.stem} stem) on {dist_info.device}, {run.precision.label}, {run.parallel}, SyncBN {cfg.sync_bn}"
             + (" (--sync-bn has no effect without torchrun)" if cfg.sync_bn and not dist_info.distributed else "")
             + (f", gradient caching in chunks of {cfg.chunk_size} pairs" if cfg.chunk_size else "")

@@ -138,7 +138,7 @@ def main(args: argparse.Namespace) -> dict:
         "(a) torchvision per image, workers": lambda: views_per_s(loader(TwoViews(files, pipeline)), args.batches,
                                                                   2 * b, device, to_device),
         "(b) workers crop + batched finish": lambda: views_per_s(
-            ImageTreeTwoViews(loader(TwoCrops(files, augment)), augment, sampler, device), args.batches, 2 * b, device),
+            ImageTreeTwoViews(loader(TwoCrops(files, augment)), augment, device), args.batches, 2 * b, device),
         "(c) PIL decode alone, workers": lambda: views_per_s(loader(DecodePIL(files)), args.batches, 2 * b, device,
                                                              lambda x: x.to(device)),
         "(d) torchvision.io decode, workers": lambda: views_per_s(loader(DecodeTorchvision(files)), args.batches,

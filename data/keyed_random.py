@@ -43,10 +43,11 @@ class ViewKeys:
     """The key of one view of each image of a batch; every random draw of the view is a function of it.
 
     index: (B,) int64 image indices in the dataset (below 2**32); the draws are made on its device.
+    epoch: one for the batch, or (B,) int64 on index's device (a batch that crosses an epoch: data/sampler.py).
     """
     index: torch.Tensor
     seed: int = 0
-    epoch: int = 0
+    epoch: int | torch.Tensor = 0
     view: int = 0
 
     def __len__(self) -> int:
@@ -56,7 +57,7 @@ class ViewKeys:
         """Draws ``first .. first + count - 1`` of every sample: (B, count) float32, uniform in [0, 1)
         with 24 random bits (as ``torch.rand``)."""
         h = _IV
-        for word in (self.seed, self.seed >> 32, self.epoch, self.view):  # scalars: in Python
+        for word in (self.seed, self.seed >> 32, self.epoch, self.view):  # in Python, until a tensor epoch
             h = _absorb(h, word)
         state = _absorb(h, self.index.long())                                           # (B,)
         draws = torch.arange(first, first + count, dtype=torch.long, device=self.index.device)

@@ -27,7 +27,7 @@ from data.batched_augment import BatchedSimCLRAugment
 from data.datasets import ArrayImages, input_info, load_split
 from data.keyed_random import ViewKeys
 from data.official_augment import PIPELINES
-from data.sampler import EpochSampler
+from data.sampler import EpochSampler, StepSampler
 from utils.device import fit_workers_to_shm
 from utils.errors import UserError
 
@@ -37,7 +37,7 @@ from utils.errors import UserError
 class InMemoryTwoViews:
     """Iterable of (x1, x2) batches, each (B, 3, size, size) float32 normalised, on ``device``."""
 
-    def __init__(self, images: np.ndarray, augment: BatchedSimCLRAugment, batch_size: int, sampler: EpochSampler,
+    def __init__(self, images: np.ndarray, augment: BatchedSimCLRAugment, batch_size: int, sampler,
                  device: torch.device, seed: int = 0) -> None:
         # images: (N, H, W, 3) uint8 -> (N, 3, H, W) uint8 on the device, once
         self.data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
@@ -48,10 +48,9 @@ class InMemoryTwoViews:
         return len(self.sampler) // self.batch_size  # drop_last, as the image-tree path
 
     def __iter__(self):
-        keys = torch.tensor([i for _, i in self.sampler], dtype=torch.long).to(self.device)  # once an epoch
-        epoch = self.sampler.epoch
+        keys = torch.tensor(list(self.sampler), dtype=torch.long).to(self.device)  # (n, 2) (epoch, index), once
         for b in range(len(self)):
-            idx = keys[b * self.batch_size:(b + 1) * self.batch_size]  # (B,)
+            epoch, idx = keys[b * self.batch_size:(b + 1) * self.batch_size].unbind(1)  # (B,) each
             batch = self.data[idx]  # (B, 3, H, W) uint8
             yield tuple(self.augment(batch, ViewKeys(idx, self.seed, epoch, view)) for view in (0, 1))
 
@@ -59,7 +58,7 @@ class InMemoryTwoViews:
 # ---- image-tree path: crops in DataLoader workers, the rest on the device ---------------------------------
 
 class TwoCrops(Dataset):
-    """The workers' share: keys ``(epoch, index)`` (data.sampler.EpochSampler) -> (crop0, crop1, index), the
+    """The workers' share: keys ``(epoch, index)`` (data/sampler.py) -> (crop0, crop1, epoch, index), the
     random resized crops of views 0 and 1 of the image, uint8 (3, size, size), cut by the pipeline's crop op
     (``cut``: bicubic as the reference pipeline for torchvision's semantics).
 
@@ -82,40 +81,38 @@ class TwoCrops(Dataset):
         for view in (0, 1):
             box = self.augment.crop_params(ViewKeys(index, self.seed, epoch, view), img.height, img.width)
             crops.append(self.crop.cut(img, tuple(int(box[k]) for k in ("top", "left", "h", "w")), self.augment.size))
-        return crops[0], crops[1], i
+        return crops[0], crops[1], epoch, i
 
 
 def crop_batch_bytes(batch_size: int, size: int) -> int:
     """Bytes of one batch of ``TwoCrops`` (what a worker puts in shared memory): two uint8 (B, 3, size, size) crops
-    and the int64 (B,) indices."""
-    return batch_size * (2 * 3 * size * size + 8)
+    and the int64 (B,) epochs and indices."""
+    return batch_size * (2 * 3 * size * size + 16)
 
 
 class ImageTreeTwoViews:
-    """Wraps a DataLoader of (crop0, crop1, index) batches (``TwoCrops``: uint8 crops at the output size) and
+    """Wraps a DataLoader of (crop0, crop1, epoch, index) batches (``TwoCrops``: uint8 crops at the output size) and
     yields (x1, x2) float32 normalised views finished on ``device`` by ``augment`` with the crops' own keys
     (the crop itself is not redone)."""
 
-    def __init__(self, loader: DataLoader, augment: BatchedSimCLRAugment, sampler: EpochSampler,
-                 device: torch.device, seed: int = 0) -> None:
-        self.loader, self.augment, self.sampler = loader, augment, sampler
-        self.device, self.seed = device, seed
+    def __init__(self, loader: DataLoader, augment: BatchedSimCLRAugment, device: torch.device,
+                 seed: int = 0) -> None:
+        self.loader, self.augment, self.device, self.seed = loader, augment, device, seed
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
-        epoch = self.sampler.epoch
-        for c1, c2, idx in self.loader:
-            idx = idx.to(self.device, non_blocking=True)  # (B,)
+        for c1, c2, epoch, idx in self.loader:
+            epoch, idx = epoch.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)  # (B,)
             yield tuple(self.augment(c.to(self.device, non_blocking=True), ViewKeys(idx, self.seed, epoch, view),
                                      crop=False) for view, c in enumerate((c1, c2)))
 
 
 # ---- the pretraining input ---------------------------------------------------------------------------------
 
-def two_view_batches(images, sampler: EpochSampler, batch_size: int, *, image_size: int, jitter_strength: float,
-                     blur: bool, mean, std, device: torch.device, seed: int, num_workers: int,
+def two_view_batches(images, sampler: EpochSampler | StepSampler, batch_size: int, *, image_size: int,
+                     jitter_strength: float, blur: bool, mean, std, device: torch.device, seed: int, num_workers: int,
                      augment: str = "torchvision"):
     """An iterable of (x1, x2) batches of ``batch_size`` images each, (B, 3, S, S) float32 normalised on ``device``,
     over the keys of ``sampler`` (one process's share of each epoch); ``len()`` is the number of batches.
@@ -129,14 +126,15 @@ def two_view_batches(images, sampler: EpochSampler, batch_size: int, *, image_si
     loader = DataLoader(TwoCrops(images, augment, seed=seed), batch_size=batch_size, sampler=sampler,
                         num_workers=workers, prefetch_factor=prefetch if workers else None, drop_last=True,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    return ImageTreeTwoViews(loader, augment, sampler, device, seed=seed)
+    return ImageTreeTwoViews(loader, augment, device, seed=seed)
 
 
-def pretrain_input(dataset: str, paths_file: str, batch_size: int, *, world: int, rank: int, seed: int,
-                   device: torch.device, **views):
-    """The pretraining split of ``dataset``, this process's EpochSampler (every ``world``-th image of each epoch's
-    permutation) and its ``two_view_batches`` (``views``: their keyword options but mean and std, which are the
-    dataset's). ``batch_size`` is the global batch, split evenly among the ``world`` processes."""
+def pretrain_input(dataset: str, paths_file: str, batch_size: int, *, num_epochs: int, batching: str, world: int,
+                   rank: int, seed: int, device: torch.device, **views):
+    """The pretraining split of ``dataset``, this process's StepSampler (every ``world``-th image of each global
+    batch; ``batching``: data/sampler.py) and its ``two_view_batches`` (``views``: their keyword options but mean
+    and std, which are the dataset's). ``batch_size`` is the global batch, split evenly among the ``world``
+    processes."""
     if batch_size % world:
         raise UserError(f"--batch-size {batch_size} is the global batch and must be divisible by the number of "
                         f"processes ({world}): use --batch-size {batch_size // world * world or world}")
@@ -145,7 +143,7 @@ def pretrain_input(dataset: str, paths_file: str, batch_size: int, *, world: int
         raise UserError(f"--batch-size {batch_size} is larger than the dataset ({len(images)} images): "
                         f"use --batch-size {len(images)} or less")
     info = input_info(dataset, views.get("augment", "torchvision"))  # the inputs' normalisation
-    sampler = EpochSampler(len(images), seed=seed, num_replicas=world, rank=rank)
+    sampler = StepSampler(len(images), batch_size, num_epochs, batching, seed=seed, num_replicas=world, rank=rank)
     batches = two_view_batches(images, sampler, batch_size // world, mean=info.mean, std=info.std, device=device,
                                seed=seed, **views)
     return images, sampler, batches

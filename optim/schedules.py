@@ -24,6 +24,14 @@ def warmup_constant(step: int, base_lr: float, total_steps: int, warmup_steps: i
     return base_lr
 
 
+def warmup_steps(warmup_epochs: float, n: int, batch_size: int, batching: str) -> int:
+    """The warmup's steps for ``n`` images in batches of ``batch_size`` (data/sampler.py's batchings): the
+    official code's ``int(warmup_epochs * n // batch_size)`` for ``stream``, whole epochs' steps for ``epochs``."""
+    if batching == "stream":
+        return int(warmup_epochs * n // batch_size)
+    return round(warmup_epochs * (n // batch_size))
+
+
 def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:
     """The learning-rate scaling rule of Sec. B.1: linear ``base*B/256``, square root ``base*sqrt(B)``, or none."""
     if rule == "linear":

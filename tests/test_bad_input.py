@@ -149,13 +149,13 @@ def test_overwrite_replaces_and_a_resume_continues_the_log(run_dir):
     new = load_checkpoint(str(run_dir / "run.pth"))
     assert new["run_id"] != old["run_id"] and new["args"]["seed"] == 5
     rows = open(run_dir / "run.csv").read().splitlines()[1:]
-    assert len(rows) == 2 and all(r.endswith("," + new["run_id"]) for r in rows)  # the old rows are gone
+    assert len(rows) == 3 and all(r.endswith("," + new["run_id"]) for r in rows)  # the old rows are gone
     simclr.main(simclr.get_args_parser().parse_args(args(run_dir, "--resume", "--seed", "5", "--num-epochs", "2")))
     state = load_checkpoint(str(run_dir / "run.pth"))
-    assert state["run_id"] == new["run_id"] and state["step"] == 4
+    assert state["run_id"] == new["run_id"] and state["step"] == 6  # 20 * 2 // 8 + 1
     assert state["history"][-1]["changed"] == {"num_epochs": [1, 2]}
     rows = open(run_dir / "run.csv").read().splitlines()[1:]
-    assert [r.split(",")[1] for r in rows] == ["1", "2", "3", "4"]
+    assert [r.split(",")[1] for r in rows] == ["1", "2", "3", "4", "5", "6"]
     assert not [f for f in os.listdir(run_dir) if ".tmp" in f or ".probe" in f or ".lock" in f]
 
 
@@ -172,7 +172,7 @@ def test_allow_changes_applies_them_and_records_them(run_dir, capsys):
     changed = state["history"][-1]["changed"]
     assert changed == {"weight_decay": [1e-4, 0.5], "momentum": [0.9, 0.7], "trust_coefficient": [1e-3, 0.02],
                        "temperature": [0.5, 0.3], "num_epochs": [1, 2]}
-    assert state["history"][-1]["step"] == 2 and state["args"]["temperature"] == 0.3
+    assert state["history"][-1]["step"] == 3 and state["args"]["temperature"] == 0.3
 
 
 def _image_tree(root, corrupt_split: str):

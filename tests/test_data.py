@@ -14,7 +14,7 @@ from data.datasets import DATASETS, ArrayImages, FileImages, content_key, load_s
 from data.batched_augment import blur_kernel_size
 from data.loaders import ImageTreeTwoViews, InMemoryTwoViews, pretrain_input
 from data.paths import load_paths, resolve
-from data.sampler import EpochSampler
+from data.sampler import EpochSampler, StepSampler, epoch_starts
 from data.reference_augment import TwoViews, simclr_augmentation
 from tests.tiny_data import (write_cifar10_pickles, write_cifar100_pickles, write_gray16, write_image_folder,
                              write_paths, write_pickle, write_py2_pickle, write_stl_binary)
@@ -75,8 +75,8 @@ def test_an_image_tree_is_decoded_into_memory_when_its_images_share_one_size_and
     mixed = load_split("imagenet", "test", paths)
     assert isinstance(mixed, FileImages) and len(mixed) == 5
     # pretraining: the decoded copy's views are made on the device, the files' crops in workers
-    kw = dict(world=1, rank=0, seed=0, device=torch.device("cpu"), image_size=8, jitter_strength=0.5, blur=False,
-              num_workers=0)
+    kw = dict(num_epochs=1, batching="stream", world=1, rank=0, seed=0, device=torch.device("cpu"), image_size=8,
+              jitter_strength=0.5, blur=False, num_workers=0)
     assert isinstance(pretrain_input("imagenet", paths, 2, **kw)[2], InMemoryTwoViews)
     Image.fromarray(np.zeros((12, 13, 3), np.uint8)).save(str(tmp_path / "in" / "train" / "dog" / "odd.png"))
     assert isinstance(pretrain_input("imagenet", paths, 2, **kw)[2], ImageTreeTwoViews)
@@ -203,6 +203,50 @@ def test_sampler_is_a_seeded_permutation_per_epoch_and_splits_across_ranks():
     ranks = [EpochSampler(10, seed=3, num_replicas=3, rank=r) for r in range(3)]
     parts = [[i for _, i in r] for r in ranks]
     assert all(len(p) == 3 for p in parts) and len(set(sum(parts, []))) == 9
+
+
+def stream_reference(n, batch, epochs, seed, batching):
+    """Pretraining's global batches of (epoch, index) keys, written out plainly: the official code's stream (the
+    epochs' orders one after the other, cut into n * epochs // batch + 1 batches), or n // batch batches an epoch."""
+    if batching == "epochs":
+        return [[(e, i) for i in EpochSampler(n, seed).order(e)[k * batch:(k + 1) * batch]]
+                for e in range(epochs) for k in range(n // batch)]
+    stream = [(e, i) for e in range(epochs + 2) for i in EpochSampler(n, seed).order(e)]
+    return [stream[k * batch:(k + 1) * batch] for k in range(n * epochs // batch + 1)]
+
+
+@pytest.mark.parametrize("n, batch, world", [(10, 4, 1), (10, 4, 2), (12, 6, 3), (7, 7, 1), (9, 2, 2)])
+@pytest.mark.parametrize("batching", ["stream", "epochs"])
+def test_step_sampler_cuts_the_stream_into_global_batches_shared_by_the_ranks(n, batch, world, batching):
+    """Every rank's keys of every epoch, resumed after any step, are its share (every world-th key) of the global
+    batches of stream_reference; the epochs' boundaries are the steps that end each epoch's order."""
+    epochs = 3
+    ref = stream_reference(n, batch, epochs, 5, batching)
+    samplers = [StepSampler(n, batch, epochs, batching, seed=5, num_replicas=world, rank=r) for r in range(world)]
+    starts = samplers[0].starts
+    assert starts[-1] == len(ref) and starts == epoch_starts(n, batch, epochs, batching)
+    if batching == "stream":  # epoch e ends with the batch that holds the last key of its order (position e*n - 1)
+        assert all((s - 1) * batch <= e * n - 1 < s * batch for e, s in enumerate(starts[1:-1], 1))
+    for e in range(epochs):
+        for skip in range(starts[e + 1] - starts[e]):
+            for r, s in enumerate(samplers):
+                s.set_epoch(e, skip)
+                keys = list(s)
+                want = [k for b in ref[starts[e] + skip:starts[e + 1]] for k in b[r::world]]
+                assert keys == want and len(s) == len(want), (e, skip, r)
+
+
+def test_the_epochs_batching_keeps_the_keys_of_earlier_versions():
+    """Checkpoints written before --batching resume with 'epochs': EpochSampler's share of each epoch, cut into
+    batches, as the pretraining sampler was."""
+    for world in (1, 2):
+        for r in range(world):
+            old = EpochSampler(22, seed=1, num_replicas=world, rank=r)
+            new = StepSampler(22, 8, 2, "epochs", seed=1, num_replicas=world, rank=r)
+            for e in range(2):
+                old.set_epoch(e)
+                new.set_epoch(e)
+                assert list(new) == list(old)[:len(list(new))] and len(list(new)) == 2 * 8 // world
 
 
 def test_two_views_are_reproducible_and_independent_of_global_rng(tmp_path):

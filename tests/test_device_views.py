@@ -10,7 +10,7 @@ from data import batched_augment
 from data.batched_augment import BatchedSimCLRAugment, ViewKeys, sample_crop_params
 from data.datasets import ArrayImages
 from data.loaders import ImageTreeTwoViews, InMemoryTwoViews, TwoCrops
-from data.sampler import EpochSampler
+from data.sampler import EpochSampler, StepSampler
 
 CPU = torch.device("cpu")
 IMAGES = np.random.default_rng(0).integers(0, 256, size=(12, 8, 8, 3), dtype=np.uint8)
@@ -78,13 +78,13 @@ def tree_views(skip=0, batch_size=4, num_workers=0, seed=3):
     sampler.set_epoch(0, skip=skip)
     loader = DataLoader(TwoCrops(images, BatchedSimCLRAugment(6), seed=seed), batch_size=batch_size, sampler=sampler,
                         num_workers=num_workers)
-    return list(ImageTreeTwoViews(loader, BatchedSimCLRAugment(6, blur=True), sampler, CPU, seed=seed)), loader
+    return list(ImageTreeTwoViews(loader, BatchedSimCLRAugment(6, blur=True), CPU, seed=seed)), loader
 
 
 def test_workers_cut_the_crop_box_of_the_in_memory_path():
     images = ArrayImages(TREE, np.zeros(8), ["x"])
-    c1, c2, i = TwoCrops(images, BatchedSimCLRAugment(6), seed=3)[(4, 5)]
-    assert c1.dtype == torch.uint8 and c1.shape == (3, 6, 6) and i == 5 and not torch.equal(c1, c2)
+    c1, c2, epoch, i = TwoCrops(images, BatchedSimCLRAugment(6), seed=3)[(4, 5)]
+    assert c1.dtype == torch.uint8 and c1.shape == (3, 6, 6) and (epoch, i) == (4, 5) and not torch.equal(c1, c2)
     for view, crop in enumerate((c1, c2)):
         top, left, h, w = (int(v) for v in sample_crop_params(ViewKeys(torch.tensor([5]), 3, 4, view), 12, 10))
         assert (top, left, h, w) != (0, 0, 12, 10)
@@ -112,7 +112,7 @@ def test_tree_views_are_the_device_pipeline_on_the_workers_crops_without_resizin
     """The device step equals BatchedSimCLRAugment.apply with the crop's keys on the crop, and never resizes
     (crop + resize at the output size would be two dense matmuls per view for nothing)."""
     expected, loader = tree_views()
-    c1, c2, idx = next(iter(loader))
+    c1, c2, _, idx = next(iter(loader))
     aug = BatchedSimCLRAugment(6, blur=True)
     for view, c in enumerate((c1, c2)):
         params = aug.sample_params(ViewKeys(idx, 3, 0, view), 6, 6)
@@ -125,3 +125,22 @@ def test_tree_views_are_the_device_pipeline_on_the_workers_crops_without_resizin
     assert all(torch.equal(x, y) for a, b in zip(got, expected) for x, y in zip(a, b))
     with pytest.raises(AssertionError, match="resized_crop called"):  # the patch does catch a resize
         BatchedSimCLRAugment(6)(c1, ViewKeys(idx))
+
+
+def test_a_batch_across_two_epochs_keys_each_image_by_its_own_epoch():
+    """Stream batching (data/sampler.StepSampler): 12 images in batches of 5, so step 2 holds the last 2 images of
+    epoch 0's order and the first 3 of epoch 1's. Each view equals the one drawn with its own epoch alone, and a
+    per-image epoch tensor draws what the scalar does."""
+    keys = ViewKeys(torch.arange(6), 7, 3, 1)
+    assert torch.equal(keys.uniform(0, 9), ViewKeys(torch.arange(6), 7, torch.full((6,), 3), 1).uniform(0, 9))
+    sampler = StepSampler(12, 5, 2, "stream", seed=1)
+    sampler.set_epoch(0)
+    batches = list(InMemoryTwoViews(IMAGES, BatchedSimCLRAugment(8, 0.5), 5, sampler, CPU, seed=4))
+    crossing = list(sampler)[10:15]
+    assert len(batches) == 3 and [e for e, _ in crossing] == [0, 0, 1, 1, 1]
+    aug = BatchedSimCLRAugment(8, 0.5)
+    images = torch.from_numpy(IMAGES).permute(0, 3, 1, 2)
+    for k, (epoch, i) in enumerate(crossing):
+        for view in (0, 1):
+            alone = aug(images[i:i + 1], ViewKeys(torch.tensor([i]), 4, epoch, view))[0]
+            torch.testing.assert_close(batches[2][view][k], alone, rtol=0, atol=1e-6)

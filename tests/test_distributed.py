@@ -309,16 +309,16 @@ def test_torchrun_two_processes_write_one_checkpoint_and_resume(tmp_path, one_pr
     assert out.count("epoch 1/1: loss") == 1  # rank 0 alone prints
     assert sorted(os.listdir(run_dir)) == ["ddp.csv", "ddp.pth"]  # one checkpoint, one log, no temp or lock file
     state = load_checkpoint(ckpt)
-    assert (state["epoch"], state["step"], state["args"]["world_size"], state["args"]["sync_bn"]) == (1, 2, 2, True)
+    assert (state["epoch"], state["step"], state["args"]["world_size"], state["args"]["sync_bn"]) == (1, 3, 2, True)
     assert set(state["model"]) == set(SimCLR("resnet18", "cifar", 16).state_dict())  # plain keys
 
     out = torchrun(common + ["--num-epochs", "2", "--resume"], str(tmp_path))
     assert out.count("resumed from") == 1 and out.count("epoch 2/2: loss") == 1
     assert sorted(os.listdir(run_dir)) == ["ddp.csv", "ddp.pth"]
     state = load_checkpoint(ckpt)
-    assert (state["epoch"], state["step"]) == (2, 4)
+    assert (state["epoch"], state["step"]) == (2, 6)  # 20 * 2 // 8 + 1
     lines = open(ckpt.replace(".pth", ".csv")).read().splitlines()
-    assert len(lines) == 1 + 4 + 2  # 4 steps and 2 kNN rows, each written once
+    assert len(lines) == 1 + 6 + 2  # 6 steps and 2 kNN rows, each written once
 
     # The same run in one process (one_process): the global batches, their views (keyed by image, not by rank or
     # batch) and, with SyncBN, the steps are the same.
@@ -327,8 +327,9 @@ def test_torchrun_two_processes_write_one_checkpoint_and_resume(tmp_path, one_pr
 
 
 def _stopped_run(info: DistInfo, argv: list, out_dir: str) -> None:
-    """simclr.train on this process group until StopAfter stops it; writes the exit code of each rank."""
-    simclr.StopRequest = StopAfter  # this spawned process only
+    """simclr.train on this process group until StopAfter stops it at its 5th ask (after steps 1-3, at the end of
+    epoch 1, after step 4); writes the exit code of each rank."""
+    simclr.StopRequest, StopAfter.n = StopAfter, 4  # this spawned process only
     try:
         simclr.train(simclr.resolve_args(simclr.get_args_parser().parse_args(argv)), info)
         code = 0
@@ -339,18 +340,19 @@ def _stopped_run(info: DistInfo, argv: list, out_dir: str) -> None:
 
 
 def test_stopped_mid_epoch_on_two_processes_resumes_on_one(tmp_path, one_process):
-    """Epoch 1 and the first step of epoch 2 on 2 processes, stopped there, the rest on 1 process: the
-    uninterrupted 1-process run (one_process) to float tolerance (the sampler's keys and every view are global)."""
+    """Epoch 1 (3 steps: 20 // 8 + 1, the official count) and the first step of epoch 2 on 2 processes, stopped
+    there, the rest on 1 process: the uninterrupted 1-process run (one_process) to float tolerance (the sampler's
+    keys and every view are global)."""
     paths, full = one_process
     common = TINY + ["--dataset-paths", paths, "--test-freq", "0", "--num-epochs", "2"]
     part = str(tmp_path / "part.pth")
     spawn(_stopped_run, WORLD, common + ["--filename", part], str(tmp_path))
     assert [open(tmp_path / f"rank{r}.code").read() for r in range(WORLD)] == ["143"] * WORLD
     mid = load_checkpoint(part)
-    assert (mid["epoch"], mid["step"], mid["args"]["world_size"]) == (1, 3, 2)  # 2 steps per epoch
+    assert (mid["epoch"], mid["step"], mid["args"]["world_size"]) == (1, 4, 2)  # epochs end at steps 3 and 6
     simclr.main(simclr.get_args_parser().parse_args(common + ["--filename", part, "--resume"]))
     a, b = load_checkpoint(full), load_checkpoint(part)
-    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 4)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 6)
     assert csv_losses(part.replace(".pth", ".csv")) == pytest.approx(csv_losses(full.replace(".pth", ".csv")),
                                                                      rel=1e-4)
     assert_models_close(b["model"], a["model"])

@@ -223,9 +223,9 @@ def test_simclr_script_with_chunk_size(tmp_path):
             "--filename", str(tmp_path / "c.pth"), "--chunk-size", "3"]
     result = simclr.main(simclr.get_args_parser().parse_args(argv))
     state = load_checkpoint(str(tmp_path / "c.pth"))
-    assert state["step"] == 2 and state["args"]["chunk_size"] == 3
+    assert state["step"] == 3 and state["args"]["chunk_size"] == 3  # 16 // 8 + 1: the official count
     assert torch.isfinite(torch.tensor(result["losses"])).all()
     bn = state["model"]["backbone.bn1.num_batches_tracked"]
-    assert int(bn) == 2 * 3 * 2  # 2 steps of 3 chunks (3, 3, 2 pairs) of 2 views, each counted once
+    assert int(bn) == 3 * 3 * 2  # 3 steps of 3 chunks (3, 3, 2 pairs) of 2 views, each counted once
     with pytest.raises(simclr.UserError, match="--chunk-size must be 0"):  # -1: tests/test_bad_input.py
         simclr.main(simclr.get_args_parser().parse_args(argv[:-3] + [str(tmp_path / "d.pth"), "--chunk-size", "1"]))

@@ -60,7 +60,7 @@ def test_the_pipeline_is_the_official_recipe_keyed_by_view(size, strength, blur,
 def test_workers_cut_the_official_box():
     tree = np.random.default_rng(1).integers(0, 256, size=(4, 30, 26, 3), dtype=np.uint8)
     aug = official(16, 1.0, True)
-    c1, _, i = TwoCrops(ArrayImages(tree, np.zeros(4), ["x"]), aug, seed=3)[(2, 1)]
+    c1, _, _, i = TwoCrops(ArrayImages(tree, np.zeros(4), ["x"]), aug, seed=3)[(2, 1)]
     box = aug.crop_params(ViewKeys(torch.tensor([1]), 3, 2, 0), 30, 26)
     ref = resize_bicubic_tf(torch.from_numpy(tree[1:2]).permute(0, 3, 1, 2).float() / 255,
                             box["top"], box["left"], box["h"], box["w"], 16)[0].clamp(0, 1)

@@ -17,7 +17,7 @@ IMAGENET = crop_batch_bytes(512, 224)  # one process's batch of the ImageNet scr
 
 
 def test_batch_bytes_at_the_issue_numbers():
-    assert IMAGENET == 2 * 512 * 3 * 224 * 224 + 8 * 512 == 154_144_768
+    assert IMAGENET == 2 * 512 * 3 * 224 * 224 + 16 * 512 == 154_148_864  # crops, epochs and indices
     assert shm_batches(32, 2) * IMAGENET * 8 > 79 * GB  # what 32 workers x 8 ranks would take unchecked
 
 

@@ -41,13 +41,13 @@ def test_tiny_run_writes_checkpoint_and_log(tiny):
     result = run(TINY + PX8 + ["--dataset-paths", paths, "--num-epochs", "2", "--filename", ckpt, "--test-freq", "1",
                                "--knn-k", "5"])
     state = load_checkpoint(ckpt)  # weights_only=True
-    assert state["epoch"] == 2 and state["step"] == 4  # 20 images // 8 = 2 steps per epoch
+    assert state["epoch"] == 2 and state["step"] == 6  # 20 * 2 // 8 + 1 steps: the official count
     assert state["args"]["arch"] == "resnet18" and state["args"]["lr"] == pytest.approx(1.0 * 8 / 256)
     assert state["args"]["temperature"] == 0.5 and state["git_commit"]
     assert set(state["model"]) == set(SimCLR("resnet18", "cifar", 16).state_dict())
     assert "momentum_buffer" in next(iter(state["optimizer"]["state"].values()))
     lines = open(os.path.join(root, "run.csv")).read().splitlines()
-    assert lines[0] == ",".join(simclr.LOG_FIELDS) and len(lines) == 1 + 4 + 2  # 4 steps, 2 kNN rows
+    assert lines[0] == ",".join(simclr.LOG_FIELDS) and len(lines) == 1 + 6 + 2  # 6 steps, 2 kNN rows
     assert len(result["knn"]) == 2 and all(0 <= a <= 100 for a in result["knn"])
     assert not [f for f in os.listdir(root) if ".tmp" in f]  # atomic write left no temp file
 
@@ -97,27 +97,32 @@ def test_asking_for_a_missing_gpu(tiny):
 
 
 def test_a_longer_run_and_a_stop_mid_epoch_resume_exactly(tiny, monkeypatch):
-    """1 epoch, extended to 3 (epoch 1 is all warmup, so its schedule is the 3-epoch run's), stopped after the 4th
-    of 5 steps of epoch 2 and resumed: bit-identical to the uninterrupted 3 epochs, and the same log rows."""
+    """20 images in batches of 4, stream batching: 1 epoch is 20 // 4 + 1 = 6 steps (the official count: one batch
+    into the second epoch's order; warmup 5 steps, so its schedule is the 3-epoch run's), extended to 3 epochs
+    (steps 5, 10, 16 end them), stopped mid-epoch after step 9, then at the end of epoch 2 (a stop at an epoch's
+    last step completes the epoch), and resumed: bit-identical to the uninterrupted 3 epochs, the same log rows."""
     root, paths = tiny
     full, part = os.path.join(root, "full.pth"), os.path.join(root, "part.pth")
     common = TINY + PX8 + ["--dataset-paths", paths, "--test-freq", "0", "--batch-size", "4", "--seed", "1"]
     run(common + ["--num-epochs", "3", "--filename", full])
     run(common + ["--num-epochs", "1", "--filename", part])
-    monkeypatch.setattr(simclr, "StopRequest", StopAfter)  # the 4th ask: after the 4th step of epoch 2
-    with pytest.raises(SystemExit) as stopped:
-        run(common + ["--num-epochs", "3", "--filename", part, "--resume"])
-    assert stopped.value.code == 143
-    mid = load_checkpoint(part)
-    assert (mid["epoch"], mid["step"]) == (1, 9) and mid["history"][-1]["changed"] == {"num_epochs": [1, 3]}
+    assert (load_checkpoint(part)["epoch"], load_checkpoint(part)["step"]) == (1, 6)
+    monkeypatch.setattr(simclr, "StopRequest", StopAfter)
+    for asks, done in ((2, (1, 9)), (0, (2, 10))):  # a stop at the (asks+1)-th ask, after every step
+        monkeypatch.setattr(StopAfter, "n", asks)
+        with pytest.raises(SystemExit) as stopped:
+            run(common + ["--num-epochs", "3", "--filename", part, "--resume"])
+        assert stopped.value.code == 143
+        mid = load_checkpoint(part)
+        assert (mid["epoch"], mid["step"]) == done and mid["history"][-1]["changed"] == {"num_epochs": [1, 3]}
     monkeypatch.undo()
     run(common + ["--num-epochs", "3", "--filename", part, "--resume"])
     a, b = load_checkpoint(full), load_checkpoint(part)
-    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 15)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 16)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    losses = [[line.split(",")[:4] for line in log_lines(f)] for f in (full, part)]
-    assert losses[0] == losses[1]  # epoch, step, lr, loss of every row
+    losses = [[line.split(",")[1:4] for line in log_lines(f)] for f in (full, part)]
+    assert losses[0] == losses[1]  # step, lr, loss of every row (the 1-epoch run's step 6 is in its epoch 1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")

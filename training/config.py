@@ -47,6 +47,7 @@ class PretrainConfig(Options):
     loss_scale: str = "official"
     cosine_anneal: bool = True
     warmup_epochs: float = 10
+    batching: str = "stream"  # data/sampler.py: the official code's stream across epochs, or whole epochs
     chunk_size: int = 0
     seed: int = 0
     # the run

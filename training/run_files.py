@@ -38,19 +38,19 @@ def claim_run(cfg: PretrainConfig, path: str, log_path: str, dist_info: DistInfo
     return lock
 
 
-def continued(cfg: PretrainConfig, dist_info: DistInfo, run: Pretraining, path: str, steps_per_epoch: int,
+def continued(cfg: PretrainConfig, dist_info: DistInfo, run: Pretraining, path: str, starts: list[int],
               model_keys: list[str]) -> tuple[int, int, str, list]:
     """(epochs done, step, run id, history): of the checkpoint with --resume (utils/checkpoint.resume: exactly, or
-    refused with the differences), else of a new run."""
+    refused with the differences), else of a new run. ``starts``: each epoch's first step (data/sampler.py)."""
     if not cfg.resume:
         return 0, 0, uuid.uuid4().hex[:12], []
     resumed = resume(cfg.filename if cfg.resume is True else cfg.resume, run.model, run.optimizer, cfg.as_dict(),
-                     model_keys, steps_per_epoch, cfg.allow_changes)
+                     model_keys, starts, cfg.allow_changes)
     if dist_info.is_main and os.path.exists(path) and not same_file(resumed.path, path) and not cfg.overwrite:
         raise UserError(f"{path} holds another run than {resumed.path}: pass --overwrite to replace it with the "
                         f"continued run, or another --filename")
     epoch, step = resumed.epoch, resumed.step
-    skip = step - epoch * steps_per_epoch  # > 0 after a mid-epoch stop
+    skip = step - starts[epoch] if epoch < cfg.num_epochs else 0  # > 0 after a mid-epoch stop
     if dist_info.is_main:
         print(f"resumed from {resumed.path}: epoch {epoch}, step {step}"
               + (f" ({skip} steps into epoch {epoch + 1})" if skip else "")

@@ -68,7 +68,8 @@ RESUME_FREE = frozenset({"lr", "num_workers", "log_freq", "save_freq", "test_fre
 # The value of args that checkpoints written before them lack: records of how the code computes (CODE_RECORDS, not
 # options), and options added since, at the value that older code always used.
 LEGACY_ARGS = {"crop_arithmetic": "float32",  # data/batched_augment.crop_box: float64 since issue 27
-               "augment": "torchvision"}  # --augment, since issue 28
+               "augment": "torchvision",  # --augment, since issue 28
+               "batching": "epochs"}  # --batching, since issue 28
 CODE_RECORDS = frozenset({"crop_arithmetic"})
 
 
@@ -112,20 +113,21 @@ def _refusal(path: str, changes: dict[str, tuple], commit: str) -> str:
 class Resumed:
     path: str
     epoch: int  # epochs completed
-    step: int  # optimizer steps done (further than epoch * steps_per_epoch after a mid-epoch stop)
+    step: int  # optimizer steps done (further than the epoch's first step after a mid-epoch stop)
     run_id: str | None  # None: a checkpoint written before run ids
     history: list  # the checkpoint's record of changes made on resume, this one's last
     changes: dict  # {option: [checkpoint's value, this run's]} of this resume: allowed changes, a longer run
 
 
 def resume(filename: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, args: dict,
-           model_keys: list[str], steps_per_epoch: int, allow_changes: bool) -> Resumed:
+           model_keys: list[str], starts: list[int], allow_changes: bool) -> Resumed:
     """Load a checkpoint of ``simclr.py`` into ``model`` and ``optimizer`` to continue it exactly.
 
     Refused, with the list of differences, when an option that changes the computation differs from the
     checkpoint's (``option_changes``), unless ``allow_changes``: then the new values are applied (the optimizer's
     hyperparameters are this run's, not the saved ones) and recorded in the history. Always refused: another
-    model (``model_keys``), another optimizer, another number of steps per epoch."""
+    model (``model_keys``), another optimizer, a step outside its epoch's steps (``starts``: the first step of
+    each epoch and the run's end, data/sampler.epoch_starts)."""
     path = find_checkpoint(filename)
     state = load_checkpoint(path)
     saved = state.get("args", {})
@@ -142,9 +144,10 @@ def resume(filename: str, model: torch.nn.Module, optimizer: torch.optim.Optimiz
     if changes and not allow_changes:
         raise UserError(_refusal(path, changes, state.get("git_commit", "unknown")))
     epoch, step = state["epoch"], state["step"]
-    if not 0 <= step - epoch * steps_per_epoch < steps_per_epoch:
-        raise UserError(f"{path} was written with {step // max(epoch, 1)} steps per epoch, this run has "
-                        f"{steps_per_epoch}: resume with the same --batch-size and dataset")
+    last = len(starts) - 1  # this run's epochs: one that has them all done (or more) has nothing left to do
+    if not (starts[epoch] <= step < starts[epoch + 1] if epoch < last else step >= starts[last]):
+        raise UserError(f"{path} stopped at step {step} after {epoch} epochs, which this run's epochs do not hold "
+                        f"(another batch size, dataset or --batching): resume with the checkpoint's")
     model.load_state_dict(state["model"])
     ours = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
