@@ -3,6 +3,7 @@ draws (a plain transcription of the C++), their distribution is the one derived 
 its key alone, and the resize is TF's half-pixel Keys-cubic ``ResizeBicubic`` (a NumPy loop, and TF if installed)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -136,10 +137,11 @@ def test_fallback_is_the_whole_image() -> None:
 # 2. Distribution, against expectations derived from the algorithm
 # ------------------------------------------------------------------------------------------
 
-def _expected_area(H: int, W: int, nodes: int = 2000) -> tuple[float, float, float]:
-    """(P(an attempt passes), E[area fraction], its standard deviation), by the midpoint rule over the ratio r
-    (uniform on [3/4, 4/3]) of exact sums over the height h (uniform over the integers h_lo .. h_hi given r; h + 1
-    where the area is below 0.08 A, as GenerateRandomCrop's "slightly bigger rectangle")."""
+def _attempt_law(H: int, W: int, nodes: int = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p, h, w): the probability that an attempt is (ratio node r, height h) and passes, with that attempt's h and w
+    (R, K), by the midpoint rule over r (uniform on [3/4, 4/3]) of exact sums over the height h (uniform over the
+    integers h_lo .. h_hi given r; h + 1 where the area is below 0.08 A, as GenerateRandomCrop's "slightly bigger
+    rectangle")."""
     A = H * W
     r = 0.75 + (4 / 3 - 0.75) * (np.arange(nodes) + 0.5) / nodes                    # (R,)
     h_lo = np.rint(np.sqrt(0.08 * A / r))
@@ -153,11 +155,30 @@ def _expected_area(H: int, W: int, nodes: int = 2000) -> tuple[float, float, flo
     h = h + (w * h < 0.08 * A)                                                      # area < min_area: h + 1
     w = np.rint(h * r[:, None])
     passes = (k < (h_hi - h_lo + 1)[:, None]) & (w * h >= 0.1 * A) & (w <= W) & (h <= H)
-    p = passes / (h_hi - h_lo + 1)[:, None] / nodes                                 # P(r, h) of a passing attempt
-    f = w * h / A
+    return passes / (h_hi - h_lo + 1)[:, None] / nodes, h, w
+
+
+def _expected_area(H: int, W: int, nodes: int = 2000) -> tuple[float, float, float]:
+    """(P(an attempt passes), E[area fraction], its standard deviation) of the kept crop: the first passing
+    attempt's law is the attempt's law conditioned on passing (``_attempt_law``)."""
+    p, h, w = _attempt_law(H, W, nodes)
+    f = w * h / (H * W)
     P = p.sum()
     mean = (p * f).sum() / P
     return P, mean, math.sqrt((p * f * f).sum() / P - mean**2)
+
+
+def _binned(H: int, W: int, value, edges: np.ndarray) -> np.ndarray:
+    """P(value(h, w) in each bin [edges[i], edges[i + 1])) for the kept crop."""
+    p, h, w = _attempt_law(H, W)
+    v = value(h, w)
+    return np.array([p[(v >= lo) & (v < hi)].sum() for lo, hi in zip(edges[:-1], edges[1:])]) / p.sum()
+
+
+@functools.cache
+def boxes_224() -> tuple[torch.Tensor, ...]:
+    """(top, left, h, w) of 100k kept crops at 224x224, shared by the distribution tests (~2 s)."""
+    return official_crop_box(_draws(100_000, seed=7), 224, 224)
 
 
 def test_distribution_at_224() -> None:
@@ -173,8 +194,8 @@ def test_distribution_at_224() -> None:
     [0.08, 1] instead of the side, which puts more mass on large crops. All attempts fail with probability
     (1 - P)^100 < 1e-120: no fallback is expected. Tolerance: 4 standard errors sd / sqrt(N).
     """
-    N, S = 20000, 224
-    top, left, h, w = official_crop_box(_draws(N, seed=7), S, S)
+    top, left, h, w = boxes_224()
+    N, S = len(h), 224
     f = (h * w).double() / (S * S)
     P, mean, sd = _expected_area(S, S)
     assert abs(P - 0.9455) < 1e-3 and abs(mean - 0.4224) < 1e-3                     # the docstring's numbers
@@ -189,6 +210,20 @@ def test_distribution_at_224() -> None:
     assert ((top + h == S - 1).sum() > 0) and ((left + w == S - 1).sum() > 0)
     rel = (top.double() + 0.5) / (S - h).double().clamp(min=1)                      # ~ uniform on (0, 1)
     assert abs(rel.mean().item() - 0.5) < 4 * math.sqrt(1 / 12 / N)
+
+
+def test_area_and_aspect_distributions_at_224() -> None:
+    """The histograms of the kept crop's area fraction w h / A and aspect w / h over 100k draws, bin by bin, against
+    the law derived in _attempt_law; tolerance 4 binomial standard errors sqrt(q (1 - q) / N) a bin. The aspect
+    bins tell TF's uniform ratio from torchvision's log-uniform one (mean 1.042 vs 1.014 before rounding), the area
+    bins its skew to small crops (half of them below 0.37 of the image)."""
+    _, _, h, w = (t.double().numpy() for t in boxes_224())
+    N, S = len(h), 224
+    for value, edges in ((lambda h, w: w * h / (S * S), np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.01])),
+                         (lambda h, w: w / h, np.linspace(0.74, 1.345, 9))):
+        q = _binned(S, S, value, edges)
+        got = np.histogram(value(h, w), edges)[0] / N
+        assert abs(q.sum() - 1) < 1e-9 and np.all(np.abs(got - q) < 4 * np.sqrt(q * (1 - q) / N)), (got, q)
 
 
 def test_fallback_rate() -> None:
