@@ -17,7 +17,7 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from data.datasets import DATASETS, load_train_test
+from data.datasets import dataset_arg, load_train_test
 from data.subsets import IndexedImages, check_subset, draw_subset, holdout_split, requested_subset
 from evaluation.config import FinetuneConfig, print_filled, resolve_finetune, with_dataset, with_subset
 from evaluation.harness import (Target, add_precision_option, check_outputs, default_output, eval_loader,
@@ -32,6 +32,7 @@ from utils.cli import Parser, nonneg_float, nonneg_int, number, positive_float, 
 from utils.errors import UserError, run_cli
 from utils.files import save_torch
 from utils.precision import Precision
+from utils.tensorboard import TensorBoardLog, check_log_dir, event_files, open_tensorboard, view_pairs_grid
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-from", help="simclr.py checkpoint or backbone state_dict (or --from-scratch)")
     p.add_argument("--from-scratch", action="store_true",
                    help="the same network, recipe and subset from random init: the baseline for pretraining")
-    p.add_argument("--dataset", choices=list(DATASETS),
+    p.add_argument("--dataset", type=dataset_arg,
                    help="(default: the one the checkpoint was trained on)")
     p.add_argument("--dataset-paths", help="(default: the repository's dataset-paths.json)")
     p.add_argument("--arch", choices=list(ARCHS), help="(default: the checkpoint's)")
@@ -97,6 +98,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--output",
                    help="JSON result (default: <checkpoint>.finetune-<dataset>-<N>pct[-scratch].json)")
     g.add_argument("--save-model", help="also write the reported fine-tuned weights to this file")
+    g.add_argument("--tensorboard", metavar="DIR",
+                   help="also write the logged scalars (every epoch's loss, lr and validation scores, the test\n"
+                        "scores) and a picture of the augmentation as TensorBoard events into DIR (needs the\n"
+                        "tensorboard package); a DIR with events is refused unless --overwrite, which replaces them")
     g.add_argument("--overwrite", action="store_true", help="replace existing output files")
     g.add_argument("--seed", type=int, help="seed of data order, augmentations, new weights (default: 0)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(default: auto)")
@@ -116,6 +121,11 @@ def plan_outputs(cfg: FinetuneConfig, target: Target, name: str):
                                 "the subset file of --output": drawn}, {"--subset-file": cfg.subset_file},
                   hints={"the subset file of --output": f"pass --subset-file {drawn} to train on it, or choose "
                                                         f"another --output"})
+    if cfg.tensorboard is not None:
+        check_log_dir(cfg.tensorboard)
+        if event_files(cfg.tensorboard) and not cfg.overwrite:
+            raise UserError(f"--tensorboard {cfg.tensorboard} holds the events of another run: pass --overwrite to "
+                            f"replace them, or choose another --tensorboard")
     return record, subset_file, output
 
 
@@ -170,6 +180,29 @@ def describe(run: dict, record: dict, model: FineTuneNet, name: str, device: tor
                            "reported": reported}))
 
 
+def augmentation_grid(train_loader: DataLoader, eval_tf, mean, std, n: int = 8) -> torch.Tensor:
+    """The first ``n`` images of the first training batch as evaluated (top row) and as trained, randomly cropped
+    and flipped (below), the same augmentation as in training (data/views.SeededTransformed is keyed by (epoch,
+    image); no RNG is consumed): (3, H, W) in [0, 1]."""
+    data = train_loader.dataset
+    keys = [(0, i) for i in train_loader.sampler.order(0)[:n]]  # epoch 1's first images (data/sampler.EpochSampler)
+    trained = torch.stack([data[key][0] for key in keys])  # (n, 3, S, S)
+    plain = torch.stack([eval_tf(data.images.image(i)) for _, i in keys])
+    return view_pairs_grid(plain, trained, mean, std, n)
+
+
+def start_tensorboard(cfg: FinetuneConfig, train_loader: DataLoader, eval_tf, target: Target) -> TensorBoardLog | None:
+    """With ``--tensorboard``, its log (the events of an earlier run removed: ``--overwrite``, checked in
+    :func:`plan_outputs`) with the picture of the augmentation; else None."""
+    if cfg.tensorboard is None:
+        return None
+    for old in event_files(cfg.tensorboard):
+        os.remove(old)
+    log = open_tensorboard(cfg.tensorboard)
+    log.image("augmentation", augmentation_grid(train_loader, eval_tf, target.info.mean, target.info.std))
+    return log
+
+
 def write_results(summary: dict, output: str, model: FineTuneNet, cfg: FinetuneConfig, classes) -> dict:
     """The JSON result (with the git commit, returned), and with ``--save-model`` the reported weights with the
     run's options (``args``, resolved) and that result."""
@@ -213,6 +246,7 @@ def main(args: argparse.Namespace) -> dict:
     print_filled(cfg, "dataset", "num_epochs", "batch_size")
     run = settings(cfg, target, backbone, record, subset_file, len(fit_idx), len(val_idx), len(test), precision)
     train_loader, val_loader, test_loader = loaders(cfg, train_full, test, fit_idx, val_idx, target, device)
+    tb = start_tensorboard(cfg, train_loader, eval_transform_for(target, train_full), target)
     torch.manual_seed(cfg.seed)
     model = FineTuneNet(backbone, head, len(train_full.classes), cfg.finetune_from, cfg.frozen_bn)
     model = place(model, device, precision)
@@ -228,6 +262,11 @@ def main(args: argparse.Namespace) -> dict:
     print(f"test top-1 {top1:.2f}%, top-5 {top5:.2f}% ({len(test)} images) with the weights of epoch "
           f"{best['epoch']} ({'best validation top-1' if chosen else 'the last'})")
     summary = write_results(summary, output, model, cfg, train_full.classes)
+    if tb is not None:  # the history's rows by epoch (evaluation/supervised.fit returns them after the last)
+        for row in history:
+            tb.write(step=row["epoch"], **row)
+        tb.write(step=best["epoch"], top1=top1, top5=top5, test_loss=test_loss)
+        tb.close()
     return {**summary, "model": model, "output": output}
 
 

@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from data.datasets import DATASETS, load_train_test
+from data.datasets import dataset_arg, load_train_test
 from evaluation.config import print_filled, resolve_sgd, with_dataset, with_linear_recipe
 from evaluation.harness import (add_precision_option, check_outputs, default_output, eval_loader, eval_transform_for,
                                 frozen_backbone, place, random_init_baseline, save_result, seeded_train_loader, setup)
@@ -33,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = Parser(description="Linear evaluation with SGD on a frozen SimCLR backbone",
                argument_default=argparse.SUPPRESS)  # options not given stay out: evaluation/config.py fills them
     p.add_argument("--load-from", required=True, help="checkpoint of simclr.py (or a backbone state_dict)")
-    p.add_argument("--dataset", choices=list(DATASETS),
+    p.add_argument("--dataset", type=dataset_arg,
                    help="(default: the one the checkpoint was trained on)")
     p.add_argument("--dataset-paths", help="(default: the repository's dataset-paths.json)")
     p.add_argument("--arch", choices=list(ARCHS), help="override the checkpoint's arch")

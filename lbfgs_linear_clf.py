@@ -16,7 +16,7 @@ import os
 import numpy as np
 import torch
 
-from data.datasets import DATASETS, content_key, load_train_test, native_size
+from data.datasets import dataset_arg, content_key, load_train_test, native_size
 from data.views import Transformed
 from evaluation.config import LBFGSConfig, print_filled, resolve_lbfgs, with_dataset
 from evaluation.features import extract_features, read_feature_cache, weights_digest
@@ -36,8 +36,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-from", required=True,
                    help="checkpoint of simclr.py (or a backbone state_dict); a bare name is also looked up "
                         "in ./checkpoint/")
-    p.add_argument("--dataset", choices=list(DATASETS),
-                   help="dataset to evaluate on (default: the one the checkpoint was trained on)")
+    p.add_argument("--dataset", type=dataset_arg,
+                   help="dataset name or folder to evaluate on (default: the one the checkpoint was trained on)")
     p.add_argument("--dataset-paths", help="(default: the repository's dataset-paths.json)")
     p.add_argument("--arch", choices=list(ARCHS),
                    help="override the checkpoint's arch (needed for a plain state_dict)")

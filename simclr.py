@@ -11,7 +11,7 @@ import argparse
 import os
 
 
-from data.datasets import DATASETS, native_size
+from data.datasets import dataset_arg, folder_layout, input_info, is_folder, native_size
 from data.loaders import pretrain_input
 from data.sampler import BATCHINGS
 from evaluation.knn import KNNMonitor
@@ -19,6 +19,7 @@ from models.resnet import ARCHS, STEMS
 from optim.schedules import lr_schedule, warmup_steps
 from training.build import build_pretraining
 from training.config import PretrainConfig, resolve_pretrain
+from training.recipe import folder_recipe
 from training.loop import BatchError, NonFiniteLoss, train_one_epoch
 from training.run_files import claim_run, continued
 from utils.allocator import tune_cpu_allocator
@@ -31,6 +32,7 @@ from utils.errors import UserError, run_cli
 from utils.files import check_output
 from utils.interrupt import StopRequest
 from utils.precision import configure_backends, resolve_precision
+from utils.tensorboard import Logs, open_tensorboard, view_pairs_grid
 
 LOG_FIELDS = ["epoch", "step", "lr", "loss", "images_per_s", "knn_top1", "run_id"]
 MODEL_KEYS = ["arch", "stem", "width_multiplier", "proj_dim", "proj_hidden_dim", "proj_layers"]
@@ -40,8 +42,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = Parser(description="SimCLR pretraining. 'recipe': the dataset's row of training/recipe.py; every default is\n"
                            "training/config.py's", formatter_class=argparse.RawTextHelpFormatter,
                argument_default=argparse.SUPPRESS)  # options not given stay out: resolve_pretrain fills them
-    p.add_argument("--dataset", "-d", choices=list(DATASETS),
-                   help="dataset name, resolved through --dataset-paths (default: cifar10)")
+    p.add_argument("--dataset", "-d", type=dataset_arg,
+                   help="a dataset name, resolved through --dataset-paths, or a folder of images: class folders,\n"
+                        "train/ and test/ folders of classes, or images without classes (README, Your own images)\n"
+                        "(default: cifar10)")
     p.add_argument("--dataset-paths",
                    help="JSON file mapping dataset names to folders (default: the repository's dataset-paths.json)")
     p.add_argument("--arch", choices=list(ARCHS), help="encoder (default: resnet50)")
@@ -118,6 +122,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (not under DataParallel)")
     p.add_argument("--log-freq", type=positive_int,
                    help="read the loss back from the device every N steps; a CSV row each time (default: 10)")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="also write the log's rows, and once the first batch's view pairs, as TensorBoard events\n"
+                        "into DIR (needs the tensorboard package) (default: off)")
     return p
 
 
@@ -170,6 +177,8 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
     tune_cpu_allocator(device)  # on CPU: reuse freed tensors' memory (utils/allocator.py)
     configure_backends(device)
     cfg, pretrain, sampler, batches, run = setup(cfg, dist_info)
+    unscored = cfg.test_freq and not pretrain.classes  # a folder of images without classes: no kNN monitor
+    cfg = cfg.with_(test_freq=0) if unscored else cfg
     model, optimizer, precision = run.model, run.optimizer, run.precision
     if dist_info.is_main:  # room for one more checkpoint (model and momentum) beside the old one
         check_output(path, "--filename", 2 * sum(t.numel() * t.element_size() for t in model.state_dict().values()))
@@ -178,11 +187,14 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
     warmup = warmup_steps(cfg.warmup_epochs, len(pretrain), cfg.batch_size, cfg.batching)
     lr_at = lr_schedule(cfg.lr, starts[-1], warmup, cfg.cosine_anneal)
     keep = step if cfg.resume and not cfg.overwrite else None
-    log = CSVLog(log_path, LOG_FIELDS, run_id, keep) if dist_info.is_main else NullLog()
+    board = open_tensorboard(cfg.tensorboard, dist_info.is_main, purge_step=None if keep is None else keep + 1)
+    log = Logs(CSVLog(log_path, LOG_FIELDS, run_id, keep), board) if dist_info.is_main else NullLog()
     monitor = KNNMonitor(cfg.dataset, cfg.dataset_paths, cfg.image_size, cfg.native_size, device, precision,
                          cfg.num_workers, cfg.knn_k, cfg.augment) if cfg.test_freq > 0 and dist_info.is_main else None
     print0(startup_line(cfg, dist_info, run, len(pretrain), starts[-1], path, log_path))
     print0(f"options {cfg.origin()}; the others: training/config.py's defaults")
+    if unscored:
+        print0(f"kNN monitor off: {cfg.dataset} has no classes to score it with")
 
     def save(epoch: int) -> None:  # epoch: epochs completed; step may be further on after a mid-epoch stop
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
@@ -190,6 +202,10 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
                          "history": history, "classes": list(pretrain.classes)}, path)
 
     result = {"checkpoint": path, "log": log_path, "losses": [], "knn": []}
+    if board is not None and start_epoch < cfg.num_epochs:  # once: the picture that shows a wrong augmentation
+        sampler.set_epoch(start_epoch, skip=step - starts[start_epoch])
+        info = input_info(cfg.dataset, cfg.augment)
+        board.image("view_pairs", view_pairs_grid(*next(iter(batches)), info.mean, info.std), step)
     saver = Saver(save, cfg.save_freq, cfg.num_epochs)
     with StopRequest() as stop:
         for epoch in range(start_epoch, cfg.num_epochs):
@@ -223,12 +239,21 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
 
 def startup_line(cfg: PretrainConfig, dist_info: DistInfo, run, images: int, steps: int, path: str,
                  log_path: str) -> str:
-    return (f"{cfg.dataset}: {images} images, {steps} steps of {cfg.batch_size} in {cfg.num_epochs} epochs "
-            f"({cfg.batching} batching); {cfg.arch} "
-            f"({cfg.stem} stem) on {dist_info.device}, {run.precision.label}, {run.parallel}, SyncBN {cfg.sync_bn}"
+    epochs = f"{cfg.num_epochs} epoch" + "s" * (cfg.num_epochs > 1)
+    return (f"{cfg.dataset}{folder_note(cfg.dataset)}: {images} images, {steps} steps of {cfg.batch_size} in "
+            f"{epochs} ({cfg.batching} batching); {cfg.arch} ({cfg.stem} stem) at {cfg.image_size} px "
+            f"on {dist_info.device}, {run.precision.label}, {run.parallel}, SyncBN {cfg.sync_bn}"
             + (" (--sync-bn has no effect without torchrun)" if cfg.sync_bn and not dist_info.distributed else "")
             + (f", gradient caching in chunks of {cfg.chunk_size} pairs" if cfg.chunk_size else "")
             + f"; lr {cfg.lr:.4g} ({cfg.lr_scaling} scaling of {cfg.base_lr}); checkpoint {path}, log {log_path}")
+
+
+def folder_note(dataset: str) -> str:
+    """For a folder given as the dataset: its layout and the recipe row its images' size picked."""
+    if not is_folder(dataset):
+        return ""
+    like, side, _ = folder_recipe(dataset)
+    return f" ({folder_layout(dataset)} folder, median side {side} px: the {like} row of training/recipe.py)"
 
 
 def run_epoch(cfg, dist_info, run, batches, lr_at, epoch, step, log, stop, result) -> tuple[int, bool]:

@@ -13,6 +13,8 @@ native file is checked at load (shapes, one label per image, labels within the c
 """
 from __future__ import annotations
 
+import argparse
+import functools
 import hashlib
 import os
 import pickle
@@ -56,6 +58,11 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+# A folder given as --dataset (README, Your own images): ImageNet's normalisation, read by the layout it has.
+FOLDER = DatasetInfo("folder", IMAGENET_MEAN, IMAGENET_STD, False, "pretrain", "test")
+HELD_OUT = 0.2  # of a folder of class folders without train/ and test/: the test split's share, by path hash
+
+
 def input_info(name: str, augment: str = "torchvision") -> DatasetInfo:
     """``dataset_info`` with the inputs' normalisation of a run made with ``augment``: the dataset's mean and std
     for torchvision's semantics, none for the official code's, which feeds pixels in [0, 1]."""
@@ -63,17 +70,43 @@ def input_info(name: str, augment: str = "torchvision") -> DatasetInfo:
     return info if augment == "torchvision" else replace(info, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
+def is_folder(name: str) -> bool:
+    """Whether ``name`` is a folder given as the dataset (an existing folder, not a name registered in DATASETS)."""
+    return name not in DATASETS and os.path.isdir(name)
+
+
+def dataset_tag(name: str) -> str:
+    """The dataset in output file names: its registered name, or a folder's own name."""
+    return name if name in DATASETS else os.path.basename(os.path.normpath(name))
+
+
+def dataset_arg(value: str) -> str:
+    """argparse type of ``--dataset``: a registered name, or an existing folder (made absolute, so that a
+    checkpoint names it wherever it is resumed from)."""
+    if value in DATASETS:
+        return value
+    if os.path.isdir(value):
+        return os.path.abspath(value)
+    raise argparse.ArgumentTypeError(f"{value!r} is neither a dataset name ({', '.join(DATASETS)}) nor a folder")
+
+
 def dataset_info(name: str) -> DatasetInfo:
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-    return DATASETS[name]
+    """The registered dataset's facts, or FOLDER's for a folder of images."""
+    if name in DATASETS:
+        return DATASETS[name]
+    if os.path.isdir(name):
+        return FOLDER
+    raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, or give a folder of images"
+                    + (" (this folder does not exist here)" if os.sep in name else ""))
 
 
 class ArrayImages(Dataset):
-    """Images decoded into memory: ``images`` (N, H, W, 3) uint8, ``labels`` (N,) int64 (-1: unlabeled)."""
+    """Images decoded into memory: ``images`` (N, H, W, 3) uint8, ``labels`` (N,) int64 (-1: unlabeled);
+    ``paths``: the files they were decoded from, None for native formats (CIFAR pickles, STL binaries)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> None:
-        self.images, self.labels, self.classes = images, labels.astype(np.int64), classes
+    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str],
+                 paths: list[str] | None = None) -> None:
+        self.images, self.labels, self.classes, self.paths = images, labels.astype(np.int64), classes, paths
 
     def __len__(self) -> int:
         return len(self.images)
@@ -96,6 +129,7 @@ class FileImages(Dataset):
     def __init__(self, samples: list[tuple[str, int]], classes: list[str]) -> None:
         self.samples, self.classes = samples, classes
         self.labels = np.array([y for _, y in samples], dtype=np.int64)
+        self.paths = [p for p, _ in samples]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -254,8 +288,9 @@ def decode_all(samples: list[tuple[str, int]], classes: list[str], threads: int 
     cache = _cache_file(samples)
     labels = np.array([y for _, y in samples])
     cached = _load_decoded(cache, len(samples)) if os.path.isfile(cache) else None
+    paths = [p for p, _ in samples]
     if cached is not None:
-        return ArrayImages(cached, labels, classes)
+        return ArrayImages(cached, labels, classes, paths)
     with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding
         arrays = list(pool.map(lambda s: np.asarray(read_image(s[0])), samples))
     shapes = {a.shape for a in arrays}
@@ -268,7 +303,7 @@ def decode_all(samples: list[tuple[str, int]], classes: list[str], threads: int 
         atomic_write(cache, lambda f: np.save(f, images))  # a temporary file, fsynced, renamed: never half a cache
     except UserError:
         pass  # a read-only checkout still works, only slower to start
-    return ArrayImages(images, labels, classes)
+    return ArrayImages(images, labels, classes, paths)
 
 
 def _load_decoded(cache: str, n: int) -> np.ndarray | None:
@@ -449,9 +484,83 @@ def _image_folder_split(root: str, split: str, in_memory: bool):
     return decode_all(samples, classes) if in_memory or fits_in_memory(samples) else FileImages(samples, classes)
 
 
+def folder_layout(root: str) -> str:
+    """How a folder given as the dataset is read: ``splits`` (``train/<class>/...`` and ``val/`` or ``test/``, as
+    ImageNet), ``classes`` (``<class>/...`` only: at least two class folders and no image beside them), or
+    ``unlabeled`` (images at any depth, no classes)."""
+    if os.path.isdir(os.path.join(root, "train")):
+        return "splits"
+    entries = os.listdir(root)
+    if any(e.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(root, e)) for e in entries):
+        return "unlabeled"
+    return "classes" if sum(os.path.isdir(os.path.join(root, e)) for e in entries) >= 2 else "unlabeled"
+
+
+def held_out(root: str, path: str) -> bool:
+    """Whether an image of a ``classes`` folder is in its test split: the SHA-1 of its path relative to the folder
+    (with '/') below HELD_OUT, so the split never changes between runs, machines or added files."""
+    rel = os.path.relpath(path, root).replace(os.sep, "/")
+    return int(hashlib.sha1(rel.encode()).hexdigest()[:8], 16) < HELD_OUT * 2**32
+
+
+def scan_unlabeled(root: str) -> list[tuple[str, int]]:
+    """(path, -1) for every image under ``root``, at any depth, in _walk's order."""
+    samples = [(os.path.join(folder, f), -1) for folder, files in _walk(root) for f in files
+               if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))]
+    if not samples:
+        raise UserError(f"no images in {root}: give a folder of images ({', '.join(IMAGE_EXTENSIONS)}), of class "
+                        f"folders, or with train/<class>/ and test/<class>/")
+    return samples
+
+
+def _folder_samples(root: str, split: str) -> tuple[list[tuple[str, int]], list[str]]:
+    """(path, label) and class names of one split of a folder given as the dataset (``folder_layout``):
+    ``pretrain`` is every image (train/ in the ``splits`` layout); ``train`` and ``test`` need classes."""
+    layout = folder_layout(root)
+    if layout == "splits":
+        names = {"pretrain": ("train",), "train": ("train",)}.get(split, ("val", "test"))
+        found = [os.path.join(root, n) for n in names if os.path.isdir(os.path.join(root, n))]
+        if not found:
+            raise UserError(f"no val or test folder in {root}: expected {root}/test/<class>/<image> beside train/")
+        return scan_image_folder(found[0])
+    if layout == "unlabeled":
+        if split != "pretrain":
+            raise UserError(f"{root} has no classes (images directly in it): an evaluation needs labelled images, "
+                            f"{root}/<class>/<image> or {root}/train/<class>/<image> with {root}/test/<class>/")
+        return scan_unlabeled(root), []
+    samples, classes = scan_image_folder(root)
+    if split != "pretrain":
+        samples = [s for s in samples if held_out(root, s[0]) == (split == "test")]
+        if not samples:
+            raise UserError(f"the {split} split of {root} is empty ({HELD_OUT:.0%} of the images, by path hash, are "
+                            f"held out for testing): add images")
+    return samples, classes
+
+
+@functools.lru_cache(maxsize=8)
+def median_side(root: str, sample: int = 256) -> int:
+    """The median shorter side in pixels of the pretraining images of a folder given as the dataset, from the
+    headers of at most ``sample`` of them, evenly spaced in order."""
+    paths = [p for p, _ in _folder_samples(os.path.abspath(root), "pretrain")[0]]
+    sides = []
+    for path in paths[::max(1, len(paths) // sample)][:sample]:
+        try:
+            with Image.open(path) as im:
+                sides.append(min(im.size))
+        except (OSError, ValueError):
+            pass  # named when it is read
+    if not sides:
+        raise UserError(f"cannot read the size of any image in {root}: check the files")
+    return int(np.median(sides))
+
+
 def load_split(name: str, split: str, paths_file: str = DEFAULT_PATHS_FILE):
-    """Images and labels of one split of dataset ``name``: ``"pretrain"``, ``"train"`` or ``"test"``."""
+    """Images and labels of one split of dataset ``name`` (a registered name, or a folder: ``_folder_split``):
+    ``"pretrain"``, ``"train"`` or ``"test"``."""
     info = dataset_info(name)
+    if info is FOLDER:
+        samples, classes = _folder_samples(os.path.abspath(name), split)
+        return decode_all(samples, classes) if fits_in_memory(samples) else FileImages(samples, classes)
     root = resolve(name, paths_file)
     split = {"pretrain": info.pretrain_split, "test": info.test_split}.get(split, split)
     family = info.family

@@ -160,9 +160,9 @@ class IndexedImages:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from data.datasets import DATASETS
+    from data.datasets import dataset_arg
     p = argparse.ArgumentParser(description="Draw a class-balanced label subset and write it to a JSON file")
-    p.add_argument("--dataset", required=True, choices=list(DATASETS))
+    p.add_argument("--dataset", required=True, type=dataset_arg, help="a dataset name or a folder of class folders")
     p.add_argument("--dataset-paths", default=DEFAULT_PATHS_FILE, help="(default: the repository's dataset-paths.json)")
     p.add_argument("--label-fraction", type=float, required=True, help="fraction of the labels, in (0, 1]")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")

@@ -105,10 +105,42 @@ class FinetuneConfig(Options):
     precision: str = "auto"
     output: str | None = None  # <checkpoint>.finetune-<dataset>-<N>pct[-scratch].json
     save_model: str | None = None
+    tensorboard: str | None = None  # a folder for TensorBoard's event files
     overwrite: bool = False
     seed: int = 0
     device: str = "auto"
     sources: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class EmbedConfig(Options):
+    """embed.py: a split's features h (z with ``projection``) to an .npz; the backbone in torchvision's format."""
+    load_from: str | None = None  # required on the command line
+    dataset: str | None = DATA  # the checkpoint's
+    dataset_paths: str = DEFAULT_PATHS_FILE
+    arch: str | None = None  # the checkpoint's
+    stem: str | None = None  # the checkpoint's
+    image_size: int | None = None  # the checkpoint's, else the dataset's
+    split: str = "test"
+    projection: bool = False
+    batch_size: int = 512
+    num_workers: int = 2
+    precision: str = "auto"
+    output: str | None = None  # <checkpoint>.embed-<dataset>-<split>.npz when no other output is named
+    export_backbone: str | None = None
+    neighbours: str | None = None
+    map: str | None = None
+    k: int = 8
+    overwrite: bool = False
+    seed: int = 0
+    device: str = "auto"
+    sources: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def embeds(self) -> bool:
+        """Whether features are computed: for the .npz or a picture; not when --export-backbone is all that is
+        asked."""
+        return bool(self.output or self.neighbours or self.map or not self.export_backbone)
 
 
 def _resolve(kind: type, given: dict):
@@ -142,6 +174,21 @@ def resolve_finetune(given: dict) -> FinetuneConfig:
     if cfg.base_lr is None:
         cfg = _derived(cfg, f"from training/recipe.FINETUNE_BASE_LR of --lr-scaling {cfg.lr_scaling}",
                        base_lr=FINETUNE_BASE_LR[cfg.lr_scaling])
+    return cfg
+
+
+def resolve_embed(given: dict) -> EmbedConfig:
+    """embed.py's configuration of ``given``. Refuses an option that would do nothing: --k without --neighbours,
+    --seed without a picture, and what says which features when only --export-backbone is asked."""
+    cfg = _resolve(EmbedConfig, given)
+    if "k" in given and not cfg.neighbours:
+        raise UserError("--k goes with --neighbours FILE.png")
+    if "seed" in given and not (cfg.neighbours or cfg.map):
+        raise UserError("--seed goes with --neighbours or --map")
+    idle = [f"--{k.replace('_', '-')}" for k in ("dataset", "image_size", "split", "projection") if k in given]
+    if idle and not cfg.embeds:
+        raise UserError(f"{', '.join(idle)}: say which features, which a run with only --export-backbone does not "
+                        f"compute; add --output FILE.npz, or leave {'it' if len(idle) == 1 else 'them'} out")
     return cfg
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from data.augment import eval_transform, train_linear_transform
-from data.datasets import DatasetInfo, native_size
+from data.datasets import DatasetInfo, dataset_tag, native_size
 from data.sampler import EpochSampler
 from data.views import SeededTransformed, Transformed
 from evaluation.config import FinetuneConfig, LBFGSConfig, SGDConfig
@@ -141,7 +141,7 @@ def eval_loader(images, transform, batch_size: int, num_workers: int) -> DataLoa
 def default_output(ckpt: str | None, task: str, dataset: str, *variants: str, scratch_name: str = "") -> str:
     """``<checkpoint>.<task>-<dataset>[-<variant>...].json`` beside the checkpoint (empty variants left out);
     without a checkpoint ``checkpoint/scratch-<scratch_name>.<task>-...json``."""
-    tag = "-".join([task, dataset, *(v for v in variants if v)])
+    tag = "-".join([task, dataset_tag(dataset), *(v for v in variants if v)])
     base = os.path.splitext(ckpt)[0] if ckpt else checkpoint_path(f"scratch-{scratch_name}")
     return f"{base}.{tag}.json"
 

@@ -65,6 +65,7 @@ class PretrainConfig(Options):
     channels_last: bool | None = None  # with bf16
     compile: bool = False
     log_freq: int = 10
+    tensorboard: str | None = None  # a folder: the CSV log's rows also as TensorBoard events (utils/tensorboard.py)
     # derived: the lr at resolve, the rest at setup (simclr.setup)
     lr: float | None = None
     world_size: int | None = None

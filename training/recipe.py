@@ -5,6 +5,7 @@ choice, not the paper's. Imagenette (10 ImageNet classes) takes the ImageNet rec
 monitor on. A dataset missing here has no default: its options must be given."""
 from __future__ import annotations
 
+from data.datasets import is_folder, median_side
 from utils.errors import UserError
 
 _CIFAR = dict(stem="cifar", image_size=32, base_lr=1.0, weight_decay=1e-4, temperature=0.5, jitter_strength=0.5,
@@ -40,15 +41,35 @@ LINEAR_EVAL: dict[str, dict] = {"cifar10": _SMALL_LINEAR, "cifar10-sample": _SMA
 FINETUNE_BASE_LR = {"sqrt": 0.005, "linear": 0.05, "none": 0.16}
 
 
+def folder_recipe(dataset: str) -> tuple[str, int, dict]:
+    """(the row, the median side, the row's changes) for a folder given as the dataset, by its images' median
+    shorter side (data.datasets.median_side): up to 64 px CIFAR's row at that side, from 160 px Imagenette's (the
+    ImageNet recipe with the kNN monitor on) at 224 px, between STL-10's (96 px crops of the STL stem)."""
+    side = median_side(dataset)
+    if side <= 64:
+        return "cifar10", side, {"image_size": side}
+    if side >= 160:
+        return "imagenette", side, {"image_size": 224}
+    return "stl10", side, {}
+
+
+def _row(table: dict[str, dict], dataset: str) -> dict:
+    """``dataset``'s row of ``table`` (a copy); for a folder, the row that ``folder_recipe`` picks."""
+    if dataset in table or not is_folder(dataset):
+        return dict(table.get(dataset, {}))
+    like, _, changes = folder_recipe(dataset)
+    return {**table.get(like, {}), **{k: v for k, v in changes.items() if k in table.get(like, {})}}
+
+
 def recipe(dataset: str) -> dict:
     """The dataset's defaults (a copy)."""
-    return dict(RECIPES.get(dataset, {}))
+    return _row(RECIPES, dataset)
 
 
 def learning_rate(dataset: str, batch_size: int, base_lr: float | None, scaling: str | None) -> tuple[float, str]:
     """(base lr, scaling rule), each the given one or the recipe's: square-root scaling below the batch of
     the row's ``sqrt_lr``, linear otherwise. A rule without a base lr in the recipe asks for --base-lr."""
-    sqrt = RECIPES.get(dataset, {}).get("sqrt_lr")
+    sqrt = recipe(dataset).get("sqrt_lr")
     scaling = scaling or ("sqrt" if sqrt and batch_size < sqrt[1] else "linear")
     if base_lr is None and scaling == "sqrt" and sqrt:
         base_lr = sqrt[0]
@@ -62,7 +83,7 @@ def learning_rate(dataset: str, batch_size: int, base_lr: float | None, scaling:
 def defaults_for(table: dict[str, dict], dataset: str, given: dict, what: str = "recipe") -> dict:
     """``given`` (option -> value, None where not given) with its Nones taken from ``dataset``'s row of
     ``table``; a UserError names the options still None (a dataset without a row has no defaults)."""
-    row = table.get(dataset, {})
+    row = _row(table, dataset)
     filled = {k: row.get(k) if v is None else v for k, v in given.items()}
     missing = [k for k, v in filled.items() if v is None]
     if missing:
