@@ -35,6 +35,7 @@ from data.paths import resolve
 from data.views import Transformed
 from evaluation.config import EmbedConfig, print_filled, resolve_embed, with_dataset
 from evaluation.features import extract_features
+from evaluation.knn import knn_loo_accuracy
 from evaluation.harness import (FROZEN_FEATURES, Target, add_precision_option, eval_precision, eval_transform_for,
                                 place, target_of)
 from evaluation.load import checkpoint_args, load_backbone
@@ -50,6 +51,7 @@ from utils.errors import UserError, run_cli
 from utils.files import atomic_write, save_torch
 from utils.precision import Precision, PrecisionNet, configure_backends
 
+KNN_K = 20  # neighbours of the leave-one-out kNN score of a labelled split (evaluation/knn.knn_loo_accuracy)
 FROZEN = FROZEN_FEATURES[0]  # embed.py's features follow the frozen-feature rule of evaluation/harness.py
 
 
@@ -216,11 +218,15 @@ def main(args: argparse.Namespace) -> dict:
         print(f"wrote {output}: {described}")
     else:
         print(f"embedded {described}")
+    title = f"{what} of {os.path.basename(ckpt)} on {dataset_tag(target.dataset)} {cfg.split}"
+    knn = knn_loo_accuracy(x, y, KNN_K) if labelled and len(x) > 1 else None
+    if knn is not None:
+        print(f"kNN top-1 {knn:.2f}% (each image voted by its {KNN_K} nearest others, leave-one-out)")
+        title += f": kNN top-1 {knn:.1f}% (k={KNN_K}, leave-one-out)"
     if pictures is not None:
-        draw(pictures, cfg, images, features, labels,
-             f"{what} of {os.path.basename(ckpt)} on {dataset_tag(target.dataset)} {cfg.split}")
+        draw(pictures, cfg, images, features, labels, title)
     return {**summary, "what": what, "num_images": len(features), "feature_dim": int(features.shape[1]),
-            "labelled": labelled}
+            "labelled": labelled, "knn_top1": knn}
 
 
 if __name__ == "__main__":

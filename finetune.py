@@ -215,13 +215,13 @@ def write_results(summary: dict, output: str, model: FineTuneNet, cfg: FinetuneC
 
 
 def train(model: FineTuneNet, cfg: FinetuneConfig, lr: float, total_steps: int, train_loader, val_loader, precision,
-          device: torch.device) -> tuple[dict, list, float]:
+          device: torch.device, log=None) -> tuple[dict, list, float]:
     """Fine-tune (models/finetune.py's frozen parts checked unmoved after); (reported epoch, history, seconds)."""
     frozen_before, start = model.frozen_state(), time.perf_counter()
     optimizer = build_optimizer(model, cfg.optimizer, lr, cfg.weight_decay, cfg.momentum, cfg.trust_coefficient,
                                 unadapted=model.classifier, nesterov=cfg.nesterov)  # the official head_supervised
     best, history = fit(model, optimizer, lr_schedule(lr, total_steps, 0, cfg.schedule == "cosine"), train_loader,
-                        cfg.num_epochs, precision, device, val_loader, cfg.val_freq)
+                        cfg.num_epochs, precision, device, val_loader, cfg.val_freq, log)
     seconds = time.perf_counter() - start
     if not state_equal(model.frozen_state(), frozen_before):
         raise RuntimeError("a frozen part of the encoder changed during fine-tuning: this is a bug, please report it")
@@ -252,7 +252,7 @@ def main(args: argparse.Namespace) -> dict:
     model = place(model, device, precision)
     describe(run, record, model, name, device, precision)
     best, history, seconds = train(model, cfg, run["lr"], cfg.num_epochs * (len(fit_idx) // cfg.batch_size),
-                                   train_loader, val_loader, precision, device)
+                                   train_loader, val_loader, precision, device, tb)
     top1, top5, test_loss = evaluate(model, test_loader, device, precision, desc="test")  # the only test evaluation
     chosen = best["state"] is not None  # an epoch chosen on validation, else the last
     summary = {**run, "reported_epoch": best["epoch"],
@@ -262,9 +262,7 @@ def main(args: argparse.Namespace) -> dict:
     print(f"test top-1 {top1:.2f}%, top-5 {top5:.2f}% ({len(test)} images) with the weights of epoch "
           f"{best['epoch']} ({'best validation top-1' if chosen else 'the last'})")
     summary = write_results(summary, output, model, cfg, train_full.classes)
-    if tb is not None:  # the history's rows by epoch (evaluation/supervised.fit returns them after the last)
-        for row in history:
-            tb.write(step=row["epoch"], **row)
+    if tb is not None:  # the epochs' rows went as they came (evaluation/supervised.fit); the test scores last
         tb.write(step=best["epoch"], top1=top1, top5=top5, test_loss=test_loss)
         tb.close()
     return {**summary, "model": model, "output": output}

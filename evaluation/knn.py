@@ -37,6 +37,24 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     return 100.0 * (pred.cpu() == test_labels.cpu()).float().mean().item()
 
 
+@torch.no_grad()
+def knn_loo_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int = 20, temperature: float = 0.1,
+                     chunk_size: int = 1024) -> float:
+    """Top-1 accuracy in percent of :func:`knn_predict`'s vote for each sample by its k most similar others
+    (leave-one-out): the kNN score of one labelled set, e.g. embed.py's embeddings of a test split."""
+    x, y = F.normalize(features.float(), dim=1), labels.long().to(features.device)  # (N, D), (N,)
+    k, correct = min(k, x.shape[0] - 1), 0
+    for start in range(0, x.shape[0], chunk_size):
+        sim = x[start:start + chunk_size] @ x.t()  # (m, N)
+        rows = torch.arange(sim.shape[0], device=sim.device)
+        sim[rows, start + rows] = -float("inf")  # not its own neighbour
+        top, idx = sim.topk(k, dim=1)  # (m, k)
+        votes = torch.zeros(sim.shape[0], int(y.max()) + 1, device=sim.device)
+        votes.scatter_add_(1, y[idx], (top / temperature).exp())  # (m, C)
+        correct += int((votes.argmax(dim=1) == y[start:start + chunk_size]).sum())
+    return 100.0 * correct / x.shape[0]
+
+
 class KNNMonitor:
     """kNN top-1 (%) of a dataset's test split against its training split, on a backbone's features of
     un-augmented images, at ``precision`` (utils.precision.Precision): the monitor of pretraining."""

@@ -63,10 +63,11 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, precisi
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, lr_at: Callable[[int], float], train_loader: DataLoader,
         epochs: int, precision: Precision, device: torch.device, val_loader: DataLoader | None = None,
-        val_freq: int = 1) -> tuple[dict, list[dict]]:
+        val_freq: int = 1, log=None) -> tuple[dict, list[dict]]:
     """Train ``epochs`` epochs from step 0, validating every ``val_freq`` epochs and after the last. The
     weights of the best validated epoch (top-1, then loss) are loaded back; without validation, the last
-    epoch's stay. Returns ({epoch, val_top1, val_loss, state (None without validation)}, per-epoch rows)."""
+    epoch's stay. Returns ({epoch, val_top1, val_loss, state (None without validation)}, per-epoch rows); each
+    row also goes to ``log.write(step=epoch, **row)`` as it is made (e.g. utils/tensorboard.TensorBoardLog)."""
     set_epoch = getattr(train_loader.sampler, "set_epoch", None)  # data/sampler.EpochSampler: an order per epoch
     best = {"epoch": epochs, "val_top1": None, "val_loss": None, "state": None}
     history, step = [], 0
@@ -85,6 +86,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, lr_at: Callable[[int
                             state={k: v.detach().clone() for k, v in model.state_dict().items()})
                 message += " (best)"
         history.append(row)
+        if log is not None:
+            log.write(step=epoch, **row)
         print(message, flush=True)
     if best["state"] is not None:
         model.load_state_dict(best["state"])

@@ -1,5 +1,6 @@
 """Linear evaluation scripts and the kNN monitor on a tiny pretraining checkpoint."""
 import json
+import math
 import os
 import shutil
 
@@ -17,7 +18,7 @@ from evaluation.config import (FinetuneConfig, LBFGSConfig, SGDConfig, resolve_f
                                resolve_sgd, with_dataset, with_linear_recipe, with_subset)
 from evaluation.features import weights_digest
 from evaluation.harness import Target, default_output, eval_precision, seeded_train_loader
-from evaluation.knn import knn_predict
+from evaluation.knn import knn_loo_accuracy, knn_predict
 from evaluation.load import backbone_state, evaluation_target, load_backbone, recipe_default
 from models.resnet import resnet18
 from tests.tiny_data import tiny_checkpoint, write_image_folder, write_paths
@@ -47,6 +48,21 @@ def test_knn_matches_plain_loop():
             votes[int(labels[i])] += torch.exp(torch.tensor(sims[i] / t)).item()
         expected.append(max(range(4), key=lambda c: votes[c]))
     assert knn_predict(train, labels, test, 4, k=k, temperature=t, chunk_size=4).tolist() == expected
+
+
+def test_leave_one_out_knn_matches_plain_loop():
+    """Each sample voted by its k most similar others (never itself), weighted by exp(cos / t); chunked."""
+    g = torch.Generator().manual_seed(1)
+    x, labels = torch.randn(30, 5, generator=g), torch.randint(0, 3, (30,), generator=g)
+    x[7] = x[3] * 2  # a duplicate: its own copy must not decide its vote for itself
+    k, t, right = 5, 0.1, 0
+    for j in range(30):
+        sims = {i: float(torch.dot(x[j] / x[j].norm(), x[i] / x[i].norm())) for i in range(30) if i != j}
+        votes = [0.0] * 3
+        for i in sorted(sims, key=lambda i: -sims[i])[:k]:
+            votes[int(labels[i])] += math.exp(sims[i] / t)
+        right += max(range(3), key=lambda c: votes[c]) == int(labels[j])
+    assert knn_loo_accuracy(x, labels, k=k, temperature=t, chunk_size=7) == pytest.approx(100 * right / 30)
 
 
 def test_lbfgs_script_end_to_end(pretrained, tmp_path, capsys):
