@@ -1,0 +1,240 @@
+"""The decode path (data/jpeg_decode.py) against the worker path (data/loaders.py: TwoCrops, ImageTreeTwoViews), on
+CPU: decode_jpeg's CPU decoder stands in for nvJPEG."""
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+
+import data.jpeg_decode as jd
+from data.batched_augment import BatchedSimCLRAugment, RandomResizedCrop
+from data.datasets import IMAGENET_STD, FileImages, read_image, scan_image_folder
+from data.jpeg_decode import (DecodedTwoViews, TreeBytes, batch_bytes, collate_bytes, cut_crops, decode_batch,
+                              is_batch_jpeg)
+from data.keyed_random import ViewKeys
+from data.loaders import ImageTreeTwoViews, TwoCrops
+from data.official_augment import PIPELINES
+from utils.errors import UserError
+
+CPU = torch.device("cpu")
+SIZE, SEED, BATCH = 32, 5, 3
+SIZES = [(40, 60), (90, 70), (64, 48), (70, 90), (55, 75), (48, 41)]  # (H, W) of the RGB JPEGs
+# (epoch, index) keys of all 9 images, batches mixing two epochs (as StepSampler's stream batching does)
+KEYS = [(3, 4), (3, 0), (7, 8), (3, 6), (7, 2), (7, 1), (3, 7), (7, 5), (3, 3)]
+LEVELS = 1  # the decode path's crops are within 1 level of 255 of the worker path's on these pictures (picture's
+# docstring derives it; on CPU the decode itself is PIL's, bit for bit)
+
+
+def picture(h: int, w: int, seed: int) -> np.ndarray:
+    """(h, w, 3) uint8 in 40..215: colour waves plus noise. Within that range no bicubic pass overshoots 0..255 (the
+    kernel's negative lobes add at most 1/8 of a step), so PIL's rounding of its intermediate rows is the only
+    difference between its two-pass uint8 resize and the float one: at most 0.5 * 1.25 (the kernel's absolute sum)
+    before the final roundings, hence 1 level. Where PIL clips an intermediate row (edges next to saturated pixels)
+    the two differ by more (data/jpeg_decode.cut_crops)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    waves = np.stack([128 + 60 * np.sin(x / (4 + c) + seed) * np.cos(y / (3 + c) - c) for c in range(3)], -1)
+    return np.clip(waves + rng.normal(0, 12, (h, w, 3)), 40, 215).astype(np.uint8)
+
+
+def jpeg_bytes(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=90, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> FileImages:
+    """train/a/: 6 RGB JPEGs of mixed sizes; train/b/: a grayscale JPEG, a CMYK JPEG and a PNG named .JPEG."""
+    root = tmp_path_factory.mktemp("jpegs")
+    os.makedirs(root / "train" / "a")
+    os.makedirs(root / "train" / "b")
+    for k, (h, w) in enumerate(SIZES):
+        (root / "train" / "a" / f"{k}.JPEG").write_bytes(jpeg_bytes(Image.fromarray(picture(h, w, k))))
+    (root / "train" / "b" / "gray.JPEG").write_bytes(jpeg_bytes(Image.fromarray(picture(50, 45, 6)[..., 0])))
+    (root / "train" / "b" / "cmyk.JPEG").write_bytes(jpeg_bytes(Image.fromarray(picture(45, 66, 7)).convert("CMYK")))
+    Image.fromarray(picture(60, 52, 8)).save(root / "train" / "b" / "png.JPEG", format="PNG")
+    samples, classes = scan_image_folder(str(root / "train"))
+    return FileImages(samples, classes)
+
+
+def name(images: FileImages, i: int) -> str:
+    return os.path.basename(images.paths[i])
+
+
+def worker_loader(images, augment) -> DataLoader:
+    return DataLoader(TwoCrops(images, augment, seed=SEED), batch_size=BATCH, sampler=KEYS, num_workers=0)
+
+
+def bytes_loader(images, augment) -> DataLoader:
+    return DataLoader(TreeBytes(images, augment, seed=SEED), batch_size=BATCH, sampler=KEYS, num_workers=0,
+                      collate_fn=collate_bytes)
+
+
+def test_tree_has_the_files_each_path_handles_specially(tree):
+    assert [name(tree, i) for i in range(len(tree))] == [f"{k}.JPEG" for k in range(6)] + \
+        ["cmyk.JPEG", "gray.JPEG", "png.JPEG"]
+    kinds = []
+    for path in tree.paths:
+        with Image.open(path) as im:
+            kinds.append((im.format, im.mode))
+    assert kinds == [("JPEG", "RGB")] * 6 + [("JPEG", "CMYK"), ("JPEG", "L"), ("PNG", "RGB")]
+
+
+def test_boxes_are_the_boxes_the_workers_cut(tree):
+    augment = BatchedSimCLRAugment(SIZE)
+    two, cut = TwoCrops(tree, augment, seed=SEED), []
+    two.crop = type("Recorder", (), {"cut": lambda self, img, box, size: cut.append(box) or torch.zeros(3, 1, 1)})()
+    tb = TreeBytes(tree, augment, seed=SEED)
+    for epoch, i in KEYS:
+        data, e, j, boxes = tb[(epoch, i)]
+        two[(epoch, i)]
+        assert (e, j) == (epoch, i) and boxes.dtype == torch.int64 and boxes.shape == (2, 4)
+        assert boxes.tolist() == [list(cut[-2]), list(cut[-1])], name(tree, i)
+        with open(tree.paths[i], "rb") as f:
+            assert data.dtype == torch.uint8 and data.numpy().tobytes() == f.read()
+    # and the boxes depend on the key: another epoch or seed draws others
+    data, _, _, boxes = tb[(3, 1)]
+    assert boxes[0].tolist() != boxes[1].tolist() and boxes.tolist() != tb[(4, 1)][3].tolist()
+    assert boxes.tolist() != TreeBytes(tree, augment, seed=SEED + 1)[(3, 1)][3].tolist()
+
+
+def test_batched_decode_and_fallback(tree, monkeypatch):
+    data = [TreeBytes(tree, BatchedSimCLRAugment(SIZE))[(0, i)][0] for i in range(len(tree))]
+    assert [is_batch_jpeg(d) for d in data] == [True] * 6 + [False, True, False]  # CMYK and PNG go to PIL
+    good = data[0]
+    for other in (good[:len(good) // 2], torch.cat([good, torch.zeros(7, dtype=torch.uint8)]),
+                  torch.frombuffer(bytearray(jpeg_bytes(Image.fromarray(picture(20, 30, 9)), keep_rgb=True)),
+                                   dtype=torch.uint8)):
+        assert not is_batch_jpeg(other)  # cut short, trailing bytes, RGB-coded (Adobe transform 0)
+
+    calls, pil = [], []
+    real_decode, real_read = jd.decode_jpeg, jd.read_image
+    monkeypatch.setattr(jd, "decode_jpeg", lambda d, **kw: calls.append(len(d)) or real_decode(d, **kw))
+    monkeypatch.setattr(jd, "read_image", lambda p: pil.append(os.path.basename(p)) or real_read(p))
+    decoded = decode_batch(data, tree.paths, CPU)
+    assert calls == [7] and pil == ["cmyk.JPEG", "png.JPEG"]
+    # torchvision's libjpeg-turbo decodes these files as PIL's does, bit for bit (the grayscale one to RGB too)
+    for i, x in enumerate(decoded):
+        ref = pil_to_tensor(real_read(tree.paths[i]))
+        assert x.dtype == torch.uint8 and x.shape == ref.shape and torch.equal(x, ref), name(tree, i)
+
+
+def test_a_file_the_batched_decode_refuses_goes_to_pil(tree, monkeypatch):
+    data = [TreeBytes(tree, BatchedSimCLRAugment(SIZE))[(0, i)][0] for i in range(3)]
+    refused, calls, pil = data[1], [], []
+    real_decode, real_read = jd.decode_jpeg, jd.read_image
+
+    def decode(d, **kw):  # as nvJPEG refusing a file that PIL reads
+        calls.append(len(d))
+        if any(t is refused for t in d):
+            raise RuntimeError("Error while decoding JPEG images")
+        return real_decode(d, **kw)
+
+    monkeypatch.setattr(jd, "decode_jpeg", decode)
+    monkeypatch.setattr(jd, "read_image", lambda p: pil.append(p) or real_read(p))
+    decoded = decode_batch(data, tree.paths[:3], CPU)
+    assert calls == [3, 1, 1, 1] and pil == [tree.paths[1]]
+    for i, x in enumerate(decoded):
+        assert torch.equal(x, pil_to_tensor(real_read(tree.paths[i])))
+
+
+def test_corrupt_files_raise_a_user_error_naming_them(tree, tmp_path):
+    good = np.fromfile(tree.paths[0], dtype=np.uint8)
+    truncated, garbled, junk = tmp_path / "truncated.JPEG", tmp_path / "garbled.JPEG", tmp_path / "junk.JPEG"
+    truncated.write_bytes(good[:len(good) // 2].tobytes())
+    bad = good.copy()
+    bad[len(bad) // 2:len(bad) // 2 + 2] = (0xFF, 0x19)  # an unknown marker in the scan, still ending with EOI
+    garbled.write_bytes(bad.tobytes())
+    junk.write_bytes(b"not an image")
+    for path in (truncated, garbled):
+        paths = [tree.paths[0], str(path), tree.paths[1]]
+        data = [torch.from_numpy(np.fromfile(p, dtype=np.uint8)) for p in paths]
+        with pytest.raises(UserError) as err:
+            decode_batch(data, paths, CPU)
+        msg = str(err.value)
+        assert str(path) in msg and "\n" not in msg and tree.paths[0] not in msg and tree.paths[1] not in msg
+    with pytest.raises(UserError, match=str(junk)):
+        TreeBytes(FileImages([(str(junk), 0)], ["x"]), BatchedSimCLRAugment(SIZE))[(0, 0)]
+
+
+def test_crops_equal_the_workers_crops_within_a_level(tree):
+    augment = BatchedSimCLRAugment(SIZE)
+    worst = {}
+    for (c0, c1, epoch, idx), (data, e, i, boxes) in zip(worker_loader(tree, augment), bytes_loader(tree, augment)):
+        assert torch.equal(e, epoch) and torch.equal(i, idx)
+        crops = cut_crops(decode_batch(data, [tree.paths[k] for k in i.tolist()], CPU), boxes, SIZE)
+        for view, (ours, theirs) in enumerate(zip(crops, (c0, c1))):
+            assert ours.dtype == torch.uint8 and ours.shape == theirs.shape == (len(i), 3, SIZE, SIZE)
+            for k, j in enumerate(i.tolist()):
+                diff = (ours[k].int() - theirs[k].int()).abs().max().item()
+                worst[name(tree, j)] = max(worst.get(name(tree, j), 0), diff)
+                assert diff <= LEVELS, (name(tree, j), view, diff)
+    assert len(worst) == len(tree)
+    print("max crop difference (levels) per file:", worst)
+
+
+def test_views_equal_the_image_tree_views(tree):
+    """Without colour jitter the ops after the crop (flip, grayscale, blur) average pixels with weights that sum
+    to 1, so a view differs from the worker path's by at most the crops' difference over the normalisation's std."""
+    crop_aug, augment = BatchedSimCLRAugment(SIZE), BatchedSimCLRAugment(SIZE, jitter_strength=0.0, blur=True)
+    ours = DecodedTwoViews(bytes_loader(tree, crop_aug), augment, tree, CPU, seed=SEED)
+    theirs = ImageTreeTwoViews(worker_loader(tree, crop_aug), augment, CPU, seed=SEED)
+    assert len(ours) == len(theirs) == 3
+    tol = LEVELS / 255 / min(IMAGENET_STD) + 1e-5
+    worst = 0.0
+    for a, b in zip(ours, theirs):
+        for x, y in zip(a, b):
+            assert x.dtype == torch.float32 and x.shape == y.shape == (BATCH, 3, SIZE, SIZE)
+            worst = max(worst, (x - y).abs().max().item())
+    assert worst <= tol, (worst, tol)
+    print(f"max view difference without jitter: {worst:.4f} (bound {tol:.4f})")
+
+
+def test_views_use_the_keys_colour_draws(tree, monkeypatch):
+    """With the worker path's decode and crops substituted, the decode path's views are the worker path's bit for
+    bit at full strength: the same keys (seed, epoch, index, view), hence the same flips, colours and blurs."""
+    crop_aug, augment = BatchedSimCLRAugment(SIZE), BatchedSimCLRAugment(SIZE, jitter_strength=1.0, blur=True)
+
+    def pil_cut(images, boxes, size):
+        return tuple(torch.stack([RandomResizedCrop().cut(to_pil_image(img), tuple(box), size)
+                                  for img, box in zip(images, boxes[:, view].tolist())]) for view in (0, 1))
+
+    monkeypatch.setattr(jd, "decode_batch", lambda data, paths, device: [pil_to_tensor(read_image(p)) for p in paths])
+    monkeypatch.setattr(jd, "cut_crops", pil_cut)
+    ours = list(DecodedTwoViews(bytes_loader(tree, crop_aug), augment, tree, CPU, seed=SEED))
+    theirs = list(ImageTreeTwoViews(worker_loader(tree, crop_aug), augment, CPU, seed=SEED))
+    assert len(ours) == len(theirs) == 3
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], a[1])
+    with pytest.raises(ValueError, match="OfficialCrop"):
+        DecodedTwoViews(bytes_loader(tree, crop_aug), BatchedSimCLRAugment(SIZE, pipeline=PIPELINES["official"]),
+                        tree, CPU)
+
+
+def test_collate_and_batch_bytes(tree):
+    tb = TreeBytes(tree, BatchedSimCLRAugment(SIZE), seed=SEED)
+    data, epochs, indices, boxes = collate_bytes([tb[key] for key in KEYS[:4]])
+    assert epochs.tolist() == [k[0] for k in KEYS[:4]] and indices.tolist() == [k[1] for k in KEYS[:4]]
+    assert boxes.shape == (4, 2, 4) and torch.equal(boxes[2], tb[KEYS[2]][3])
+    assert len({d.untyped_storage().data_ptr() for d in data}) == 1  # one buffer: one shared-memory segment
+    for d, (_, i) in zip(data, KEYS[:4]):
+        assert torch.equal(d, tb[(0, i)][0])
+    total = sum(d.numel() for d in data)
+    shm = total + sum(t.numel() * t.element_size() for t in (epochs, indices, boxes))
+    assert batch_bytes(4, total // 4) + total % 4 == shm
+
+
+def test_keys_are_the_view_keys(tree):
+    """TreeBytes' boxes are crop_params of ViewKeys(index, seed, epoch, view) at the header's size."""
+    augment = BatchedSimCLRAugment(SIZE)
+    for epoch, i in KEYS[:3]:
+        with Image.open(tree.paths[i]) as im:
+            w, h = im.size
+        ref = [[int(augment.crop_params(ViewKeys(torch.tensor([i]), SEED, epoch, v), h, w)[k]) for k in jd.BOX]
+               for v in (0, 1)]
+        assert TreeBytes(tree, augment, seed=SEED)[(epoch, i)][3].tolist() == ref
