@@ -9,6 +9,7 @@ matplotlib (and scikit-learn, for t-SNE) are optional dependencies, imported onl
 """
 from __future__ import annotations
 
+import textwrap
 from typing import Callable
 
 import numpy as np
@@ -246,7 +247,7 @@ def embedding_map(path: str, features, labels, classes: list[str] | None, *, tit
     ax.set_xticks([])
     ax.set_yticks([])
     heading = f"{method} of {len(keep)} L2-normalised embeddings"
-    ax.set_title(f"{title}: {heading}" if title else heading, fontsize=9)
+    ax.set_title(textwrap.fill(f"{title}: {heading}" if title else heading, 90), fontsize=9)  # within the figure
     fig.tight_layout()
     _save(plt, fig, path)
     return method
