@@ -45,7 +45,7 @@ from models.resnet import ARCHS, STEMS, ResNetBackbone
 from models.simclr import SimCLR
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import find_checkpoint, load_checkpoint
-from utils.cli import Parser, nonneg_int, positive_int
+from utils.cli import Parser, nonneg_int, number, positive_int
 from utils.device import select_device
 from utils.errors import UserError, run_cli
 from utils.files import atomic_write, save_torch
@@ -66,6 +66,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "also looked up in ./checkpoint/")
     p.add_argument("--dataset", type=dataset_arg,
                    help="dataset name or folder to embed (default: the one the checkpoint was trained on)")
+    p.add_argument("--test-fraction", type=number(float, 0, 1, low_open=True, high_open=True),
+                   help="of a --dataset folder of class folders without train/ and test/: the share of its images\n"
+                        "held out as the test split, by path hash (default: 0.2)")
     p.add_argument("--dataset-paths", help="(default: the repository's dataset-paths.json)")
     p.add_argument("--split", choices=["train", "test", "all"],
                    help="all: every pretraining image, also of a folder without classes (default: test)")
@@ -184,7 +187,7 @@ def main(args: argparse.Namespace) -> dict:
                      "--map": cfg.map}, {"--load-from": ckpt, "--dataset-paths": cfg.dataset_paths}, cfg.overwrite)
     pictures = pictures_module() if cfg.neighbours or cfg.map else None
     split = "pretrain" if cfg.split == "all" else cfg.split
-    images = load_split(target.dataset, split, cfg.dataset_paths) if target is not None else None
+    images = load_split(target.dataset, split, cfg.dataset_paths, cfg.test_fraction) if target is not None else None
     summary = {"checkpoint": os.path.abspath(ckpt), "output": output, "export_backbone": cfg.export_backbone,
                "neighbours": cfg.neighbours, "map": cfg.map}
     if exported is not None:

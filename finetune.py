@@ -21,7 +21,8 @@ from data.datasets import dataset_arg, load_train_test
 from data.subsets import IndexedImages, check_subset, draw_subset, holdout_split, requested_subset
 from evaluation.config import FinetuneConfig, print_filled, resolve_finetune, with_dataset, with_subset
 from evaluation.harness import (Target, add_precision_option, check_outputs, default_output, eval_loader,
-                                eval_transform_for, finetune_network, place, save_result, seeded_train_loader, setup)
+                                eval_transform_for, finetune_network, place, save_result, seeded_train_loader, setup,
+                                test_split)
 from evaluation.load import state_equal
 from evaluation.supervised import evaluate, fit
 from models.finetune import FROZEN_BN, STAGES, FineTuneNet
@@ -44,6 +45,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="the same network, recipe and subset from random init: the baseline for pretraining")
     p.add_argument("--dataset", type=dataset_arg,
                    help="(default: the one the checkpoint was trained on)")
+    p.add_argument("--test-fraction", type=number(float, 0, 1, low_open=True, high_open=True),
+                   help="of a --dataset folder of class folders without train/ and test/: the share of its images\n"
+                        "held out as the test split, by path hash (default: 0.2)")
     p.add_argument("--dataset-paths", help="(default: the repository's dataset-paths.json)")
     p.add_argument("--arch", choices=list(ARCHS), help="(default: the checkpoint's)")
     p.add_argument("--stem", choices=STEMS, help="(default: the checkpoint's, else the dataset's)")
@@ -148,7 +152,8 @@ def settings(cfg: FinetuneConfig, target: Target, backbone, record: dict, subset
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the labelled training images ({num_train} "
                         f"after holding out {num_val} for validation): use --batch-size {num_train} or less")
     return {
-        "checkpoint": target.checkpoint, "dataset": target.dataset, "arch": target.arch, "stem": backbone.stem,
+        "checkpoint": target.checkpoint, "dataset": target.dataset,
+        **test_split(target.dataset, cfg), "arch": target.arch, "stem": backbone.stem,
         "width_multiplier": backbone.width_multiplier, "image_size": target.image_size,
         "label_fraction": record["fraction"], "subset_file": subset_file, "subset_seed": record["seed"],
         "num_labelled": len(record["indices"]), "num_train": num_train, "num_val": num_val, "num_test": num_test,
@@ -236,7 +241,7 @@ def main(args: argparse.Namespace) -> dict:
     cfg = with_dataset(cfg, target.dataset)
     name = f"{target.arch}{f'-{backbone.width_multiplier}x' if backbone.width_multiplier != 1 else ''}"
     record, subset_file, output = plan_outputs(cfg, target, name)
-    train_full, test = load_train_test(target.dataset, cfg.dataset_paths)
+    train_full, test = load_train_test(target.dataset, cfg.dataset_paths, test_fraction=cfg.test_fraction)
     record = (check_subset(record, subset_file, target.dataset, train_full.labels) if record is not None
               else draw_subset(subset_file, target.dataset, train_full.labels, cfg.label_fraction, cfg.subset_seed))
     fit_idx, val_idx = holdout_split(record["indices"], train_full.labels, cfg.val_fraction, cfg.subset_seed)

@@ -18,14 +18,15 @@ import torch
 from data.datasets import dataset_arg, load_train_test
 from evaluation.config import print_filled, resolve_sgd, with_dataset, with_linear_recipe
 from evaluation.harness import (add_precision_option, check_outputs, default_output, eval_loader, eval_transform_for,
-                                frozen_backbone, place, random_init_baseline, save_result, seeded_train_loader, setup)
+                                frozen_backbone, place, random_init_baseline, save_result, seeded_train_loader, setup,
+                                test_split)
 from evaluation.load import state_equal
 from evaluation.supervised import evaluate, fit
 from models.probe import LinearProbe
 from models.resnet import ARCHS, STEMS
 from optim.groups import build_optimizer
 from optim.schedules import lr_schedule
-from utils.cli import Parser, nonneg_float, nonneg_int, positive_float, positive_int
+from utils.cli import Parser, nonneg_float, nonneg_int, number, positive_float, positive_int
 from utils.errors import UserError, run_cli
 
 
@@ -35,6 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-from", required=True, help="checkpoint of simclr.py (or a backbone state_dict)")
     p.add_argument("--dataset", type=dataset_arg,
                    help="(default: the one the checkpoint was trained on)")
+    p.add_argument("--test-fraction", type=number(float, 0, 1, low_open=True, high_open=True),
+                   help="of a --dataset folder of class folders without train/ and test/: the share of its images\n"
+                        "held out as the test split, by path hash (default: 0.2)")
     p.add_argument("--dataset-paths", help="(default: the repository's dataset-paths.json)")
     p.add_argument("--arch", choices=list(ARCHS), help="override the checkpoint's arch")
     p.add_argument("--stem", choices=STEMS, help="override the checkpoint's stem")
@@ -72,7 +76,7 @@ def main(args: argparse.Namespace) -> dict:
     check_outputs(cfg, target, {"--output": output})
     backbone = random_init_baseline(backbone, cfg, target)
     reference = {k: v.clone() for k, v in backbone.state_dict().items()}
-    train, test = load_train_test(target.dataset, cfg.dataset_paths)
+    train, test = load_train_test(target.dataset, cfg.dataset_paths, test_fraction=cfg.test_fraction)
     if cfg.batch_size > len(train):
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train)} images): "
                         f"use --batch-size {len(train)} or less")
@@ -87,7 +91,8 @@ def main(args: argparse.Namespace) -> dict:
     top1, top5, _ = evaluate(model, test_loader, device, precision)
     if not state_equal(model.backbone.state_dict(), reference):
         raise RuntimeError("the frozen backbone changed during linear evaluation: this is a bug, please report it")
-    summary = {"checkpoint": target.checkpoint, "dataset": target.dataset, "epochs": cfg.num_epochs,
+    summary = {"checkpoint": target.checkpoint, "dataset": target.dataset,
+               **test_split(target.dataset, cfg), "epochs": cfg.num_epochs,
                "batch_size": cfg.batch_size, "random_init": cfg.random_init, "lr": lr, "nesterov": cfg.nesterov,
                "precision": precision.name, "image_size": target.image_size, "seed": cfg.seed,
                "top1": top1, "top5": top5}

@@ -21,10 +21,11 @@ from data.views import Transformed
 from evaluation.config import LBFGSConfig, print_filled, resolve_lbfgs, with_dataset
 from evaluation.features import extract_features, read_feature_cache, weights_digest
 from evaluation.harness import (Target, add_precision_option, check_outputs, default_output, eval_transform_for,
-                                frozen_backbone, place, random_init_baseline, save_result, setup)
+                                frozen_backbone, place, random_init_baseline, save_result, setup,
+                                test_split)
 from evaluation.logreg import l2_sweep
 from models.resnet import ARCHS, STEMS
-from utils.cli import Parser, nonneg_int, open_fraction, positive_float, positive_int
+from utils.cli import Parser, nonneg_int, number, open_fraction, positive_float, positive_int
 from utils.errors import run_cli
 from utils.files import save_torch
 from utils.precision import PrecisionNet, Precision
@@ -38,6 +39,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "in ./checkpoint/")
     p.add_argument("--dataset", type=dataset_arg,
                    help="dataset name or folder to evaluate on (default: the one the checkpoint was trained on)")
+    p.add_argument("--test-fraction", type=number(float, 0, 1, low_open=True, high_open=True),
+                   help="of a --dataset folder of class folders without train/ and test/: the share of its images\n"
+                        "held out as the test split, by path hash (default: 0.2)")
     p.add_argument("--dataset-paths", help="(default: the repository's dataset-paths.json)")
     p.add_argument("--arch", choices=list(ARCHS),
                    help="override the checkpoint's arch (needed for a plain state_dict)")
@@ -75,7 +79,7 @@ def frozen_features(cfg: LBFGSConfig, device: torch.device, precision: Precision
     cache = f"{os.path.splitext(target.checkpoint)[0]}.features-{tag}.pt" if cfg.cache_features else None
     check_outputs(cfg, target, {"--output": output, "the feature cache": cache}, replaceable=("the feature cache",))
     backbone = random_init_baseline(backbone, cfg, target)
-    train, test = load_train_test(target.dataset, cfg.dataset_paths)
+    train, test = load_train_test(target.dataset, cfg.dataset_paths, test_fraction=cfg.test_fraction)
     key = cache_key(backbone, train, test, target, precision)
     cached = read_feature_cache(cache, key) if cache else None
     if cached is not None:
@@ -115,7 +119,8 @@ def main(args: argparse.Namespace) -> dict:
     for l2, acc in zip(result.l2_grid, result.val_acc):
         print(f"{l2:10.3g}  {100 * acc:6.2f}{'  <- chosen' if l2 == result.best_l2 else ''}")
     summary = {
-        "checkpoint": target.checkpoint, "dataset": target.dataset, "random_init": cfg.random_init,
+        "checkpoint": target.checkpoint, "dataset": target.dataset,
+        **test_split(target.dataset, cfg), "random_init": cfg.random_init,
         "precision": precision.name, "image_size": target.image_size, "feature_dim": int(x_train.shape[1]),
         "num_train": result.num_train, "num_test": result.num_test,
         "l2_grid": result.l2_grid, "val_acc": [100 * a for a in result.val_acc], "best_l2": result.best_l2,

@@ -46,6 +46,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="a dataset name, resolved through --dataset-paths, or a folder of images: class folders,\n"
                         "train/ and test/ folders of classes, or images without classes (README, Your own images)\n"
                         "(default: cifar10)")
+    p.add_argument("--test-fraction", type=number(float, 0, 1, low_open=True, high_open=True),
+                   help="of a --dataset folder of class folders without train/ and test/: the share of its images\n"
+                        "held out as the test split, by path hash (default: 0.2)")
     p.add_argument("--dataset-paths",
                    help="JSON file mapping dataset names to folders (default: the repository's dataset-paths.json)")
     p.add_argument("--arch", choices=list(ARCHS), help="encoder (default: resnet50)")
@@ -190,7 +193,8 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
     board = open_tensorboard(cfg.tensorboard, dist_info.is_main, purge_step=None if keep is None else keep + 1)
     log = Logs(CSVLog(log_path, LOG_FIELDS, run_id, keep), board) if dist_info.is_main else NullLog()
     monitor = KNNMonitor(cfg.dataset, cfg.dataset_paths, cfg.image_size, cfg.native_size, device, precision,
-                         cfg.num_workers, cfg.knn_k, cfg.augment) if cfg.test_freq > 0 and dist_info.is_main else None
+                         cfg.num_workers, cfg.knn_k, cfg.augment, cfg.test_fraction
+                         ) if cfg.test_freq > 0 and dist_info.is_main else None
     print0(startup_line(cfg, dist_info, run, len(pretrain), starts[-1], path, log_path))
     print0(f"options {cfg.origin()}; the others: training/config.py's defaults")
     if unscored:

@@ -496,11 +496,12 @@ def folder_layout(root: str) -> str:
     return "classes" if sum(os.path.isdir(os.path.join(root, e)) for e in entries) >= 2 else "unlabeled"
 
 
-def held_out(root: str, path: str) -> bool:
-    """Whether an image of a ``classes`` folder is in its test split: the SHA-1 of its path relative to the folder
-    (with '/') below HELD_OUT, so the split never changes between runs, machines or added files."""
+def held_out(root: str, path: str, fraction: float = HELD_OUT) -> bool:
+    """Whether an image of a ``classes`` folder is in its test split (``--test-fraction``): the SHA-1 of its path
+    relative to the folder (with '/') below ``fraction``, so the split never changes between runs, machines or
+    added files."""
     rel = os.path.relpath(path, root).replace(os.sep, "/")
-    return int(hashlib.sha1(rel.encode()).hexdigest()[:8], 16) < HELD_OUT * 2**32
+    return int(hashlib.sha1(rel.encode()).hexdigest()[:8], 16) < fraction * 2**32
 
 
 def scan_unlabeled(root: str) -> list[tuple[str, int]]:
@@ -513,7 +514,7 @@ def scan_unlabeled(root: str) -> list[tuple[str, int]]:
     return samples
 
 
-def _folder_samples(root: str, split: str) -> tuple[list[tuple[str, int]], list[str]]:
+def _folder_samples(root: str, split: str, test_fraction: float = HELD_OUT) -> tuple[list[tuple[str, int]], list[str]]:
     """(path, label) and class names of one split of a folder given as the dataset (``folder_layout``):
     ``pretrain`` is every image (train/ in the ``splits`` layout); ``train`` and ``test`` need classes."""
     layout = folder_layout(root)
@@ -530,10 +531,10 @@ def _folder_samples(root: str, split: str) -> tuple[list[tuple[str, int]], list[
         return scan_unlabeled(root), []
     samples, classes = scan_image_folder(root)
     if split != "pretrain":
-        samples = [s for s in samples if held_out(root, s[0]) == (split == "test")]
+        samples = [s for s in samples if held_out(root, s[0], test_fraction) == (split == "test")]
         if not samples:
-            raise UserError(f"the {split} split of {root} is empty ({HELD_OUT:.0%} of the images, by path hash, are "
-                            f"held out for testing): add images")
+            raise UserError(f"the {split} split of {root} is empty ({test_fraction:.0%} of the images, by path hash, "
+                            f"are held out for testing): add images or change --test-fraction")
     return samples, classes
 
 
@@ -554,12 +555,13 @@ def median_side(root: str, sample: int = 256) -> int:
     return int(np.median(sides))
 
 
-def load_split(name: str, split: str, paths_file: str = DEFAULT_PATHS_FILE):
-    """Images and labels of one split of dataset ``name`` (a registered name, or a folder: ``_folder_split``):
-    ``"pretrain"``, ``"train"`` or ``"test"``."""
+def load_split(name: str, split: str, paths_file: str = DEFAULT_PATHS_FILE, test_fraction: float = HELD_OUT):
+    """Images and labels of one split of dataset ``name`` (a registered name, or a folder: ``_folder_samples``,
+    whose test split of class folders is ``test_fraction`` of the images): ``"pretrain"``, ``"train"`` or
+    ``"test"``."""
     info = dataset_info(name)
     if info is FOLDER:
-        samples, classes = _folder_samples(os.path.abspath(name), split)
+        samples, classes = _folder_samples(os.path.abspath(name), split, test_fraction)
         return decode_all(samples, classes) if fits_in_memory(samples) else FileImages(samples, classes)
     root = resolve(name, paths_file)
     split = {"pretrain": info.pretrain_split, "test": info.test_split}.get(split, split)
@@ -580,10 +582,11 @@ def load_split(name: str, split: str, paths_file: str = DEFAULT_PATHS_FILE):
     return _image_folder_split(root, split, info.in_memory)
 
 
-def load_train_test(name: str, paths_file: str = DEFAULT_PATHS_FILE, train_split: str = "train"):
+def load_train_test(name: str, paths_file: str = DEFAULT_PATHS_FILE, train_split: str = "train",
+                    test_fraction: float = HELD_OUT):
     """The (train, test) pair of a labelled dataset, checked to have the same classes."""
-    train = load_split(name, train_split, paths_file)
-    test = load_split(name, "test", paths_file)
+    train = load_split(name, train_split, paths_file, test_fraction)
+    test = load_split(name, "test", paths_file, test_fraction)
     if list(train.classes) != list(test.classes):
         only_train = sorted(set(train.classes) - set(test.classes))
         only_test = sorted(set(test.classes) - set(train.classes))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from data.datasets import HELD_OUT
 from data.paths import DEFAULT_PATHS_FILE
 from training.recipe import FINETUNE_BASE_LR, LINEAR_EVAL, defaults_for
 from utils.errors import UserError
@@ -27,6 +28,7 @@ class LBFGSConfig(Options):
     load_from: str | None = None  # required on the command line
     dataset: str | None = DATA  # the checkpoint's
     dataset_paths: str = DEFAULT_PATHS_FILE
+    test_fraction: float = HELD_OUT  # of a folder of class folders: its test split (data/datasets.held_out)
     arch: str | None = None  # the checkpoint's
     stem: str | None = None  # the checkpoint's
     random_init: bool = False
@@ -53,6 +55,7 @@ class SGDConfig(Options):
     load_from: str | None = None  # required on the command line
     dataset: str | None = DATA  # the checkpoint's
     dataset_paths: str = DEFAULT_PATHS_FILE
+    test_fraction: float = HELD_OUT  # of a folder of class folders: its test split (data/datasets.held_out)
     arch: str | None = None
     stem: str | None = None
     random_init: bool = False
@@ -79,6 +82,7 @@ class FinetuneConfig(Options):
     from_scratch: bool = False
     dataset: str | None = DATA  # the checkpoint's
     dataset_paths: str = DEFAULT_PATHS_FILE
+    test_fraction: float = HELD_OUT  # of a folder of class folders: its test split (data/datasets.held_out)
     arch: str | None = None
     stem: str | None = None
     width_multiplier: int | None = None  # the checkpoint's, else 1
@@ -118,6 +122,7 @@ class EmbedConfig(Options):
     load_from: str | None = None  # required on the command line
     dataset: str | None = DATA  # the checkpoint's
     dataset_paths: str = DEFAULT_PATHS_FILE
+    test_fraction: float = HELD_OUT  # of a folder of class folders: its test split (data/datasets.held_out)
     arch: str | None = None  # the checkpoint's
     stem: str | None = None  # the checkpoint's
     image_size: int | None = None  # the checkpoint's, else the dataset's

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from data.augment import eval_transform, train_linear_transform
-from data.datasets import DatasetInfo, dataset_tag, native_size
+from data.datasets import DatasetInfo, dataset_tag, folder_layout, is_folder, native_size
 from data.sampler import EpochSampler
 from data.views import SeededTransformed, Transformed
 from evaluation.config import FinetuneConfig, LBFGSConfig, SGDConfig
@@ -153,6 +153,12 @@ def check_outputs(cfg: EvalConfig, target: Target, outputs: dict[str, str | None
     ``--dataset-paths``, with ``--overwrite`` (evaluation/outputs.prepare_outputs: ``replaceable``, ``hints``)."""
     inputs = {"--load-from": target.checkpoint, **(inputs or {}), "--dataset-paths": cfg.dataset_paths}
     prepare_outputs(outputs, inputs, cfg.overwrite, replaceable, hints)
+
+
+def test_split(dataset: str, cfg) -> dict:
+    """``{"test_fraction": ...}`` for a result on a folder of class folders (its test split is that share of its
+    images, data/datasets.held_out), else nothing."""
+    return {"test_fraction": cfg.test_fraction} if is_folder(dataset) and folder_layout(dataset) == "classes" else {}
 
 
 def save_result(output: str, summary: dict) -> dict:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from data.augment import eval_transform
-from data.datasets import input_info, load_split
+from data.datasets import HELD_OUT, input_info, load_split
 from data.views import Transformed
 from evaluation.features import extract_features
 
@@ -61,10 +61,11 @@ class KNNMonitor:
 
     def __init__(self, dataset: str, paths_file: str, image_size: int, native_size: int | None,
                  device: torch.device, precision, num_workers: int = 0, k: int = 200,
-                 augment: str = "torchvision") -> None:
+                 augment: str = "torchvision", test_fraction: float = HELD_OUT) -> None:
         info = input_info(dataset, augment)  # the pretraining's input normalisation
         self.transform = eval_transform(image_size, info.mean, info.std, native_size)
-        self.train_set, self.test_set = (load_split(dataset, split, paths_file) for split in ("train", "test"))
+        self.train_set, self.test_set = (load_split(dataset, split, paths_file, test_fraction)
+                                         for split in ("train", "test"))
         self.device, self.precision, self.num_workers, self.k = device, precision, num_workers, k
 
     def features(self, backbone: torch.nn.Module, images, desc: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -114,7 +114,7 @@ def test_z_of_cifar_pickles_at_the_default_output(tiny, tmp_path):
 def test_unlabeled_images_have_no_labels(tiny, tmp_path, monkeypatch):
     ckpt, _, _, _, native_paths, _ = tiny
     images = ArrayImages(random_images(3, 8, seed=1), np.full(3, -1), [])
-    monkeypatch.setattr(embed, "load_split", lambda name, split, paths_file: images)
+    monkeypatch.setattr(embed, "load_split", lambda name, split, paths_file, test_fraction: images)
     run(["--load-from", ckpt, "--dataset-paths", native_paths, "--output", str(tmp_path / "u.npz")])
     d = np.load(str(tmp_path / "u.npz"), allow_pickle=False)
     assert set(d.files) == {"features", "paths", "arch", "checkpoint", "what"}

@@ -28,10 +28,10 @@ def write_flat(root: str, n: int, size: int, seed: int = 0, nested: bool = True)
     return paths
 
 
-def reference_held_out(root: str, path: str) -> bool:
-    """The test split's rule, written out: the first 32 bits of SHA-1 of the '/'-relative path, below HELD_OUT."""
+def reference_held_out(root: str, path: str, fraction: float = HELD_OUT) -> bool:
+    """The test split's rule, written out: the first 32 bits of SHA-1 of the '/'-relative path, below the fraction."""
     digest = hashlib.sha1(os.path.relpath(path, root).replace(os.sep, "/").encode()).digest()
-    return int.from_bytes(digest[:4], "big") / 2**32 < HELD_OUT
+    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
 
 
 def test_the_three_layouts(tmp_path):
@@ -54,6 +54,9 @@ def test_the_three_layouts(tmp_path):
     np.testing.assert_array_equal(test.labels, [["a", "b", "c"].index(p.split(os.sep)[-2]) for p in test.paths])
 
     assert len(load_split(splits, "pretrain")) == 6 and len(load_split(splits, "test")) == 6
+    half = load_split(classes, "test", test_fraction=0.5)  # --test-fraction: a larger test split, same rule
+    assert set(test.paths) < set(half.paths) and all(reference_held_out(classes, p, 0.5) for p in half.paths)
+    assert sum(reference_held_out(classes, p, 0.5) for p in everything.paths) == len(half)
 
     unlabeled = load_split(flat, "pretrain")
     assert sorted(unlabeled.paths) == sorted(paths) and unlabeled.classes == [] and (unlabeled.labels == -1).all()
@@ -131,6 +134,7 @@ def test_pretraining_and_linear_evaluation_on_a_folder_of_classes(tmp_path, caps
                                                                      "--test-freq", "1", "--knn-k", "3"]))
     assert len(result["knn"]) == 1
     summary = lbfgs_linear_clf.main(lbfgs_linear_clf.get_args_parser().parse_args(
-        ["--load-from", ckpt, "--num-workers", "0"]))
+        ["--load-from", ckpt, "--num-workers", "0", "--test-fraction", "0.4"]))
     assert os.path.exists(str(tmp_path / "run.lbfgs-photos.json"))  # named by the folder's own name
-    assert summary["dataset"] == root and summary["num_test"] == len(load_split(root, "test"))
+    assert summary["dataset"] == root and summary["num_test"] == len(load_split(root, "test", test_fraction=0.4))
+    assert summary["num_test"] != len(load_split(root, "test")) and summary["test_fraction"] == 0.4

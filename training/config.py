@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from data.datasets import dataset_info
+from data.datasets import HELD_OUT, dataset_info
 from data.paths import DEFAULT_PATHS_FILE
 from optim.schedules import scaled_lr
 from training.recipe import RECIPE_KEYS, RECIPES, defaults_for, learning_rate
@@ -23,6 +23,7 @@ class PretrainConfig(Options):
     # data and augmentation
     dataset: str = "cifar10"
     dataset_paths: str = DEFAULT_PATHS_FILE
+    test_fraction: float = HELD_OUT  # of a folder of class folders: its test split (data/datasets.held_out)
     image_size: int | None = RECIPE
     jitter_strength: float | None = RECIPE
     blur: bool | None = RECIPE
