@@ -90,6 +90,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--proj-hidden-dim", type=positive_int, help="(default: the encoder's feature size)")
     p.add_argument("--proj-layers", type=positive_int,
                    help="linear layers in the head; 3 is SimCLRv2 (default: 2)")
+    p.add_argument("--decode", choices=["auto", "gpu", "workers"],
+                   help="image trees read from disk: workers decode with PIL and cut the crops; gpu: workers read\n"
+                        "the files' bytes and the training device decodes each batch (torchvision.io.decode_jpeg,\n"
+                        "nvJPEG on CUDA; data/jpeg_decode.py); auto: gpu on CUDA where nvJPEG works, else workers\n"
+                        "(default: auto)")
     p.add_argument("--num-workers", type=nonneg_int,
                    help="DataLoader worker processes for image trees and the kNN monitor\n"
                         "(default: the CPU cores of this process's affinity per process, less one, 2 to 16)")
@@ -153,11 +158,12 @@ def setup(cfg: PretrainConfig, dist_info: DistInfo):
     cfg = cfg.with_(precision=precision.name, channels_last=precision.channels_last, world_size=world,
                     sync_bn=dist_info.distributed and world > 1 if cfg.sync_bn is None else cfg.sync_bn,
                     num_workers=default_workers() if cfg.num_workers is None else cfg.num_workers)
-    pretrain, sampler, batches = pretrain_input(
+    pretrain, sampler, batches, decode = pretrain_input(
         cfg.dataset, cfg.dataset_paths, cfg.batch_size, num_epochs=cfg.num_epochs, batching=cfg.batching,
-        world=world, rank=dist_info.rank, seed=cfg.seed, device=device, image_size=cfg.image_size,
-        jitter_strength=cfg.jitter_strength, blur=cfg.blur, augment=cfg.augment, num_workers=cfg.num_workers)
-    cfg = cfg.with_(native_size=native_size(pretrain))
+        world=world, rank=dist_info.rank, seed=cfg.seed, device=device, decode=cfg.decode,
+        image_size=cfg.image_size, jitter_strength=cfg.jitter_strength, blur=cfg.blur, augment=cfg.augment,
+        num_workers=cfg.num_workers)
+    cfg = cfg.with_(native_size=native_size(pretrain), decode=decode)
     run = build_pretraining(cfg, dist_info, precision, cfg.batch_size // world)
     return cfg, pretrain, sampler, batches, run
 
@@ -249,6 +255,8 @@ def startup_line(cfg: PretrainConfig, dist_info: DistInfo, run, images: int, ste
             f"on {dist_info.device}, {run.precision.label}, {run.parallel}, SyncBN {cfg.sync_bn}"
             + (" (--sync-bn has no effect without torchrun)" if cfg.sync_bn and not dist_info.distributed else "")
             + (f", gradient caching in chunks of {cfg.chunk_size} pairs" if cfg.chunk_size else "")
+            + {"memory": "", "workers": "; images decoded by the DataLoader workers (PIL)",
+               "gpu": f"; images decoded on {dist_info.device} in batches (torchvision.io.decode_jpeg)"}[cfg.decode]
             + f"; lr {cfg.lr:.4g} ({cfg.lr_scaling} scaling of {cfg.base_lr}); checkpoint {path}, log {log_path}")
 
 

@@ -18,6 +18,7 @@ have seen, even on another number of processes.
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from data.batched_augment import BatchedSimCLRAugment
 from data.datasets import ArrayImages, input_info, load_split
 from data.keyed_random import ViewKeys
 from data.official_augment import PIPELINES
+from data.jpeg_decode import DecodedTwoViews, TreeBytes, batch_bytes, collate_bytes
 from data.sampler import EpochSampler, StepSampler
 from utils.device import fit_workers_to_shm
 from utils.errors import UserError
@@ -111,17 +113,55 @@ class ImageTreeTwoViews:
 
 # ---- the pretraining input ---------------------------------------------------------------------------------
 
+def decode_path(choice: str, images, device: torch.device, augment: str = "torchvision") -> str:
+    """Where the pretraining images are decoded (``--decode``): ``memory`` (decoded once: in-memory images),
+    ``workers`` (PIL, in the DataLoader workers: the image-tree path) or ``gpu`` (data/jpeg_decode.py: the workers
+    read bytes, the training device decodes each batch; on a CPU device torchvision's CPU decoder stands in).
+    ``auto``: ``gpu`` on CUDA when torchvision's nvJPEG decodes there, else ``workers``."""
+    if isinstance(images, ArrayImages):
+        return "memory"
+    if choice == "gpu" and augment != "torchvision":
+        raise UserError(f"--decode gpu cuts torchvision's crops; --augment {augment} crops as the official code "
+                        f"does: use --decode workers (or auto)")
+    if choice == "auto":
+        return "gpu" if device.type == "cuda" and augment == "torchvision" and device_decodes_jpeg(device) \
+            else "workers"
+    return choice
+
+
+def device_decodes_jpeg(device: torch.device) -> bool:
+    """Whether torchvision.io.decode_jpeg decodes on ``device`` (nvJPEG on CUDA): one 8x8 image tried."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+    try:
+        return decode_jpeg(encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8)), device=device).shape == (3, 8, 8)
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def mean_file_bytes(paths: list[str], sample: int = 256) -> int:
+    """The mean size of the files, from at most ``sample`` of them evenly spaced."""
+    picked = paths[::max(1, len(paths) // sample)][:sample]
+    return int(np.mean([os.path.getsize(p) for p in picked])) if picked else 0
+
+
 def two_view_batches(images, sampler: EpochSampler | StepSampler, batch_size: int, *, image_size: int,
                      jitter_strength: float, blur: bool, mean, std, device: torch.device, seed: int, num_workers: int,
-                     augment: str = "torchvision"):
+                     augment: str = "torchvision", decode: str = "workers"):
     """An iterable of (x1, x2) batches of ``batch_size`` images each, (B, 3, S, S) float32 normalised on ``device``,
     over the keys of ``sampler`` (one process's share of each epoch); ``len()`` is the number of batches.
-    In-memory images (ArrayImages) take the in-memory path, the others the image-tree path, with ``num_workers``
-    workers or fewer (what fits in /dev/shm: ``fit_workers_to_shm``)."""
+    In-memory images (ArrayImages) take the in-memory path, the others the image-tree path (``decode``: ``workers``
+    or ``gpu``, ``decode_path``), with ``num_workers`` workers or fewer (what fits in /dev/shm:
+    ``fit_workers_to_shm``)."""
     augment = BatchedSimCLRAugment(image_size, jitter_strength, blur, mean=mean, std=std,
                                    pipeline=PIPELINES[augment]).to(device)
     if isinstance(images, ArrayImages):
         return InMemoryTwoViews(images.images, augment, batch_size, sampler, device, seed=seed)
+    if decode == "gpu":  # the workers read bytes; the device decodes (data/jpeg_decode.py)
+        workers, prefetch = fit_workers_to_shm(batch_bytes(batch_size, mean_file_bytes(images.paths)), num_workers)
+        loader = DataLoader(TreeBytes(images, augment, seed=seed), batch_size=batch_size, sampler=sampler,
+                            collate_fn=collate_bytes, num_workers=workers, drop_last=True,
+                            prefetch_factor=prefetch if workers else None, persistent_workers=workers > 0)
+        return DecodedTwoViews(loader, augment, images, device, seed=seed)
     workers, prefetch = fit_workers_to_shm(crop_batch_bytes(batch_size, image_size), num_workers)
     loader = DataLoader(TwoCrops(images, augment, seed=seed), batch_size=batch_size, sampler=sampler,
                         num_workers=workers, prefetch_factor=prefetch if workers else None, drop_last=True,
@@ -130,11 +170,11 @@ def two_view_batches(images, sampler: EpochSampler | StepSampler, batch_size: in
 
 
 def pretrain_input(dataset: str, paths_file: str, batch_size: int, *, num_epochs: int, batching: str, world: int,
-                   rank: int, seed: int, device: torch.device, **views):
+                   rank: int, seed: int, device: torch.device, decode: str = "auto", **views):
     """The pretraining split of ``dataset``, this process's StepSampler (every ``world``-th image of each global
-    batch; ``batching``: data/sampler.py) and its ``two_view_batches`` (``views``: their keyword options but mean
-    and std, which are the dataset's). ``batch_size`` is the global batch, split evenly among the ``world``
-    processes."""
+    batch; ``batching``: data/sampler.py), its ``two_view_batches`` (``views``: their keyword options but mean
+    and std, which are the dataset's) and where it is decoded (``decode_path`` of ``decode``). ``batch_size`` is
+    the global batch, split evenly among the ``world`` processes."""
     if batch_size % world:
         raise UserError(f"--batch-size {batch_size} is the global batch and must be divisible by the number of "
                         f"processes ({world}): use --batch-size {batch_size // world * world or world}")
@@ -144,6 +184,7 @@ def pretrain_input(dataset: str, paths_file: str, batch_size: int, *, num_epochs
                         f"use --batch-size {len(images)} or less")
     info = input_info(dataset, views.get("augment", "torchvision"))  # the inputs' normalisation
     sampler = StepSampler(len(images), batch_size, num_epochs, batching, seed=seed, num_replicas=world, rank=rank)
+    decode = decode_path(decode, images, device, views.get("augment", "torchvision"))
     batches = two_view_batches(images, sampler, batch_size // world, mean=info.mean, std=info.std, device=device,
-                               seed=seed, **views)
-    return images, sampler, batches
+                               seed=seed, decode=decode, **views)
+    return images, sampler, batches, decode

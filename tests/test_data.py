@@ -12,6 +12,7 @@ from PIL import Image
 import data.datasets as ds
 from data.datasets import DATASETS, ArrayImages, FileImages, content_key, load_split, load_train_test, read_image
 from data.batched_augment import blur_kernel_size
+from data.jpeg_decode import DecodedTwoViews
 from data.loaders import ImageTreeTwoViews, InMemoryTwoViews, pretrain_input
 from data.paths import load_paths, resolve
 from data.sampler import EpochSampler, StepSampler, epoch_starts
@@ -77,9 +78,11 @@ def test_an_image_tree_is_decoded_into_memory_when_its_images_share_one_size_and
     # pretraining: the decoded copy's views are made on the device, the files' crops in workers
     kw = dict(num_epochs=1, batching="stream", world=1, rank=0, seed=0, device=torch.device("cpu"), image_size=8,
               jitter_strength=0.5, blur=False, num_workers=0)
+    assert pretrain_input("imagenet", paths, 2, **kw)[3] == "memory"
     assert isinstance(pretrain_input("imagenet", paths, 2, **kw)[2], InMemoryTwoViews)
     Image.fromarray(np.zeros((12, 13, 3), np.uint8)).save(str(tmp_path / "in" / "train" / "dog" / "odd.png"))
-    assert isinstance(pretrain_input("imagenet", paths, 2, **kw)[2], ImageTreeTwoViews)
+    assert isinstance(pretrain_input("imagenet", paths, 2, **kw)[2], ImageTreeTwoViews)  # auto on a CPU: workers
+    assert isinstance(pretrain_input("imagenet", paths, 2, decode="gpu", **kw)[2], DecodedTwoViews)
 
 
 def test_cifar10_native_pickles(tmp_path):

@@ -238,3 +238,37 @@ def test_keys_are_the_view_keys(tree):
         ref = [[int(augment.crop_params(ViewKeys(torch.tensor([i]), SEED, epoch, v), h, w)[k]) for k in jd.BOX]
                for v in (0, 1)]
         assert TreeBytes(tree, augment, seed=SEED)[(epoch, i)][3].tolist() == ref
+
+
+def test_simclr_decode_gpu_trains_as_the_workers_path(tree, capsys):
+    """simclr.py --decode gpu (on a CPU: torchvision's CPU decoder stands in) on the tree above: the startup line
+    says where images are decoded, and the first step's loss is the worker path's up to the crops' rounding.
+    --decode auto on a CPU is the worker path; with --augment official, gpu is
+    refused in one line."""
+    import csv
+
+    import simclr
+    from data.loaders import decode_path
+    from tests.tiny_data import write_paths
+    root = os.path.dirname(os.path.dirname(os.path.dirname(tree.paths[0])))  # root/train/a/0.JPEG
+    paths = write_paths(os.path.join(root, "paths.json"), {"imagenet": root})
+    losses = {}
+    for decode in ("gpu", "workers"):
+        ckpt = os.path.join(root, f"{decode}.pth")
+        simclr.main(simclr.get_args_parser().parse_args(
+            ["--dataset", "imagenet", "--dataset-paths", paths, "--arch", "resnet18", "--batch-size", "4",
+             "--image-size", "16", "--num-workers", "0", "--precision", "fp32", "--device", "cpu", "--num-epochs", "2",
+             "--warmup-epochs", "1", "--log-freq", "1", "--proj-dim", "16", "--test-freq", "0", "--decode", decode,
+             "--filename", ckpt]))
+        out = capsys.readouterr().out
+        said = {"gpu": "images decoded on cpu in batches", "workers": "decoded by the DataLoader workers"}
+        assert said[decode] in out
+        with open(ckpt.replace(".pth", ".csv"), newline="") as f:
+            losses[decode] = [float(r["loss"]) for r in csv.DictReader(f) if r["loss"]]
+    assert len(losses["gpu"]) == len(losses["workers"]) == 9 * 2 // 4 + 1
+    # The first step's views differ by rounding alone (crops within a level: ~1% of a normalised pixel's spread);
+    # the later steps start from weights that differ by it, and drift apart.
+    assert losses["gpu"][0] == pytest.approx(losses["workers"][0], rel=2e-2) and losses["gpu"] != losses["workers"]
+    assert decode_path("auto", tree, CPU) == "workers"
+    with pytest.raises(simclr.UserError, match="--decode gpu cuts torchvision's crops; --augment official"):
+        decode_path("gpu", tree, CPU, "official")

@@ -53,6 +53,7 @@ class PretrainConfig(Options):
     seed: int = 0
     # the run
     num_workers: int | None = None  # utils.device.default_workers() at setup
+    decode: str = "auto"  # image trees: data/loaders.decode_path at setup (memory, workers or gpu)
     test_freq: int | None = RECIPE
     knn_k: int = 200
     filename: str = "ckpt.pth"

@@ -63,7 +63,7 @@ def git_commit() -> str:
 RESUME_FREE = frozenset({"lr", "num_workers", "log_freq", "save_freq", "test_freq", "knn_k", "device", "precision",
                          "channels_last", "compile", "filename", "resume", "overwrite", "allow_changes",
                          "dataset_paths", "num_epochs", "tensorboard",
-                         "test_fraction"})
+                         "test_fraction", "decode"})
 
 
 # The value of args that checkpoints written before them lack: records of how the code computes (CODE_RECORDS, not
