@@ -45,7 +45,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, default_collate  # noqa: E402
 from torchvision.io import ImageReadMode, decode_jpeg, read_file  # noqa: E402
 from torchvision.transforms import functional as TF  # noqa: E402
 
@@ -83,6 +83,12 @@ class DecodeTorchvision(DecodePIL):
 
     def __getitem__(self, key):
         return decode_jpeg(read_file(self.images.samples[key[1]][0]), mode=ImageReadMode.RGB)
+
+
+def collate_images(batch):
+    """``collate_fn`` of (c) and (d): the decoded images stacked (``default_collate``) where they are of one size,
+    else the list of them (a tree of mixed sizes, as ImageNet)."""
+    return default_collate(batch) if len({x.shape for x in batch}) == 1 else batch
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -188,6 +194,9 @@ def measure(args: argparse.Namespace) -> dict:
     def to_device(batch):
         return [x.to(device, non_blocking=True) for x in batch[:2]]
 
+    def images_to_device(images):  # (c), (d): a stacked batch, or a list of images of mixed sizes
+        return images.to(device) if isinstance(images, torch.Tensor) else [x.to(device) for x in images]
+
     decoded, decode_s = decoded_copy(files)
     pipeline = simclr_augmentation(size, r["jitter_strength"], r["blur"], info.mean, info.std)
     paths = {
@@ -195,10 +204,11 @@ def measure(args: argparse.Namespace) -> dict:
                                                                   2 * b, device, to_device),
         "(b) workers crop + batched finish": lambda: views_per_s(
             ImageTreeTwoViews(loader(TwoCrops(files, augment)), augment, device), args.batches, 2 * b, device),
-        "(c) PIL decode alone, workers": lambda: views_per_s(loader(DecodePIL(files)), args.batches, 2 * b, device,
-                                                             lambda x: x.to(device)),
-        "(d) torchvision.io decode, workers": lambda: views_per_s(loader(DecodeTorchvision(files)), args.batches,
-                                                                  2 * b, device, lambda x: x.to(device)),
+        "(c) PIL decode alone, workers": lambda: views_per_s(loader(DecodePIL(files), collate_fn=collate_images),
+                                                             args.batches, 2 * b, device, images_to_device),
+        "(d) torchvision.io decode, workers": lambda: views_per_s(
+            loader(DecodeTorchvision(files), collate_fn=collate_images), args.batches, 2 * b, device,
+            images_to_device),
     }
     if decoded is not None:
         paths["(e) decoded uint8 copy, device"] = lambda: views_per_s(

@@ -165,6 +165,7 @@ def check_equal(args: argparse.Namespace, device: torch.device) -> None:
         diffs[f"{augment} {size}px{' blur' if blur else ''}"] = float((a - b.cpu()).abs().max())
     row("augmentation pixels", max(diffs.values()) < 1e-4, "max abs(CPU - device) in normalised units: "
         + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + " (TF32 off)")
+    check_decode(args, device)
 
     aug = BatchedSimCLRAugment(32, 0.5, False)
     images = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -185,6 +186,32 @@ def check_equal(args: argparse.Namespace, device: torch.device) -> None:
     else:
         row("bf16 vs fp32", None, "skipped on the CPU (bf16 is emulated there, 13x slower without AMX)")
         row("host syncs", None, "skipped on the CPU (torch.cuda.set_sync_debug_mode is a CUDA check)")
+
+
+def check_decode(args: argparse.Namespace, device: torch.device) -> None:
+    """--decode gpu's pixels: photograph-like JPEGs of 224-500 px decoded in one batched call on the device
+    (data/jpeg_decode.decode_batch: nvJPEG on CUDA) against PIL's decode, the worker path's."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from data.jpeg_decode import decode_batch
+    rng = np.random.default_rng(0)
+    files, ref = [], []
+    for _ in range(min(args.pixels, 64)):
+        h, w = (int(v) for v in rng.integers(224, 501, 2))
+        low = rng.normal(128, 60, (h // 16 + 1, w // 16 + 1, 3)).repeat(16, 0).repeat(16, 1)[:h, :w]
+        buf = io.BytesIO()
+        Image.fromarray((low + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)).save(buf, "JPEG",
+                                                                                                  quality=90)
+        files.append(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8))
+        ref.append(torch.from_numpy(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))).permute(2, 0, 1))
+    got = decode_batch(files, [f"generated {i}" for i in range(len(files))], device)
+    diff = torch.cat([(g.cpu().int() - r.int()).abs().flatten() for g, r in zip(got, ref)]).float()
+    p999 = float(diff.quantile(0.999)) if diff.numel() <= 16_000_000 else float(diff[::7].quantile(0.999))
+    row("decode = PIL", None, f"{len(files)} JPEGs of 224-500 px decoded on {device.type} in one batch: levels of 255 "
+        f"from PIL's, max {int(diff.max())}, 99.9th percentile {p999:.0f}, mean {float(diff.mean()):.3f}")
 
 
 def check_syncs(device: torch.device, batch: int) -> None:

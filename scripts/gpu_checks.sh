@@ -4,15 +4,17 @@
 # and one summary table at the end. What each step proves (README, "On GPUs"):
 #   data      the data the steps use: DATASET_PATHS's cifar10 when it exists, else 50,000 random 32x32 images
 #             in torchvision's pickles; a 224 px JPEG tree for the image-tree input
-#   equal     CUDA = CPU: keyed draws and crop boxes over 1M keys, augmentation pixels (fp32, TF32 off), one fp32
-#             step's loss, gradients and LARS update; bf16 against fp32; host syncs over 5 steps (sync debug mode)
+#   equal     CUDA = CPU: keyed draws and crop boxes over 1M keys, augmentation pixels (fp32, TF32 off), --decode
+#             gpu's batched nvJPEG decode against PIL's pixels, one fp32 step's loss, gradients and LARS update;
+#             bf16 against fp32; host syncs over 5 steps (sync debug mode)
 #   tests     the whole test suite on the GPU machine: the CPU tests, and the CUDA ones skipped elsewhere
 #             (draws on CUDA, a resume on CUDA within tolerance, 2 ranks on one GPU: the gather and SyncBN)
 #   speed     ResNet-18 at 32 px and ResNet-50 at 224 px: the step with its augmentation against the ceiling
 #             (random tensors), FLOPs a step, TFLOP/s against the measured bf16 matmul peak
 #   compile   --compile against eager: the same loss and gradients, and the speed of both
 #   memory    bench/memory.py: ResNet-50 at 224 px, the largest batch that fits, plain and with --chunk-size
-#   tree      bench/tree_loader.py on the JPEG tree: images/s of the image-tree input against the ResNet-50 step
+#   tree      bench/tree_loader.py on the JPEG tree: images/s of the image-tree input (workers, and --decode
+#             gpu's path) against the ResNet-50 step
 #   epoch     two epochs of simclr.py on cifar10 at batch 512 (images/s in its CSV)
 #   smoke     torchrun (DDP, 1 process) 1 epoch, resumed to 2, against a plain 2-epoch run; then
 #             gradient_linear_clf.py and finetune.py on its checkpoint
@@ -97,7 +99,7 @@ step memory "${limits[5]}" python bench/memory.py --device "$device" --steps 2 "
         | sort -t' ' -k2,2n | awk -F: '{last[$1 ~ /chunk off/] = $0} END {print last[1] "; " last[0]}')"
 step tree "${limits[6]}" python bench/tree_loader.py --device "$device" --dataset imagenet \
     --dataset-paths "$data/paths.json" "${tree[@]}" \
-    && row tree "input vs step" info "$(grep -E '^\((b|e)\) |^training step alone' "$scratch/tree.out" | tr -s ' ' \
+    && row tree "input vs step" info "$(grep -E '^\((b|e|f)\) |^training step alone' "$scratch/tree.out" | tr -s ' ' \
         | paste -sd ';' | sed 's/;/; /g') views/s"
 step epoch "${limits[7]}" python simclr.py --arch resnet18 --test-freq 0 \
     --num-workers "$workers" --device "$device" --filename "$scratch/epoch.pth" "${epoch[@]}" \
