@@ -53,7 +53,8 @@ from data.batched_augment import BatchedSimCLRAugment  # noqa: E402
 from data import datasets  # noqa: E402
 from data.datasets import dataset_info, decode_all, load_split  # noqa: E402
 from data.jpeg_decode import DecodedTwoViews, TreeBytes, batch_bytes, collate_bytes  # noqa: E402
-from data.loaders import ImageTreeTwoViews, InMemoryTwoViews, TwoCrops, crop_batch_bytes  # noqa: E402
+from data.loaders import (ImageTreeTwoViews, InMemoryTwoViews, TwoCrops, crop_batch_bytes,  # noqa: E402
+                          mean_file_bytes)
 from data.paths import DEFAULT_PATHS_FILE  # noqa: E402
 from data.reference_augment import TwoViews, simclr_augmentation  # noqa: E402
 from data.sampler import EpochSampler  # noqa: E402
@@ -225,8 +226,8 @@ def measure(args: argparse.Namespace) -> dict:
             sampler.set_epoch(rnd * len(paths) + epoch)  # a fresh order each time: no page-cache favourite
             results[name].append(run())
         results["training step alone"].append(views_per_s(steps(), max(2, args.batches // 3), 2 * b, device))
-        print(f"round {rnd + 1}: " + ", ".join(f"{name.split(')')[0]}) {v[-1]:.0f}" for name, v in results.items()),
-              flush=True)
+        print(f"round {rnd + 1}: " + ", ".join(f"{name.split(')')[0] + ')' if name.startswith('(') else 'step'} "
+                                               f"{v[-1]:.0f}" for name, v in results.items()), flush=True)
     med = {name: statistics.median(v) for name, v in results.items()}
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     name = f"generated tree ({args.generate} JPEGs)" if args.generate else args.dataset
@@ -240,20 +241,15 @@ def measure(args: argparse.Namespace) -> dict:
           f"({decoded.images.nbytes / 2**30:.2f} GiB, {decode_all.__module__}.decode_all's threads; "
           f"simclr.py would keep it in .cache/decoded, read back in about a second)" if decoded is not None else
           "(e) not measured: the tree mixes image sizes or does not fit in memory (fits_in_memory), as ImageNet")
-    mean_file, counted = mean_file_bytes(files.paths)
-    print(f"mean file size {mean_file / 1e3:.1f} kB (of {counted} files); one batch in /dev/shm: "
+    mean_file = mean_file_bytes(files.paths)  # simclr.py's estimate, from which it plans (f)'s /dev/shm
+    print(f"mean file size {mean_file / 1e3:.1f} kB; one batch in /dev/shm: "
           f"(b) {crop_batch_bytes(b, size) / 2**20:.1f} MiB (two uint8 {size} px crops per image), "
-          f"(f) {batch_bytes(b, round(mean_file)) / 2**20:.1f} MiB (the files' bytes and boxes)")
+          f"(f) {batch_bytes(b, mean_file) / 2**20:.1f} MiB (the files' bytes and boxes)")
     if device.type == "cpu":
         print("(f) here runs torchvision's CPU decoder (libjpeg-turbo) in the main process, a stand-in for the device "
               "decode: the GPU (nvJPEG) figure needs a GPU (--device cuda)")
     return med
 
-
-def mean_file_bytes(paths: list[str], most: int = 4096) -> tuple[float, int]:
-    """(the mean size in bytes of at most ``most`` of the files, evenly spaced in order, how many were counted)."""
-    sample = paths[::max(1, len(paths) // most)][:most]
-    return statistics.fmean(os.path.getsize(p) for p in sample), len(sample)
 
 
 def decoded_copy(files):
