@@ -99,7 +99,7 @@ step memory "${limits[5]}" python bench/memory.py --device "$device" --steps 2 "
         | sort -t' ' -k2,2n | awk -F: '{last[$1 ~ /chunk off/] = $0} END {print last[1] "; " last[0]}')"
 step tree "${limits[6]}" python bench/tree_loader.py --device "$device" --dataset imagenet \
     --dataset-paths "$data/paths.json" "${tree[@]}" \
-    && row tree "input vs step" info "$(grep -E '^\((b|e|f)\) |^training step alone' "$scratch/tree.out" | tr -s ' ' \
+    && row tree "input vs step" info "$(grep -E '^\((b|e|f)\) .*% of input|^training step alone' "$scratch/tree.out" | tr -s ' ' \
         | paste -sd ';' | sed 's/;/; /g') views/s"
 step epoch "${limits[7]}" python simclr.py --arch resnet18 --test-freq 0 \
     --num-workers "$workers" --device "$device" --filename "$scratch/epoch.pth" "${epoch[@]}" \
