@@ -27,7 +27,6 @@ import importlib
 import os
 
 import numpy as np
-import torch
 from torch import nn
 
 from data.datasets import dataset_arg, dataset_tag, is_folder, load_split
@@ -36,23 +35,20 @@ from data.views import Transformed
 from evaluation.config import EmbedConfig, print_filled, resolve_embed, with_dataset
 from evaluation.features import extract_features
 from evaluation.knn import knn_loo_accuracy
-from evaluation.harness import (FROZEN_FEATURES, Target, add_precision_option, eval_precision, eval_transform_for,
-                                place, target_of)
+from evaluation.harness import Target, add_precision_option, eval_transform_for, place, setup, target_of
 from evaluation.load import checkpoint_args, load_backbone
 from evaluation.outputs import prepare_outputs
 from models.export import torchvision_state_dict
 from models.resnet import ARCHS, STEMS, ResNetBackbone
 from models.simclr import SimCLR
-from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import find_checkpoint, load_checkpoint
 from utils.cli import Parser, nonneg_int, number, positive_int
-from utils.device import select_device
 from utils.errors import UserError, run_cli
 from utils.files import atomic_write, save_torch
-from utils.precision import Precision, PrecisionNet, configure_backends
+from utils.precision import PrecisionNet
 
 KNN_K = 20  # neighbours of the leave-one-out kNN score of a labelled split (evaluation/knn.knn_loo_accuracy)
-FROZEN = FROZEN_FEATURES[0]  # embed.py's features follow the frozen-feature rule of evaluation/harness.py
+FROZEN = "embed"  # a task of evaluation/harness.FROZEN_FEATURES: --precision auto is fp32, as the linear evaluations
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -122,17 +118,6 @@ def load_network(ckpt: str, cfg: EmbedConfig) -> tuple[nn.Module, ResNetBackbone
     return model, model.backbone, saved
 
 
-def setup(cfg: EmbedConfig) -> tuple[torch.device, Precision]:
-    """evaluation/harness.setup with the frozen features' precision rule (--precision auto: fp32)."""
-    device = select_device(cfg.device)
-    tune_cpu_allocator(device)  # on CPU: keep freed tensors' memory for reuse
-    configure_backends(device)
-    precision = eval_precision(cfg.precision, device, FROZEN)
-    why = f"auto, {precision.reason}" if cfg.precision == "auto" else f"--precision {cfg.precision}"
-    print(f"embed: {device}, precision {precision.name} ({why})")
-    return device, precision
-
-
 def default_output(ckpt: str, dataset: str, split: str) -> str:
     """``<checkpoint>.embed-<dataset>-<split>.npz`` beside the checkpoint (evaluation/harness.default_output's
     scheme)."""
@@ -198,7 +183,7 @@ def main(args: argparse.Namespace) -> dict:
     if target is None:
         return summary
 
-    device, precision = setup(cfg)
+    device, precision = setup(cfg, FROZEN)
     what = "z" if cfg.projection else "h"
     transform = eval_transform_for(target, images)
     x, y = extract_features(PrecisionNet(place(net, device, precision), precision), Transformed(images, transform),

@@ -19,7 +19,7 @@ from data.augment import eval_transform, train_linear_transform
 from data.datasets import DatasetInfo, dataset_tag, folder_layout, is_folder, native_size
 from data.sampler import EpochSampler
 from data.views import SeededTransformed, Transformed
-from evaluation.config import FinetuneConfig, LBFGSConfig, SGDConfig
+from evaluation.config import EmbedConfig, FinetuneConfig, LBFGSConfig, SGDConfig
 from evaluation.load import evaluation_target, finetune_encoder, load_backbone, random_init_like
 from evaluation.outputs import prepare_outputs
 from models.finetune import KeptHead
@@ -30,8 +30,8 @@ from utils.device import select_device
 from utils.files import save_json
 from utils.precision import Precision, configure_backends, resolve_precision
 
-EvalConfig = LBFGSConfig | SGDConfig | FinetuneConfig  # a script's resolved options (evaluation/config.py)
-FROZEN_FEATURES = ("lbfgs", "sgd")  # the tasks that evaluate a frozen backbone's features
+EvalConfig = LBFGSConfig | SGDConfig | FinetuneConfig | EmbedConfig  # a script's options (evaluation/config.py)
+FROZEN_FEATURES = ("lbfgs", "sgd", "embed")  # the tasks of a frozen backbone's features
 # --precision auto for them: fp32, as README ("Differences from the paper") reports
 FROZEN_AUTO_REASON = "frozen features: bf16 features moved kNN accuracy by up to 0.6 points"
 

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 from utils.errors import UserError
+from utils.files import check_output
 
 NOT_SCALARS = ("step", "epoch", "run_id")  # a row's coordinates
 FLUSH_SECS = 30
@@ -47,17 +48,12 @@ def check_log_dir(log_dir: str) -> None:
     _summary_writer()
     if os.path.exists(log_dir) and not os.path.isdir(log_dir):
         raise UserError(f"--tensorboard {log_dir} is a file: give a folder for the event files")
-    probe = os.path.join(log_dir, f".probe{os.getpid()}")
     try:
         os.makedirs(log_dir, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(b"probe")
     except OSError as e:
         raise UserError(f"cannot write --tensorboard {log_dir} ({e.strerror or e}): choose a writable folder "
                         f"(checked before any compute)") from None
-    finally:
-        if os.path.exists(probe):
-            os.remove(probe)
+    check_output(os.path.join(log_dir, "events"), "--tensorboard's events in")  # a probe file written and removed
 
 
 def event_files(log_dir: str) -> list[str]:
