@@ -22,13 +22,12 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.functional import pil_to_tensor
 
-from data.batched_augment import BatchedSimCLRAugment, RandomResizedCrop
+from data.batched_augment import BatchedSimCLRAugment, RandomResizedCrop, resized_crop
 from data.datasets import FileImages, read_image
 from data.keyed_random import ViewKeys
 from utils.errors import UserError
@@ -172,24 +171,28 @@ def decode_batch(data: list[torch.Tensor], paths: list[str], device: torch.devic
 
 def cut_crops(images: list[torch.Tensor], boxes: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The random resized crops of views 0 and 1, each (B, 3, size, size) uint8 on the images' device: each box of
-    ``boxes`` (B, 2, 4) (top, left, h, w) sliced from its (3, H, W) uint8 image and resized by antialiased bicubic
-    (``F.interpolate``, a = -0.5, align_corners=False) in float32, rounded and clamped to uint8: the filter of PIL's
-    antialiased bicubic, which the workers' ``RandomResizedCrop.cut`` uses (and of the in-memory path's float
-    ``resized_crop``). PIL runs it as two 1-D passes with uint8 rows in between, rounded and clipped to 0..255: the
-    rounding alone moves a crop pixel by at most 1 level; where a pass overshoots 0..255 (sharp edges next to
-    saturated pixels) PIL clips the overshoot before the other pass and the crops differ by more there (up to 8
-    levels measured on crops of clipped noisy pictures)."""
-    views: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
-    for img, image_boxes in zip(images, boxes.tolist()):
-        H, W = img.shape[-2:]
-        for view, (top, left, h, w) in enumerate(image_boxes):
-            if not (h > 0 and w > 0 and 0 <= top <= H - h and 0 <= left <= W - w):
-                raise ValueError(f"crop box (top {top}, left {left}, h {h}, w {w}) outside a {H}x{W} image: were the "
-                                 f"boxes drawn for another image size?")
-            crop = img[None, :, top:top + h, left:left + w].float()                                # (1, 3, h, w)
-            views[view].append(F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True,
-                                             align_corners=False))                                   # (1, 3, S, S)
-    c0, c1 = (torch.cat(v).round_().clamp_(0, 255).to(torch.uint8) for v in views)                  # (B, 3, S, S)
+    ``boxes`` (B, 2, 4) (top, left, h, w) of its (3, H, W) uint8 image resized by antialiased bicubic in float32,
+    the whole batch in two batched matmuls a view (the in-memory path's ``resized_crop``), rounded and clamped to
+    uint8: the filter of PIL's antialiased bicubic, which the workers' ``RandomResizedCrop.cut`` uses. PIL runs it
+    as two 1-D passes with uint8 rows in between, rounded and clipped to 0..255: the rounding alone moves a crop
+    pixel by at most 1 level; where a pass overshoots 0..255 (sharp edges next to saturated pixels) PIL clips the
+    overshoot before the other pass and the crops differ by more there (up to 8 levels measured on crops of
+    clipped noisy pictures)."""
+    sides = torch.tensor([img.shape[-2:] for img in images])                                       # (B, 2) H, W
+    top, left, h, w = boxes.unbind(2)                                                               # (B, 2) each
+    bad = ~((h > 0) & (w > 0) & (top >= 0) & (left >= 0) & (top + h <= sides[:, :1]) & (left + w <= sides[:, 1:]))
+    if bad.any():
+        i, view = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"crop box {boxes[i, view].tolist()} (top, left, h, w) outside a {sides[i, 0]}x"
+                         f"{sides[i, 1]} image: were the boxes drawn for another image size?")
+    # One batch, each image in the top-left corner of the largest one's frame: the resampling weights of a box
+    # are zero outside it (data/batched_augment.resized_crop), so the padding is never read.
+    frame = torch.zeros(len(images), 3, *sides.max(0).values.tolist(), dtype=torch.uint8, device=images[0].device)
+    for k, img in enumerate(images):
+        frame[k, :, :img.shape[1], :img.shape[2]] = img
+    x = frame.float().div_(255.0)                                                                   # (B, 3, H, W)
+    c0, c1 = (resized_crop(x, *(part[:, view] for part in (top, left, h, w)), size).mul_(255.0).round_()
+              .clamp_(0, 255).to(torch.uint8) for view in (0, 1))                                   # (B, 3, S, S)
     return c0, c1
 
 

@@ -272,3 +272,20 @@ def test_simclr_decode_gpu_trains_as_the_workers_path(tree, capsys):
     assert decode_path("auto", tree, CPU) == "workers"
     with pytest.raises(simclr.UserError, match="--decode gpu cuts torchvision's crops; --augment official"):
         decode_path("gpu", tree, CPU, "official")
+
+
+def test_cut_crops_batches_images_of_any_size_without_reading_the_padding():
+    """cut_crops resamples the whole batch at once in the largest image's frame: an image's crops are the same
+    alone and next to a larger (brighter) image, and equal F.interpolate's antialiased bicubic of the box."""
+    import torch.nn.functional as F
+    small = torch.from_numpy(picture(30, 20, 1)).permute(2, 0, 1).contiguous()
+    large = torch.full((3, 70, 90), 255, dtype=torch.uint8)
+    boxes = torch.tensor([[[2, 3, 25, 17], [0, 0, 30, 20]], [[10, 5, 60, 80], [0, 0, 70, 90]]])
+    alone = cut_crops([small], boxes[:1], 12)
+    together = cut_crops([small, large], boxes, 12)
+    for view in (0, 1):
+        assert torch.equal(together[view][0], alone[view][0])
+        top, left, h, w = boxes[0, view].tolist()
+        ref = F.interpolate(small[None, :, top:top + h, left:left + w].float(), size=(12, 12), mode="bicubic",
+                            antialias=True, align_corners=False).round().clamp(0, 255)[0]
+        assert (together[view][0].float() - ref).abs().max() <= 1
