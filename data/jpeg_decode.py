@@ -185,15 +185,37 @@ def cut_crops(images: list[torch.Tensor], boxes: torch.Tensor, size: int) -> tup
         i, view = (int(v) for v in bad.nonzero()[0])
         raise ValueError(f"crop box {boxes[i, view].tolist()} (top, left, h, w) outside a {sides[i, 0]}x"
                          f"{sides[i, 1]} image: were the boxes drawn for another image size?")
-    # One batch, each image in the top-left corner of the largest one's frame: the resampling weights of a box
-    # are zero outside it (data/batched_augment.resized_crop), so the padding is never read.
-    frame = torch.zeros(len(images), 3, *sides.max(0).values.tolist(), dtype=torch.uint8, device=images[0].device)
-    for k, img in enumerate(images):
-        frame[k, :, :img.shape[1], :img.shape[2]] = img
-    x = frame.float().div_(255.0)                                                                   # (B, 3, H, W)
-    c0, c1 = (resized_crop(x, *(part[:, view] for part in (top, left, h, w)), size).mul_(255.0).round_()
-              .clamp_(0, 255).to(torch.uint8) for view in (0, 1))                                   # (B, 3, S, S)
-    return c0, c1
+    device = images[0].device
+    crops = torch.empty(2, len(images), 3, size, size, dtype=torch.uint8, device=device)
+    for group in _frame_groups(sides):
+        # The group's images in the top-left corners of one frame, the size of its largest: the resampling weights
+        # of a box are zero outside it (data/batched_augment.resized_crop), so the padding is never read.
+        frame = torch.zeros(len(group), 3, *sides[group].max(0).values.tolist(), dtype=torch.uint8, device=device)
+        for k, i in enumerate(group):
+            frame[k, :, :sides[i, 0], :sides[i, 1]] = images[i]
+        x = frame.float().div_(255.0)                                                               # (G, 3, H, W)
+        index = torch.tensor(group)
+        for view in (0, 1):
+            out = resized_crop(x, *(part[index, view] for part in (top, left, h, w)), size)        # (G, 3, S, S)
+            crops[view, index.to(device)] = out.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return crops[0], crops[1]
+
+
+FRAME_LIMIT = 2**26  # pixel values of one frame of cut_crops (256 MiB in float32): a few of ImageNet's giants at most
+
+
+def _frame_groups(sides: torch.Tensor) -> list[list[int]]:
+    """The images (by index) cut together: by area, as many in a row as fit a frame of FRAME_LIMIT values (every
+    image in the frame of the group's largest height and width), at least one."""
+    groups, group, top_h, top_w = [], [], 0, 0
+    for i in sorted(range(len(sides)), key=lambda i: int(sides[i, 0] * sides[i, 1])):
+        h, w = max(top_h, int(sides[i, 0])), max(top_w, int(sides[i, 1]))
+        if group and (len(group) + 1) * 3 * h * w > FRAME_LIMIT:
+            groups.append(group)
+            group, h, w = [], int(sides[i, 0]), int(sides[i, 1])
+        group.append(i)
+        top_h, top_w = h, w
+    return groups + [group]
 
 
 class DecodedTwoViews:

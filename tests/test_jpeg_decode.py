@@ -289,3 +289,22 @@ def test_cut_crops_batches_images_of_any_size_without_reading_the_padding():
         ref = F.interpolate(small[None, :, top:top + h, left:left + w].float(), size=(12, 12), mode="bicubic",
                             antialias=True, align_corners=False).round().clamp(0, 255)[0]
         assert (together[view][0].float() - ref).abs().max() <= 1
+
+
+def test_cut_crops_bounds_its_frames(monkeypatch):
+    """Frames hold at most FRAME_LIMIT values (a batch with an image of ImageNet's largest sizes would otherwise
+    make every image as large): the images go by area into groups that fit, each image once, and the crops are
+    those of one frame up to float rounding."""
+    from data import jpeg_decode
+    rng = np.random.default_rng(3)
+    sides = [(int(a), int(b)) for a, b in rng.integers(20, 60, (7, 2))]
+    images = [torch.from_numpy(picture(hh, ww, k)).permute(2, 0, 1).contiguous() for k, (hh, ww) in enumerate(sides)]
+    boxes = torch.tensor([[[1, 2, hh - 3, ww - 4], [0, 0, hh, ww]] for hh, ww in sides])
+    whole = cut_crops(images, boxes, 10)
+    monkeypatch.setattr(jpeg_decode, "FRAME_LIMIT", 3 * 60 * 60 * 2)
+    groups = jpeg_decode._frame_groups(torch.tensor(sides))
+    assert sorted(sum(groups, [])) == list(range(7)) and len(groups) > 1
+    limit = jpeg_decode.FRAME_LIMIT
+    assert all(len(g) * 3 * max(sides[i][0] for i in g) * max(sides[i][1] for i in g) <= limit for g in groups)
+    for a, b in zip(whole, cut_crops(images, boxes, 10)):
+        assert (a.int() - b.int()).abs().max() <= 1
