@@ -11,7 +11,7 @@ import argparse
 import os
 
 
-from data.datasets import dataset_arg, folder_layout, input_info, is_folder, native_size
+from data.datasets import dataset_arg, input_info, native_size
 from data.loaders import pretrain_input
 from data.sampler import BATCHINGS
 from evaluation.knn import KNNMonitor
@@ -19,7 +19,7 @@ from models.resnet import ARCHS, STEMS
 from optim.schedules import lr_schedule, warmup_steps
 from training.build import build_pretraining
 from training.config import PretrainConfig, resolve_pretrain
-from training.recipe import folder_recipe
+from training.recipe import folder_note
 from training.loop import BatchError, NonFiniteLoss, train_one_epoch
 from training.run_files import claim_run, continued
 from utils.allocator import tune_cpu_allocator
@@ -198,9 +198,7 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
     keep = step if cfg.resume and not cfg.overwrite else None
     board = open_tensorboard(cfg.tensorboard, dist_info.is_main, purge_step=None if keep is None else keep + 1)
     log = Logs(CSVLog(log_path, LOG_FIELDS, run_id, keep), board) if dist_info.is_main else NullLog()
-    monitor = KNNMonitor(cfg.dataset, cfg.dataset_paths, cfg.image_size, cfg.native_size, device, precision,
-                         cfg.num_workers, cfg.knn_k, cfg.augment, cfg.test_fraction
-                         ) if cfg.test_freq > 0 and dist_info.is_main else None
+    monitor = knn_monitor(cfg, device, precision) if cfg.test_freq > 0 and dist_info.is_main else None
     print0(startup_line(cfg, dist_info, run, len(pretrain), starts[-1], path, log_path))
     print0(f"options {cfg.origin()}; the others: training/config.py's defaults")
     if unscored:
@@ -212,10 +210,8 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
                          "history": history, "classes": list(pretrain.classes)}, path)
 
     result = {"checkpoint": path, "log": log_path, "losses": [], "knn": []}
-    if board is not None and start_epoch < cfg.num_epochs:  # once: the picture that shows a wrong augmentation
-        sampler.set_epoch(start_epoch, skip=step - starts[start_epoch])
-        info = input_info(cfg.dataset, cfg.augment)
-        board.image("view_pairs", view_pairs_grid(*next(iter(batches)), info.mean, info.std), step)
+    if board is not None and start_epoch < cfg.num_epochs:
+        show_view_pairs(board, cfg, sampler, batches, start_epoch, step - starts[start_epoch], step)
     saver = Saver(save, cfg.save_freq, cfg.num_epochs)
     with StopRequest() as stop:
         for epoch in range(start_epoch, cfg.num_epochs):
@@ -247,6 +243,20 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
     return result
 
 
+def knn_monitor(cfg: PretrainConfig, device, precision) -> KNNMonitor:
+    """The kNN monitor of the run's dataset (rank 0's)."""
+    return KNNMonitor(cfg.dataset, cfg.dataset_paths, cfg.image_size, cfg.native_size, device, precision,
+                      cfg.num_workers, cfg.knn_k, cfg.augment, cfg.test_fraction)
+
+
+def show_view_pairs(board, cfg: PretrainConfig, sampler, batches, epoch: int, skip: int, step: int) -> None:
+    """Once, in TensorBoard: the two views of the first batch this run trains on, side by side (the picture that
+    shows a wrong augmentation); the views are keyed, so drawing them changes nothing in the run."""
+    sampler.set_epoch(epoch, skip=skip)
+    info = input_info(cfg.dataset, cfg.augment)
+    board.image("view_pairs", view_pairs_grid(*next(iter(batches)), info.mean, info.std), step)
+
+
 def startup_line(cfg: PretrainConfig, dist_info: DistInfo, run, images: int, steps: int, path: str,
                  log_path: str) -> str:
     epochs = f"{cfg.num_epochs} epoch" + "s" * (cfg.num_epochs > 1)
@@ -258,14 +268,6 @@ def startup_line(cfg: PretrainConfig, dist_info: DistInfo, run, images: int, ste
             + {"memory": "", "workers": "; images decoded by the DataLoader workers (PIL)",
                "gpu": f"; images decoded on {dist_info.device} in batches (torchvision.io.decode_jpeg)"}[cfg.decode]
             + f"; lr {cfg.lr:.4g} ({cfg.lr_scaling} scaling of {cfg.base_lr}); checkpoint {path}, log {log_path}")
-
-
-def folder_note(dataset: str) -> str:
-    """For a folder given as the dataset: its layout and the recipe row its images' size picked."""
-    if not is_folder(dataset):
-        return ""
-    like, side, _ = folder_recipe(dataset)
-    return f" ({folder_layout(dataset)} folder, median side {side} px: the {like} row of training/recipe.py)"
 
 
 def run_epoch(cfg, dist_info, run, batches, lr_at, epoch, step, log, stop, result) -> tuple[int, bool]:

@@ -228,6 +228,14 @@ def measure(args: argparse.Namespace) -> dict:
         results["training step alone"].append(views_per_s(steps(), max(2, args.batches // 3), 2 * b, device))
         print(f"round {rnd + 1}: " + ", ".join(f"{name.split(')')[0] + ')' if name.startswith('(') else 'step'} "
                                                f"{v[-1]:.0f}" for name, v in results.items()), flush=True)
+    return report(args, files, results, size, device, precision, decoded, decode_s)
+
+
+def report(args: argparse.Namespace, files, results: dict[str, list[float]], size: int, device: torch.device,
+           precision, decoded, decode_s: float) -> dict[str, float]:
+    """Print the median views/s of each path, its share of input + step, and the batches' /dev/shm bytes; returns
+    the medians."""
+    b, w = args.batch_size, args.num_workers
     med = {name: statistics.median(v) for name, v in results.items()}
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     name = f"generated tree ({args.generate} JPEGs)" if args.generate else args.dataset

@@ -538,13 +538,19 @@ def _folder_samples(root: str, split: str, test_fraction: float = HELD_OUT) -> t
     return samples, classes
 
 
+def evenly_spaced(items: list, count: int) -> list:
+    """At most ``count`` of ``items``, evenly spaced in order: a sample of a folder's files that is the same each
+    time."""
+    return items[::max(1, len(items) // count)][:count]
+
+
 @functools.lru_cache(maxsize=8)
 def median_side(root: str, sample: int = 256) -> int:
     """The median shorter side in pixels of the pretraining images of a folder given as the dataset, from the
     headers of at most ``sample`` of them, evenly spaced in order."""
     paths = [p for p, _ in _folder_samples(os.path.abspath(root), "pretrain")[0]]
     sides = []
-    for path in paths[::max(1, len(paths) // sample)][:sample]:
+    for path in evenly_spaced(paths, sample):
         try:
             with Image.open(path) as im:
                 sides.append(min(im.size))

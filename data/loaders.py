@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.batched_augment import BatchedSimCLRAugment
-from data.datasets import ArrayImages, input_info, load_split
+from data.datasets import ArrayImages, evenly_spaced, input_info, load_split
 from data.keyed_random import ViewKeys
 from data.official_augment import PIPELINES
 from data.jpeg_decode import DecodedTwoViews, TreeBytes, batch_bytes, collate_bytes
@@ -140,7 +140,7 @@ def device_decodes_jpeg(device: torch.device) -> bool:
 
 def mean_file_bytes(paths: list[str], sample: int = 256) -> int:
     """The mean size of the files, from at most ``sample`` of them evenly spaced."""
-    picked = paths[::max(1, len(paths) // sample)][:sample]
+    picked = evenly_spaced(paths, sample)
     return int(np.mean([os.path.getsize(p) for p in picked])) if picked else 0
 
 

@@ -5,7 +5,7 @@ choice, not the paper's. Imagenette (10 ImageNet classes) takes the ImageNet rec
 monitor on. A dataset missing here has no default: its options must be given."""
 from __future__ import annotations
 
-from data.datasets import is_folder, median_side
+from data.datasets import folder_layout, is_folder, median_side
 from utils.errors import UserError
 
 _CIFAR = dict(stem="cifar", image_size=32, base_lr=1.0, weight_decay=1e-4, temperature=0.5, jitter_strength=0.5,
@@ -51,6 +51,14 @@ def folder_recipe(dataset: str) -> tuple[str, int, dict]:
     if side >= 160:
         return "imagenette", side, {"image_size": 224}
     return "stl10", side, {}
+
+
+def folder_note(dataset: str) -> str:
+    """For a folder given as the dataset: its layout and the recipe row its images' size picked."""
+    if not is_folder(dataset):
+        return ""
+    like, side, _ = folder_recipe(dataset)
+    return f" ({folder_layout(dataset)} folder, median side {side} px: the {like} row of training/recipe.py)"
 
 
 def _row(table: dict[str, dict], dataset: str) -> dict:
