@@ -33,7 +33,7 @@ from utils.cli import Parser, nonneg_float, nonneg_int, number, positive_float, 
 from utils.errors import UserError, run_cli
 from utils.files import save_torch
 from utils.precision import Precision
-from utils.tensorboard import TensorBoardLog, check_log_dir, event_files, open_tensorboard, view_pairs_grid
+from utils.tensorboard import TensorBoardLog, claim_log_dir, open_tensorboard, remove_events, view_pairs_grid
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -126,10 +126,7 @@ def plan_outputs(cfg: FinetuneConfig, target: Target, name: str):
                   hints={"the subset file of --output": f"pass --subset-file {drawn} to train on it, or choose "
                                                         f"another --output"})
     if cfg.tensorboard is not None:
-        check_log_dir(cfg.tensorboard)
-        if event_files(cfg.tensorboard) and not cfg.overwrite:
-            raise UserError(f"--tensorboard {cfg.tensorboard} holds the events of another run: pass --overwrite to "
-                            f"replace them, or choose another --tensorboard")
+        claim_log_dir(cfg.tensorboard, cfg.overwrite)
     return record, subset_file, output
 
 
@@ -201,8 +198,7 @@ def start_tensorboard(cfg: FinetuneConfig, train_loader: DataLoader, eval_tf, ta
     :func:`plan_outputs`) with the picture of the augmentation; else None."""
     if cfg.tensorboard is None:
         return None
-    for old in event_files(cfg.tensorboard):
-        os.remove(old)
+    remove_events(cfg.tensorboard)
     log = open_tensorboard(cfg.tensorboard)
     log.image("augmentation", augmentation_grid(train_loader, eval_tf, target.info.mean, target.info.std))
     return log

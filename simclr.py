@@ -32,7 +32,7 @@ from utils.errors import UserError, run_cli
 from utils.files import check_output
 from utils.interrupt import StopRequest
 from utils.precision import configure_backends, resolve_precision
-from utils.tensorboard import Logs, open_tensorboard, view_pairs_grid
+from utils.tensorboard import Logs, open_tensorboard, remove_events, view_pairs_grid
 
 LOG_FIELDS = ["epoch", "step", "lr", "loss", "images_per_s", "knn_top1", "run_id"]
 MODEL_KEYS = ["arch", "stem", "width_multiplier", "proj_dim", "proj_hidden_dim", "proj_layers"]
@@ -196,6 +196,8 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
     warmup = warmup_steps(cfg.warmup_epochs, len(pretrain), cfg.batch_size, cfg.batching)
     lr_at = lr_schedule(cfg.lr, starts[-1], warmup, cfg.cosine_anneal)
     keep = step if cfg.resume and not cfg.overwrite else None
+    if cfg.tensorboard is not None and cfg.overwrite and not cfg.resume and dist_info.is_main:
+        remove_events(cfg.tensorboard)  # another run's, replaced as its checkpoint is (claim_run checked)
     board = open_tensorboard(cfg.tensorboard, dist_info.is_main, purge_step=None if keep is None else keep + 1)
     log = Logs(CSVLog(log_path, LOG_FIELDS, run_id, keep), board) if dist_info.is_main else NullLog()
     monitor = knn_monitor(cfg, device, precision) if cfg.test_freq > 0 and dist_info.is_main else None

@@ -205,3 +205,11 @@ def test_simclr_writes_the_log_rows_and_a_resume_after_a_crash_replaces_the_lost
     assert [e.step for e in loss] == [int(r["step"]) for r in rows] == list(range(1, 6))  # 16 * 2 // 8 + 1 steps
     assert [e.value for e in loss] == pytest.approx([float(r["loss"]) for r in rows], rel=1e-5)  # CSV: 6 digits
     assert acc.Tags()["images"] == ["view_pairs"]
+    # Another run into the same folder: refused before any compute, the events untouched; --overwrite replaces them.
+    before = {f: open(f, "rb").read() for f in event_files(board)}
+    with pytest.raises(UserError, match="holds the events of another run: pass --resume to continue that run, "
+                                        "--overwrite to replace them"):
+        run("--num-epochs", "1", "--filename", str(tmp_path / "other.pth"))
+    assert {f: open(f, "rb").read() for f in event_files(board)} == before
+    run("--num-epochs", "1", "--filename", str(tmp_path / "other.pth"), "--overwrite")
+    assert len(event_files(board)) == 1 and not set(event_files(board)) & set(before)

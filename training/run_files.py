@@ -11,6 +11,7 @@ from utils.checkpoint import change_text, resume
 from utils.distributed import DistInfo, any_rank
 from utils.errors import UserError
 from utils.files import RunLock, check_output, clean_orphans, refuse_same, same_file
+from utils.tensorboard import claim_log_dir
 
 
 def claim_run(cfg: PretrainConfig, path: str, log_path: str, dist_info: DistInfo) -> RunLock | None:
@@ -29,6 +30,8 @@ def claim_run(cfg: PretrainConfig, path: str, log_path: str, dist_info: DistInfo
             if existing and not cfg.resume and not cfg.overwrite:
                 raise UserError(f"{existing[0]} exists: pass --resume to continue that run, --overwrite to replace "
                                 f"it, or another --filename")
+            if cfg.tensorboard is not None:
+                claim_log_dir(cfg.tensorboard, cfg.overwrite, bool(cfg.resume))
         except UserError as e:
             refusal = e
             if lock is not None:

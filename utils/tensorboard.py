@@ -61,6 +61,23 @@ def event_files(log_dir: str) -> list[str]:
     return sorted(glob.glob(os.path.join(glob.escape(log_dir), "events.out.tfevents.*")))
 
 
+def claim_log_dir(log_dir: str, overwrite: bool, resume: bool | None = None) -> None:
+    """Before any compute: ``log_dir`` can take events (:func:`check_log_dir`) and holds none of another run, unless
+    ``overwrite`` (they are removed when the run starts: :func:`remove_events`) or ``resume`` (the run continued
+    there; None: the script has no --resume)."""
+    check_log_dir(log_dir)
+    if event_files(log_dir) and not (overwrite or resume):
+        also = "" if resume is None else "--resume to continue that run, "
+        raise UserError(f"--tensorboard {log_dir} holds the events of another run: pass {also}--overwrite to replace "
+                        f"them, or choose another --tensorboard")
+
+
+def remove_events(log_dir: str) -> None:
+    """The event files of earlier runs in ``log_dir`` removed (``--overwrite``, as the run starts)."""
+    for old in event_files(log_dir):
+        os.remove(old)
+
+
 class TensorBoardLog:
     """The rows of a CSV log as TensorBoard scalars, and images, in ``log_dir``."""
 
