@@ -216,27 +216,31 @@ def _bicubic_aa_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, 
 
 
 def resized_crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: torch.Tensor,
-                 w: torch.Tensor, size: int) -> torch.Tensor:
+                 w: torch.Tensor, size: int, between=None) -> torch.Tensor:
     """Batched crop + bicubic resize, as torchvision's
     ``resized_crop(img, top, left, h, w, [size, size], BICUBIC, antialias=True)`` per sample.
 
     images: (B, C, H, W) float in [0, 1]; top, left, h, w: (B,) int tensors (crops inside the image).
-    Returns (B, C, size, size) float, clamped to [0, 1]. Exact antialiased bicubic (see module doc).
+    Returns (B, C, size, size) float, clamped to [0, 1]. Exact antialiased bicubic (see module doc); ``between``:
+    as ``resample``'s.
     """
     _, _, H, W = images.shape
     dev = images.device
     wy = _bicubic_aa_matrix(top.to(dev), h.to(dev), H, size)                        # (B, S, H)
     wx = _bicubic_aa_matrix(left.to(dev), w.to(dev), W, size)                       # (B, S, W)
-    return resample(images, wy, wx).clamp(0.0, 1.0)
+    return resample(images, wy, wx, between).clamp(0.0, 1.0)
 
 
-def resample(images: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor) -> torch.Tensor:
+def resample(images: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor, between=None) -> torch.Tensor:
     """Each sample through its separable resampling matrices, rows then columns, as two batched matmuls.
-    images: (B, C, H, W); wy: (B, S, H), wx: (B, S, W). Returns (B, C, S, S) contiguous, in the images' dtype."""
+    images: (B, C, H, W); wy: (B, S, H), wx: (B, S, W); ``between``, if given, is applied in place to the rows
+    resampled by the first pass. Returns (B, C, S, S) contiguous, in the images' dtype."""
     B, C, H, W = images.shape
     size = wy.shape[1]
     wy, wx = wy.to(images.dtype), wx.to(images.dtype)
     rows = torch.bmm(images.reshape(B, C * H, W), wx.transpose(1, 2))               # (B, C*H, S)
+    if between is not None:
+        between(rows)
     rows = rows.reshape(B, C, H, size).transpose(1, 2).reshape(B, H, C * size)      # (B, H, C*S)
     out = torch.bmm(wy, rows).reshape(B, size, C, size).transpose(1, 2)             # (B, C, S, S)
     return out.contiguous()

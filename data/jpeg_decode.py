@@ -8,7 +8,7 @@ the crop boxes (``TreeBytes``); the device decodes the batch in one ``torchvisio
 views (``DecodedTwoViews``). The boxes and the colour draws are those of the views' keys (data/keyed_random.py), so
 the views are the worker path's up to the decoder's and the resize's rounding (tests/test_jpeg_decode.py: on CPU,
 where torchvision's libjpeg-turbo decodes as PIL's does, bit for bit, the crops are within 1 level of 255 of the
-workers' except next to saturated pixels: ``cut_crops``). nvJPEG is not expected to decode bit for bit as libjpeg.
+workers': ``cut_crops``). nvJPEG is not expected to decode bit for bit as libjpeg.
 
 Files that PIL handles specially take ``data.datasets.read_image`` instead, one by one: CMYK and YCCK JPEGs (PIL's
 conversion to RGB), anything that is not a complete 8-bit JPEG (a PNG named .JPEG, a truncated file: PIL names it),
@@ -21,6 +21,7 @@ import io
 import warnings
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
@@ -171,13 +172,8 @@ def decode_batch(data: list[torch.Tensor], paths: list[str], device: torch.devic
 
 def cut_crops(images: list[torch.Tensor], boxes: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The random resized crops of views 0 and 1, each (B, 3, size, size) uint8 on the images' device: each box of
-    ``boxes`` (B, 2, 4) (top, left, h, w) of its (3, H, W) uint8 image resized by antialiased bicubic in float32,
-    the whole batch in two batched matmuls a view (the in-memory path's ``resized_crop``), rounded and clamped to
-    uint8: the filter of PIL's antialiased bicubic, which the workers' ``RandomResizedCrop.cut`` uses. PIL runs it
-    as two 1-D passes with uint8 rows in between, rounded and clipped to 0..255: the rounding alone moves a crop
-    pixel by at most 1 level; where a pass overshoots 0..255 (sharp edges next to saturated pixels) PIL clips the
-    overshoot before the other pass and the crops differ by more there (up to 8 levels measured on crops of
-    clipped noisy pictures)."""
+    ``boxes`` (B, 2, 4) (top, left, h, w) of its (3, H, W) uint8 image resized as the workers' PIL resize does it
+    (``RandomResizedCrop.cut``), in float32 batched matmuls (``pil_resize``)."""
     sides = torch.tensor([img.shape[-2:] for img in images])                                       # (B, 2) H, W
     top, left, h, w = boxes.unbind(2)                                                               # (B, 2) each
     bad = ~((h > 0) & (w > 0) & (top >= 0) & (left >= 0) & (top + h <= sides[:, :1]) & (left + w <= sides[:, 1:]))
@@ -193,12 +189,47 @@ def cut_crops(images: list[torch.Tensor], boxes: torch.Tensor, size: int) -> tup
         frame = torch.zeros(len(group), 3, *sides[group].max(0).values.tolist(), dtype=torch.uint8, device=device)
         for k, i in enumerate(group):
             frame[k, :, :sides[i, 0], :sides[i, 1]] = images[i]
-        x = frame.float().div_(255.0)                                                               # (G, 3, H, W)
         index = torch.tensor(group)
         for view in (0, 1):
-            out = resized_crop(x, *(part[index, view] for part in (top, left, h, w)), size)        # (G, 3, S, S)
-            crops[view, index.to(device)] = out.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+            crops[view, index.to(device)] = pil_resize(frame, *(part[index, view] for part in (top, left, h, w)), size)
     return crops[0], crops[1]
+
+
+def pil_resize(frame: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+               size: int) -> torch.Tensor:
+    """PIL's antialiased bicubic resize of each box (top, left, h, w: (G,) CPU int tensors) of ``frame`` (G, 3, H, W)
+    uint8 to size x size: (G, 3, size, size) uint8. The filter is the in-memory path's ``resized_crop``; as in PIL,
+    the two 1-D passes run in PIL's order (``pil_vertical_first``) with the rows between them rounded and clipped to
+    0..255 (``pil_rows``), so a pass that overshoots next to saturated pixels is clipped where PIL clips it and the
+    crops differ from PIL's by its fixed-point weights' rounding alone (1 level at most, tests)."""
+    out = torch.empty(len(frame), 3, size, size, dtype=torch.uint8, device=frame.device)
+    vertical = pil_vertical_first(h, w, size)
+    for first in vertical.unique().tolist():
+        k = (vertical == first).nonzero()[:, 0]
+        x = (frame if len(k) == len(frame) else frame[k.to(frame.device)]).float().div_(255.0)      # (g, 3, H, W)
+        if first:   # the vertical pass first: resized_crop's first pass runs along the last axis
+            y = resized_crop(x.transpose(2, 3), left[k], top[k], w[k], h[k], size, pil_rows).transpose(2, 3)
+        else:
+            y = resized_crop(x, top[k], left[k], h[k], w[k], size, pil_rows)
+        out[k.to(frame.device)] = y.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+PIL_MAJOR = int(PIL.__version__.split(".")[0])
+
+
+def pil_vertical_first(h: torch.Tensor, w: torch.Tensor, size: int) -> torch.Tensor:
+    """(G,) bool: whether PIL resizes an h x w crop to size x size with the vertical pass first. Pillow 13 does when
+    the height shrinks, by more than twice as many pixels as the width (python-pillow/Pillow#9549); older
+    Pillows always run the horizontal pass first."""
+    if PIL_MAJOR < 13:
+        return torch.zeros(h.shape, dtype=torch.bool)
+    return (h > size) & (h - size > 2 * (w - size))
+
+
+def pil_rows(rows: torch.Tensor) -> None:
+    """In place: the first pass's rows of values in [0, 1] as PIL keeps them, rounded to levels of 255 and clipped."""
+    rows.mul_(255.0).round_().clamp_(0, 255).div_(255.0)
 
 
 FRAME_LIMIT = 2**26  # pixel values of one frame of cut_crops (256 MiB in float32): a few of ImageNet's giants at most

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
 import data.jpeg_decode as jd
-from data.batched_augment import BatchedSimCLRAugment, RandomResizedCrop
+from data.batched_augment import BatchedSimCLRAugment, RandomResizedCrop, resized_crop
 from data.datasets import IMAGENET_STD, FileImages, read_image, scan_image_folder
 from data.jpeg_decode import (DecodedTwoViews, TreeBytes, batch_bytes, collate_bytes, cut_crops, decode_batch,
                               is_batch_jpeg)
@@ -25,20 +25,17 @@ SIZE, SEED, BATCH = 32, 5, 3
 SIZES = [(40, 60), (90, 70), (64, 48), (70, 90), (55, 75), (48, 41)]  # (H, W) of the RGB JPEGs
 # (epoch, index) keys of all 9 images, batches mixing two epochs (as StepSampler's stream batching does)
 KEYS = [(3, 4), (3, 0), (7, 8), (3, 6), (7, 2), (7, 1), (3, 7), (7, 5), (3, 3)]
-LEVELS = 1  # the decode path's crops are within 1 level of 255 of the worker path's on these pictures (picture's
-# docstring derives it; on CPU the decode itself is PIL's, bit for bit)
+LEVELS = 1  # the decode path's crops are within 1 level of 255 of the worker path's (data/jpeg_decode.cut_crops;
+# on CPU the decode itself is PIL's, bit for bit)
 
 
 def picture(h: int, w: int, seed: int) -> np.ndarray:
-    """(h, w, 3) uint8 in 40..215: colour waves plus noise. Within that range no bicubic pass overshoots 0..255 (the
-    kernel's negative lobes add at most 1/8 of a step), so PIL's rounding of its intermediate rows is the only
-    difference between its two-pass uint8 resize and the float one: at most 0.5 * 1.25 (the kernel's absolute sum)
-    before the final roundings, hence 1 level. Where PIL clips an intermediate row (edges next to saturated pixels)
-    the two differ by more (data/jpeg_decode.cut_crops)."""
+    """(h, w, 3) uint8: colour waves plus noise, clipped to 0..255 over about a third of the picture, so that the
+    bicubic passes overshoot 0..255 next to saturated pixels and PIL clips its intermediate rows there."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w]
-    waves = np.stack([128 + 60 * np.sin(x / (4 + c) + seed) * np.cos(y / (3 + c) - c) for c in range(3)], -1)
-    return np.clip(waves + rng.normal(0, 12, (h, w, 3)), 40, 215).astype(np.uint8)
+    waves = np.stack([128 + 180 * np.sin(x / (4 + c) + seed) * np.cos(y / (3 + c) - c) for c in range(3)], -1)
+    return np.clip(waves + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
 def jpeg_bytes(im: Image.Image, **kw) -> bytes:
@@ -276,9 +273,9 @@ def test_simclr_decode_gpu_trains_as_the_workers_path(tree, capsys):
 
 def test_cut_crops_batches_images_of_any_size_without_reading_the_padding():
     """cut_crops resamples the whole batch at once in the largest image's frame: an image's crops are the same
-    alone and next to a larger (brighter) image, and equal F.interpolate's antialiased bicubic of the box."""
-    import torch.nn.functional as F
-    small = torch.from_numpy(picture(30, 20, 1)).permute(2, 0, 1).contiguous()
+    alone and next to a larger (brighter) image, and equal PIL's antialiased bicubic of the box."""
+    pic = picture(30, 20, 1)
+    small = torch.from_numpy(pic).permute(2, 0, 1).contiguous()
     large = torch.full((3, 70, 90), 255, dtype=torch.uint8)
     boxes = torch.tensor([[[2, 3, 25, 17], [0, 0, 30, 20]], [[10, 5, 60, 80], [0, 0, 70, 90]]])
     alone = cut_crops([small], boxes[:1], 12)
@@ -286,9 +283,40 @@ def test_cut_crops_batches_images_of_any_size_without_reading_the_padding():
     for view in (0, 1):
         assert torch.equal(together[view][0], alone[view][0])
         top, left, h, w = boxes[0, view].tolist()
-        ref = F.interpolate(small[None, :, top:top + h, left:left + w].float(), size=(12, 12), mode="bicubic",
-                            antialias=True, align_corners=False).round().clamp(0, 255)[0]
-        assert (together[view][0].float() - ref).abs().max() <= 1
+        ref = pil_to_tensor(Image.fromarray(pic).crop((left, top, left + w, top + h)).resize((12, 12), Image.BICUBIC))
+        assert (together[view][0].int() - ref.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("h, w", [(40, 12), (12, 40), (36, 30), (37, 30), (30, 36), (50, 44), (45, 20), (20, 20),
+                                  (60, 8)])
+def test_crops_follow_pils_pass_order_and_clipping(h, w):
+    """PIL resizes in two 1-D passes with uint8 rows in between, the vertical pass first when Pillow >= 13 sees the
+    height shrink by more than twice as many pixels as the width: on a picture saturated over a fifth of its pixels
+    (where the first pass overshoots 0..255 and PIL clips) the crops are PIL's within a level for boxes of either
+    order, up- and downscaled (the next test shows that the float resize without the clipping misses by more)."""
+    pic = picture(64, 48, 2)
+    top, left = 3, 2
+    box = torch.tensor([[[top, left, h, w]] * 2])
+    ours = cut_crops([torch.from_numpy(pic).permute(2, 0, 1).contiguous()], box, 24)[0][0].int()
+    ref = pil_to_tensor(Image.fromarray(pic).crop((left, top, left + w, top + h)).resize((24, 24), Image.BICUBIC))
+    assert (ours - ref.int()).abs().max() <= 1
+    vertical = jd.pil_vertical_first(box[0, :1, 2], box[0, :1, 3], 24)
+    assert bool(vertical) == (jd.PIL_MAJOR >= 13 and (h, w) in {(40, 12), (37, 30), (45, 20), (60, 8)})
+
+
+def test_the_clipping_between_passes_matters():
+    """Without pil_rows, the float resize misses PIL's crops by more than a level on the saturated pictures: the
+    test above would catch a resize that lost the clipping."""
+    pic = picture(64, 48, 2)
+    x = torch.from_numpy(pic).permute(2, 0, 1)[None].float() / 255
+    worst = 0
+    for h, w in [(40, 12), (12, 40), (37, 30), (30, 36), (50, 44)]:
+        one = torch.tensor([3]), torch.tensor([2]), torch.tensor([h]), torch.tensor([w])
+        flt = resized_crop(x.transpose(2, 3), one[1], one[0], one[3], one[2], 24).transpose(2, 3) \
+            if jd.pil_vertical_first(one[2], one[3], 24) else resized_crop(x, *one, 24)
+        ref = pil_to_tensor(Image.fromarray(pic).crop((2, 3, 2 + w, 3 + h)).resize((24, 24), Image.BICUBIC))
+        worst = max(worst, int((flt[0].mul(255).round() - ref.float()).abs().max()))
+    assert worst > 1, worst
 
 
 def test_cut_crops_bounds_its_frames(monkeypatch):
