@@ -21,7 +21,7 @@ import torch
 from data.paths import DEFAULT_PATHS_FILE
 from data.splits import stratified_split
 from utils.errors import UserError, run_cli
-from utils.files import atomic_write
+from utils.files import atomic_write, check_output, refuse_existing, refuse_same
 
 SUBSET_FORMAT = "simclr-label-subset-v1"
 
@@ -167,11 +167,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-fraction", type=float, required=True, help="fraction of the labels, in (0, 1]")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--output", required=True, help="JSON file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     return p
 
 
 def main(args: argparse.Namespace) -> dict:
     from data.datasets import load_split
+    refuse_same({"--output": args.output}, {"--dataset-paths": args.dataset_paths})
+    refuse_existing(args.output, args.overwrite)
+    check_output(args.output, "--output")
     train = load_split(args.dataset, "train", args.dataset_paths)
     indices = balanced_subset(train.labels, args.label_fraction, args.seed)
     record = subset_record(args.dataset, train.labels, args.label_fraction, args.seed, indices)

@@ -10,6 +10,7 @@ import torch
 import finetune
 import gradient_linear_clf
 import lbfgs_linear_clf
+from data import subsets
 from data.subsets import subset_record, write_subset
 from tests.bad_input import assert_refused, run_script, snapshot
 from tests.tiny_data import tiny_checkpoint
@@ -96,6 +97,22 @@ def test_an_existing_output_needs_overwrite(script, tiny, tmp_path, capsys):
     out = tmp_path / "r.json"
     out.write_text('{"earlier": "result"}\n')
     refused(script, ["--output", str(out)], "pass --overwrite", tiny, tmp_path, capsys)
+
+
+def test_subsets_output_replaces_nothing_unasked(tiny, tmp_path, capsys):
+    """python -m data.subsets: an existing --output, or --output naming the dataset-paths file, is refused with
+    every file as it was; --overwrite replaces the file with the subset."""
+    _, paths = tiny
+    out = tmp_path / "s.json"
+    out.write_text("my notes")
+    before, stamp_paths = snapshot(str(tmp_path)), open(paths, "rb").read()
+    argv = ["--dataset", "cifar10", "--dataset-paths", paths, "--label-fraction", "0.5"]
+    for extra, match in ((["--output", str(out)], "pass --overwrite"),
+                         (["--output", paths], "is the same file as --dataset-paths")):
+        assert_refused(*run_script(subsets, argv + extra, capsys), match, before, str(tmp_path))
+        assert open(paths, "rb").read() == stamp_paths
+    code, _ = run_script(subsets, argv + ["--output", str(out), "--overwrite"], capsys)
+    assert code == 0 and json.loads(out.read_text())["per_class"] == 4
 
 
 @pytest.mark.parametrize("script", list(SCRIPTS))
