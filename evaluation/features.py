@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from utils.device import shm_workers
 from utils.precision import Precision
 
 
@@ -23,8 +24,8 @@ def extract_features(backbone: torch.nn.Module, dataset, device: torch.device, b
     The backbone's train/eval mode is restored afterwards."""
     was_training = backbone.training
     backbone.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda",
+                        **shm_workers(dataset, 0, batch_size, num_workers))
     feats, labels = [], []
     for x, y in tqdm(loader, desc=desc, disable=desc is None, leave=False):
         x = x.to(device, non_blocking=True)

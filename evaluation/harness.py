@@ -26,7 +26,7 @@ from models.finetune import KeptHead
 from models.resnet import ResNetBackbone
 from utils.allocator import tune_cpu_allocator
 from utils.checkpoint import checkpoint_path, find_checkpoint, git_commit
-from utils.device import select_device
+from utils.device import select_device, shm_workers
 from utils.files import save_json
 from utils.precision import Precision, configure_backends, resolve_precision
 
@@ -126,15 +126,17 @@ def seeded_train_loader(images, target: Target, batch_size: int, seed: int, num_
     """Random resized crop + flip, full batches in a seeded order that is new every epoch: image i of epoch e
     is augmented under the seed (seed, e, i), whatever the number of workers (data/sampler.py, data/views.py);
     evaluation/supervised.fit sets the epoch."""
-    transform = train_linear_transform(target.image_size, target.info.mean, target.info.std)
-    return DataLoader(SeededTransformed(images, transform, seed), batch_size=batch_size,
-                      sampler=EpochSampler(len(images), seed=seed), drop_last=True, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+    dataset = SeededTransformed(images, train_linear_transform(target.image_size, target.info.mean, target.info.std),
+                                seed)
+    workers = shm_workers(dataset, (0, 0), batch_size, num_workers)
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(images), seed=seed), drop_last=True,
+                      pin_memory=device.type == "cuda", persistent_workers=workers["num_workers"] > 0, **workers)
 
 
 def eval_loader(images, transform, batch_size: int, num_workers: int) -> DataLoader:
     """``images`` in order, through ``transform`` (:func:`eval_transform_for`)."""
-    return DataLoader(Transformed(images, transform), batch_size=batch_size, num_workers=num_workers)
+    dataset = Transformed(images, transform)
+    return DataLoader(dataset, batch_size=batch_size, **shm_workers(dataset, 0, batch_size, num_workers))
 
 
 # ------------------------------------------------------------------------------------------------ outputs

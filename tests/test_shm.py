@@ -1,13 +1,19 @@
 """DataLoader workers' batches in /dev/shm (utils/device.py): the plan at the issue's numbers (ImageNet, 512 images
 per process, 2 crops at 224 px, 8 processes on a machine), its boundaries, the one-line refusal, the warning, and
-the plan reaching the image-tree DataLoader (inspected, no worker started)."""
+the plan reaching the image-tree DataLoader and the evaluation scripts' loaders (inspected, no worker started)."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 import utils.device
+from data.augment import eval_transform
 from data.datasets import FileImages, scan_image_folder
 from data.loaders import ImageTreeTwoViews, crop_batch_bytes, two_view_batches
 from data.sampler import EpochSampler
+from data.views import Transformed
+from evaluation.features import extract_features
+from evaluation.harness import eval_loader, seeded_train_loader
 from tests.tiny_data import write_image_folder
 from utils.device import shm_batches, shm_free_bytes, shm_plan
 from utils.errors import UserError
@@ -88,3 +94,26 @@ def test_image_tree_loader_gets_the_plan(tmp_path, monkeypatch, capsys):
     assert two_views(tree, num_workers=0).loader.num_workers == 0  # no workers: not checked
     with pytest.raises(UserError, match="do not fit in /dev/shm"):
         two_views(tree, num_workers=1)
+
+
+def test_evaluation_loaders_get_the_plan(tmp_path, monkeypatch, capsys):
+    """The evaluation scripts' loaders (float32 images at the target size: a batch of 512 at 224 px is 308 MB) are
+    fitted as the pretraining's: the batch's bytes measured on one sample."""
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    write_image_folder(str(tmp_path), per_class=2, size=12, splits=("train",))
+    tree = FileImages(*scan_image_folder(str(tmp_path / "train")))
+    target = SimpleNamespace(image_size=8, info=SimpleNamespace(mean=(0.5,) * 3, std=(0.25,) * 3))
+    transform = eval_transform(8, target.info.mean, target.info.std, None)
+    batch = 2 * (3 * 8 * 8 * 4 + 8)  # two float32 (3, 8, 8) images and their int labels
+    monkeypatch.setattr(utils.device, "shm_free_bytes", lambda: 2 * shm_batches(1, 1) * batch)
+    loaders = [eval_loader(tree, transform, 2, 2), seeded_train_loader(tree, target, 2, 0, 2, torch.device("cpu"))]
+    for loader in loaders:
+        assert (loader.num_workers, loader.prefetch_factor) == (1, 1)
+    assert loaders[1].persistent_workers
+    assert capsys.readouterr().err.count("workers 2 -> 1") == 2
+    monkeypatch.setattr(utils.device, "shm_free_bytes", lambda: 2 * shm_batches(1, 1) * batch - 1)
+    with pytest.raises(UserError, match="do not fit in /dev/shm"):
+        eval_loader(tree, transform, 2, 2)
+    with pytest.raises(UserError, match="do not fit in /dev/shm"):
+        extract_features(torch.nn.Flatten(), Transformed(tree, transform), torch.device("cpu"), 2, num_workers=2)
+    assert eval_loader(tree, transform, 2, 0).num_workers == 0  # no workers: not checked

@@ -89,6 +89,17 @@ def fit_workers_to_shm(batch_bytes: int, workers: int, prefetch: int = 2) -> tup
     return planned
 
 
+def shm_workers(dataset, key, batch_size: int, num_workers: int) -> dict:
+    """DataLoader's ``num_workers`` and ``prefetch_factor`` for batches of ``batch_size`` samples like
+    ``dataset[key]`` (a tuple of tensors and ints, measured on that one sample), as ``fit_workers_to_shm`` fits
+    them in /dev/shm."""
+    if num_workers == 0 or len(dataset) == 0 or shm_free_bytes() is None:
+        return {"num_workers": num_workers}
+    per_sample = sum(t.numel() * t.element_size() if torch.is_tensor(t) else 8 for t in dataset[key])
+    workers, prefetch = fit_workers_to_shm(batch_size * per_sample, num_workers)
+    return {"num_workers": workers, "prefetch_factor": prefetch}
+
+
 def _size(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
