@@ -224,6 +224,7 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
                 step = e.step
                 if dist_info.is_main:
                     saver(epoch, force=True)
+                barrier(dist_info)  # under torchrun: no rank exits (and gets the others killed) before the save
                 raise UserError(f"{e}; the {step} steps done are saved in {path}: replace the file, then resume "
                                 f"with --resume") from None
             stopped = any_rank(stopped or stop.requested, dist_info)

@@ -175,13 +175,14 @@ def test_allow_changes_applies_them_and_records_them(run_dir, capsys):
     assert state["history"][-1]["step"] == 3 and state["args"]["temperature"] == 0.3
 
 
-def _image_tree(root, corrupt_split: str):
+def _image_tree(root, corrupt_split: str, position: int = 4):
     """An 'imagenet' tree of two image sizes (so it is read from disk by the loader, not decoded at start) with
-    one corrupt image in ``corrupt_split``: in train, the first image of the second batch of epoch 1."""
+    one corrupt image in ``corrupt_split``: in train, the ``position``-th of epoch 1's stream (4: the first image
+    of the second batch of 4)."""
     write_image_folder(str(root / "in"), classes=("a", "b"), per_class=8, size=12, splits=("train", "val"))
     Image.new("RGB", (10, 10)).save(root / "in" / "train" / "a" / "0000.png")
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root / "in" / corrupt_split) for f in fs)
-    victim = files[EpochSampler(len(files), seed=0).order(0)[4]] if corrupt_split == "train" else files[-1]
+    victim = files[EpochSampler(len(files), seed=0).order(0)[position]] if corrupt_split == "train" else files[-1]
     with open(victim, "wb") as f:
         f.write(b"\x89PNG not an image")
     return write_paths(str(root / "paths.json"), {"imagenet": "in"}), victim

@@ -25,6 +25,7 @@ from optim.groups import param_groups
 from optim.lars import LARS
 from tests.dist_helpers import (HostReads, StopAfter, TinyNet, free_port, grads, max_rel_err, rel_err, spawn,
                                 tiny_batch)
+from tests.test_bad_input import _image_tree
 from tests.tiny_data import write_image_folder, write_paths
 from utils.checkpoint import load_checkpoint
 from utils.distributed import (DistInfo, convert_sync_batchnorm, gather_pairs, gather_with_grad, init_distributed,
@@ -356,6 +357,32 @@ def test_stopped_mid_epoch_on_two_processes_resumes_on_one(tmp_path, one_process
     assert csv_losses(part.replace(".pth", ".csv")) == pytest.approx(csv_losses(full.replace(".pth", ".csv")),
                                                                      rel=1e-4)
     assert_models_close(b["model"], a["model"])
+
+
+def _corrupt_run(info: DistInfo, argv: list, out_dir: str) -> None:
+    """simclr.train on this process group; writes each rank's error line."""
+    try:
+        simclr.train(simclr.resolve_args(simclr.get_args_parser().parse_args(argv)), info)
+        message = "no error"
+    except simclr.UserError as e:
+        message = str(e)
+    with open(os.path.join(out_dir, f"rank{info.rank}.error"), "w") as f:
+        f.write(message)
+
+
+def test_a_corrupt_image_on_rank_1_saves_the_steps_done(tmp_path):
+    """The image rank 1 reads at step 2 (stream position 5: batch 4, 2 a rank, rank 1 takes the odd ones) is
+    corrupt: both processes leave before step 2's collectives, rank 1 naming the file, rank 0 naming rank 1 and
+    the checkpoint of step 1 it saved (before, rank 0 waited in the gather until torchrun killed it unsaved)."""
+    paths, victim = _image_tree(tmp_path, "train", position=5)
+    argv = TINY + ["--batch-size", "4", "--seed", "0", "--dataset", "imagenet", "--dataset-paths", paths,
+                   "--test-freq", "0", "--num-epochs", "1", "--filename", str(tmp_path / "r.pth")]
+    spawn(_corrupt_run, WORLD, argv, str(tmp_path))
+    rank0, rank1 = (open(tmp_path / f"rank{r}.error").read() for r in range(WORLD))
+    assert rank1.startswith(f"cannot decode image {victim}")
+    assert rank0.startswith("process 1 could not read its batch") and "the 1 steps done are saved in" in rank0
+    state = load_checkpoint(str(tmp_path / "r.pth"))
+    assert (state["epoch"], state["step"], state["args"]["world_size"]) == (0, 1, 2)
 
 
 def test_global_batch_must_divide_among_processes(tmp_path):

@@ -101,13 +101,13 @@ def test_non_finite_loss_raises():
 
 
 def _count_collectives(info, result_file):
-    """A 2-process DDP epoch of 6 steps: the all_reduce calls made from Python (the stop flag; DDP's own
+    """A 2-process DDP epoch of 6 steps: the all_reduce calls made from Python (the flags; DDP's own
     gradient all-reduce runs in its C++ reducer, the gather's in autograd) and their tensors' devices."""
     calls = []
     real = torch.distributed.all_reduce
 
     def counting(tensor, *args, **kwargs):
-        if tensor.numel() == 1:  # the stop flag; the gather's backward all-reduces (2N, d) gradients
+        if tensor.numel() == 1:  # the flags; the gather's backward all-reduces (2N, d) gradients
             calls.append(tensor.device.type)
         return real(tensor, *args, **kwargs)
 
@@ -122,11 +122,12 @@ def _count_collectives(info, result_file):
 
 
 def test_ddp_ranks_agree_on_a_stop_after_every_step_with_a_cpu_flag(tmp_path):
-    """One all-reduce of a one-element CPU tensor per step (under nccl too: a gloo group), so that SIGTERM stops
-    every rank at the next step without a GPU synchronisation."""
+    """Two all-reduces of a one-element CPU tensor per step (under nccl too: a gloo group), without a GPU
+    synchronisation: before it, whether every rank read its batch (training.loop.every_rank_read); after it,
+    whether to stop, so that SIGTERM stops every rank at the next step."""
     out = str(tmp_path / "calls.pt")
     spawn(_count_collectives, 2, out)
-    assert torch.load(out) == ["cpu"] * 6
+    assert torch.load(out) == ["cpu"] * 12
 
 
 class _DtypeProbe(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from training.build import Pretraining
-from utils.distributed import DistInfo, any_rank, gather_pairs
+from utils.distributed import DistInfo, any_rank, failing_rank, gather_pairs
 from utils.errors import UserError, one_line
 
 
@@ -71,6 +71,28 @@ class LossMeter:
         return self.total / max(self.count, 1)
 
 
+def every_rank_read(batches, dist_info: DistInfo):
+    """``batches``, each only once every process has read its own (one CPU all-reduce a step under torchrun): a
+    process that cannot read its batch (a UserError, e.g. a corrupt image) raises it, and the others one that names
+    it, all before the step's collectives, where they would wait for it forever (and rank 0 could not save)."""
+    if not dist_info.distributed:
+        yield from batches
+        return
+    batches = iter(batches)
+    while True:
+        batch, error = None, None
+        try:
+            batch = next(batches)
+        except StopIteration:  # every rank has as many batches (data/sampler.py)
+            return
+        except UserError as e:
+            error = e
+        rank = failing_rank(error is not None, dist_info)
+        if rank is not None:
+            raise error or UserError(f"process {rank} could not read its batch (its error line names the file)")
+        yield batch
+
+
 def train_one_epoch(run: Pretraining, batches, lr_at: Callable[[int], float], epoch: int, step: int, *,
                     device: torch.device, images_per_step: int, log=None, stop=None,
                     dist_info: DistInfo = DistInfo(), log_every: int = 10, desc: str = "",
@@ -92,7 +114,7 @@ def train_one_epoch(run: Pretraining, batches, lr_at: Callable[[int], float], ep
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{n * images_per_step / seconds:.0f}")
 
     try:
-        for x1, x2 in bar:
+        for x1, x2 in every_rank_read(bar, dist_info):
             lr = lr_at(step)
             x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
             meter.add(train_step(run, x1, x2, lr))

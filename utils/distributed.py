@@ -118,6 +118,15 @@ def any_rank(flag: bool, dist_info: DistInfo) -> bool:
     return bool(t.item())
 
 
+def failing_rank(failed: bool, dist_info: DistInfo) -> int | None:
+    """The highest rank on which ``failed`` is true, or None (one all-reduce of a CPU tensor, as ``any_rank``)."""
+    if not dist_info.distributed:
+        return dist_info.rank if failed else None
+    t = torch.tensor([float(dist_info.rank + 1) if failed else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_CONTROL.get("group"))
+    return int(t.item()) - 1 if t.item() else None
+
+
 def wrap_model(net: nn.Module, dist_info: DistInfo, compiled: bool = False,
                sync_bn: bool = False) -> tuple[nn.Module, str]:
     """DistributedDataParallel under torchrun; DataParallel over all visible GPUs without it; else ``net``
