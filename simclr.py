@@ -124,7 +124,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "per process; BN statistics per chunk and view (README). 0: off (default: 0)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="bf16 autocast for the network, loss in fp32; auto: bf16 where it is fast (GPUs of\n"
-                        "compute capability 8.0 or newer, CPUs with AMX), fp32 elsewhere (default: auto)")
+                        "compute capability 8.0 or newer, CPUs with AMX or AVX512-BF16), fp32 elsewhere\n"
+                        "(default: auto)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="channels_last memory format (default: on with bf16, off with fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (not under DataParallel)")

@@ -184,7 +184,7 @@ def check_equal(args: argparse.Namespace, device: torch.device) -> None:
             f"loss {loss_b:.5f} vs {loss_d:.5f}; gradient cosine {whole:.4f} (smallest per tensor {least:.4f})")
         check_syncs(device, args.batch)
     else:
-        row("bf16 vs fp32", None, "skipped on the CPU (bf16 is emulated there, 13x slower without AMX)")
+        row("bf16 vs fp32", None, "skipped on the CPU (a check of the GPU's bf16; bench/throughput.py times both)")
         row("host syncs", None, "skipped on the CPU (torch.cuda.set_sync_debug_mode is a CUDA check)")
 
 

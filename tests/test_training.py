@@ -162,23 +162,26 @@ def test_auto_is_bf16_only_on_gpus_with_native_bf16(monkeypatch):
     assert resolve_precision("bf16", torch.device("cpu"), channels_last=False).memory_format == torch.preserve_format
 
 
-def test_auto_is_bf16_only_on_cpus_with_amx(monkeypatch):
-    """On the CPU bf16 is fast only with AMX (Sapphire Rapids and later); without it, emulated and slower."""
+def test_auto_is_bf16_only_on_cpus_with_bf16_units(monkeypatch):
+    """On the CPU bf16 is fast only with AMX (Intel Sapphire Rapids and later) or AVX512-BF16 (AMD Zen 4); without
+    either it is emulated and slower."""
     cpu = torch.device("cpu")
-    for amx, expected in ((True, "bf16"), (False, "fp32")):
+    for amx, avx, expected, reason in ((True, True, "bf16", "CPU with AMX"), (False, True, "bf16", "CPU with "
+                                       "AVX512-BF16"), (False, False, "fp32", "CPU without AMX or AVX512-BF16")):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda a=amx: a, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda a=avx: a, raising=False)
         p = resolve_precision("auto", cpu)
-        assert (p.name, p.channels_last) == (expected, amx)
-        assert p.label == f"{expected} (CPU {'with' if amx else 'without'} AMX)"
+        assert (p.name, p.channels_last, p.label) == (expected, expected == "bf16", f"{expected} ({reason})")
     assert resolve_precision("fp32", cpu).label == "fp32"  # an explicit choice needs no reason
 
 
-def test_amx_falls_back_to_cpuinfo_without_torch_probe(monkeypatch, tmp_path):
+def test_bf16_units_fall_back_to_cpuinfo_without_torch_probes(monkeypatch, tmp_path):
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
     cpuinfo = tmp_path / "cpuinfo"
     monkeypatch.setattr(utils.precision, "open", lambda path: open(cpuinfo if path == "/proc/cpuinfo" else path),
                         raising=False)
-    for flags, expected in (("fpu avx512f amx_bf16 amx_tile", "bf16"), ("fpu avx2", "fp32")):
+    for flags, expected in (("fpu avx512f amx_bf16 amx_tile", "bf16"), ("fpu avx512f avx512_bf16", "bf16"),
+                            ("fpu avx2", "fp32")):
         cpuinfo.write_text(f"flags\t\t: {flags}\n")
         assert resolve_precision("auto", torch.device("cpu")).name == expected
 

@@ -39,26 +39,29 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
 
-def _cpu_has_amx() -> bool:
-    """AMX tiles (Intel Sapphire Rapids and later), through torch's private probe, else /proc/cpuinfo."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    if probe is not None:
-        return bool(probe())
+def _cpu_bf16_units() -> str | None:
+    """The CPU's bf16 matrix or dot-product instructions: "AMX" (Intel Sapphire Rapids and later), "AVX512-BF16"
+    (AMD Zen 4 and later, Intel Cooper Lake), or None; through torch's private probes, else /proc/cpuinfo."""
+    amx, avx = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    if amx is not None and avx is not None:
+        return "AMX" if amx() else "AVX512-BF16" if avx() else None
     try:
         with open("/proc/cpuinfo") as f:
-            return "amx_bf16" in f.read()
+            flags = f.read()
     except OSError:
-        return False
+        return None
+    return "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
 
 
 def fast_bf16(device: torch.device) -> tuple[bool, str]:
     """Whether bf16 outruns fp32 on ``device``, and why: CUDA GPUs of compute capability 8.0 (Ampere) or
-    newer (tensor cores), CPUs with AMX (bf16 matrix units); elsewhere bf16 is emulated and slower."""
+    newer (tensor cores), CPUs with AMX or AVX512-BF16 (bf16 in hardware); elsewhere bf16 is emulated and
+    slower (bench/throughput.py measures both)."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         return major >= 8, f"GPU of compute capability {major}.{minor}"
-    amx = _cpu_has_amx()
-    return amx, f"CPU {'with' if amx else 'without'} AMX"
+    units = _cpu_bf16_units()
+    return units is not None, f"CPU with {units}" if units else "CPU without AMX or AVX512-BF16"
 
 
 def resolve_precision(choice: str, device: torch.device, channels_last: bool | None = None) -> Precision:
