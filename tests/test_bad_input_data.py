@@ -203,6 +203,10 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path, how):
     before = snapshot(str(tmp_path))
     with pytest.raises(UserError) as e:
         load_checkpoint(path)
-    assert "\n" not in str(e.value) and path in str(e.value)
+    assert "\n" not in str(e.value) and path in str(e.value) and "could run code" in str(e.value)
     assert not (tmp_path / "pwned").exists(), "the checkpoint ran code"
     assert snapshot(str(tmp_path)) == before
+    with open(path, "wb") as f:  # a damaged file is told apart from a crafted one
+        f.write(b"\x80\x04 not a pickle")
+    with pytest.raises(UserError, match="corrupt or not a checkpoint"):
+        load_checkpoint(path)

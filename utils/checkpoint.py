@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ def load_checkpoint(path: str) -> dict:
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} not found: check the path") from None
     except Exception as e:
+        code = re.search(r"GLOBAL (\S+)", str(e))  # weights_only's refusal of an object a pickle would build
+        if code:
+            raise UserError(f"checkpoint {path} refused: it holds a Python object ({code.group(1)}) that loading "
+                            f"could run code for; checkpoints of this repository hold tensors and plain values "
+                            f"only") from None
         raise UserError(f"cannot load checkpoint {path} ({type(e).__name__}): the file is corrupt or not a "
                         f"checkpoint of this repository") from None
     if not isinstance(state, dict):
