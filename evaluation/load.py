@@ -31,7 +31,12 @@ def load_backbone(filename: str, arch: str | None = None, stem: str | None = Non
     Returns (backbone, args stored in the checkpoint or {}). A key missing from the file or left over
     in it is an error naming the keys: a linear evaluation of a half-loaded network is worthless."""
     path = find_checkpoint(filename)
-    state = load_checkpoint(path)
+    return backbone_from_state(load_checkpoint(path), path, arch, stem, width_multiplier)
+
+
+def backbone_from_state(state: dict, path: str, arch: str | None, stem: str | None,
+                        width_multiplier: int | None) -> tuple[ResNetBackbone, dict]:
+    """``load_backbone`` of the checkpoint ``state`` already loaded from ``path``."""
     saved = checkpoint_args(state)
     arch = arch or saved.get("arch")
     stem = stem or saved.get("stem")
@@ -61,8 +66,8 @@ def finetune_encoder(ckpt: str | None, from_scratch: bool, arch: str | None, ste
     if not from_scratch:
         if ckpt is None:
             raise UserError("--load-from is required (or pass --from-scratch for the random-init baseline)")
-        backbone, saved = load_backbone(ckpt, arch, stem, width_multiplier)
-        state = load_checkpoint(ckpt) if head_layers > 0 else None
+        state = load_checkpoint(ckpt)
+        backbone, saved = backbone_from_state(state, ckpt, arch, stem, width_multiplier)
         return backbone, build_head(backbone.num_features, saved, head_layers, state), saved
     saved = checkpoint_args(load_checkpoint(ckpt)) if ckpt is not None else {}
     dataset, arch = dataset or saved.get("dataset"), arch or saved.get("arch")
