@@ -73,8 +73,9 @@ class LossMeter:
 
 def every_rank_read(batches, dist_info: DistInfo):
     """``batches``, each only once every process has read its own (one CPU all-reduce a step under torchrun): a
-    process that cannot read its batch (a UserError, e.g. a corrupt image) raises it, and the others one that names
-    it, all before the step's collectives, where they would wait for it forever (and rank 0 could not save)."""
+    process that cannot read its batch (a UserError such as a corrupt image, or a DataLoader worker's crash) raises
+    its error, and the others a UserError that names it, all before the step's collectives, where they would wait
+    for it forever (and rank 0 could not save)."""
     if not dist_info.distributed:
         yield from batches
         return
@@ -85,7 +86,7 @@ def every_rank_read(batches, dist_info: DistInfo):
             batch = next(batches)
         except StopIteration:  # every rank has as many batches (data/sampler.py)
             return
-        except UserError as e:
+        except Exception as e:
             error = e
         rank = failing_rank(error is not None, dist_info)
         if rank is not None:
