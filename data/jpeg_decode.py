@@ -16,6 +16,7 @@ and any file the batched decode refuses. EXIF orientation is applied by neither 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import warnings
@@ -25,7 +26,6 @@ import PIL
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.functional import pil_to_tensor
 
 from data.batched_augment import BatchedSimCLRAugment, RandomResizedCrop, resized_crop
@@ -136,10 +136,18 @@ def is_batch_jpeg(data: torch.Tensor) -> bool:
 
 def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """One ``decode_jpeg`` call on a list (nvJPEG's batched decode on CUDA), RGB, EXIF orientation not applied."""
-    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of TorchCodec's
+    from torchvision.io import ImageReadMode, decode_jpeg  # here: torchvision means to remove it (TorchCodec's)
+    with quiet_codecs():
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False)
+
+
+@contextlib.contextmanager
+def quiet_codecs():
+    """Without torchvision 0.29's warning that its decoders are deprecated in favour of TorchCodec's."""
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision",
                                 DeprecationWarning)
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False)
+        yield
 
 
 def _read_pil(path: str, device: torch.device) -> torch.Tensor:

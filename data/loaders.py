@@ -28,7 +28,7 @@ from data.batched_augment import BatchedSimCLRAugment
 from data.datasets import ArrayImages, evenly_spaced, input_info, load_split
 from data.keyed_random import ViewKeys
 from data.official_augment import PIPELINES
-from data.jpeg_decode import DecodedTwoViews, TreeBytes, batch_bytes, collate_bytes
+from data.jpeg_decode import DecodedTwoViews, TreeBytes, batch_bytes, collate_bytes, quiet_codecs
 from data.sampler import EpochSampler, StepSampler
 from utils.device import fit_workers_to_shm
 from utils.errors import UserError
@@ -126,15 +126,19 @@ def decode_path(choice: str, images, device: torch.device, augment: str = "torch
     if choice == "auto":
         return "gpu" if device.type == "cuda" and augment == "torchvision" and device_decodes_jpeg(device) \
             else "workers"
+    if choice == "gpu" and not device_decodes_jpeg(device):
+        raise UserError(f"--decode gpu: this torchvision's decode_jpeg does not decode on {device} (no nvJPEG, or "
+                        f"the decoder removed in favour of TorchCodec): use --decode workers (or auto)")
     return choice
 
 
 def device_decodes_jpeg(device: torch.device) -> bool:
     """Whether torchvision.io.decode_jpeg decodes on ``device`` (nvJPEG on CUDA): one 8x8 image tried."""
-    from torchvision.io import decode_jpeg, encode_jpeg
     try:
-        return decode_jpeg(encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8)), device=device).shape == (3, 8, 8)
-    except (RuntimeError, NotImplementedError):
+        from torchvision.io import decode_jpeg, encode_jpeg
+        with quiet_codecs():
+            return decode_jpeg(encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8)), device=device).shape == (3, 8, 8)
+    except (ImportError, RuntimeError, NotImplementedError):
         return False
 
 

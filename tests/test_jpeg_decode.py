@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torchvision.io
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
@@ -110,8 +111,8 @@ def test_batched_decode_and_fallback(tree, monkeypatch):
         assert not is_batch_jpeg(other)  # cut short, trailing bytes, RGB-coded (Adobe transform 0)
 
     calls, pil = [], []
-    real_decode, real_read = jd.decode_jpeg, jd.read_image
-    monkeypatch.setattr(jd, "decode_jpeg", lambda d, **kw: calls.append(len(d)) or real_decode(d, **kw))
+    real_decode, real_read = torchvision.io.decode_jpeg, jd.read_image  # jd imports it at each call
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda d, **kw: calls.append(len(d)) or real_decode(d, **kw))
     monkeypatch.setattr(jd, "read_image", lambda p: pil.append(os.path.basename(p)) or real_read(p))
     decoded = decode_batch(data, tree.paths, CPU)
     assert calls == [7] and pil == ["cmyk.JPEG", "png.JPEG"]
@@ -124,7 +125,7 @@ def test_batched_decode_and_fallback(tree, monkeypatch):
 def test_a_file_the_batched_decode_refuses_goes_to_pil(tree, monkeypatch):
     data = [TreeBytes(tree, BatchedSimCLRAugment(SIZE))[(0, i)][0] for i in range(3)]
     refused, calls, pil = data[1], [], []
-    real_decode, real_read = jd.decode_jpeg, jd.read_image
+    real_decode, real_read = torchvision.io.decode_jpeg, jd.read_image
 
     def decode(d, **kw):  # as nvJPEG refusing a file that PIL reads
         calls.append(len(d))
@@ -132,7 +133,7 @@ def test_a_file_the_batched_decode_refuses_goes_to_pil(tree, monkeypatch):
             raise RuntimeError("Error while decoding JPEG images")
         return real_decode(d, **kw)
 
-    monkeypatch.setattr(jd, "decode_jpeg", decode)
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", decode)
     monkeypatch.setattr(jd, "read_image", lambda p: pil.append(p) or real_read(p))
     decoded = decode_batch(data, tree.paths[:3], CPU)
     assert calls == [3, 1, 1, 1] and pil == [tree.paths[1]]
@@ -269,6 +270,17 @@ def test_simclr_decode_gpu_trains_as_the_workers_path(tree, capsys):
     assert decode_path("auto", tree, CPU) == "workers"
     with pytest.raises(simclr.UserError, match="--decode gpu cuts torchvision's crops; --augment official"):
         decode_path("gpu", tree, CPU, "official")
+
+
+def test_decode_gpu_needs_a_decoder_on_the_device(tree, monkeypatch):
+    """Without torchvision.io.decode_jpeg on the device (no nvJPEG; or a torchvision that removed it, as 0.29
+    announces), ``auto`` takes the workers and ``gpu`` is refused in one line, before any image is read."""
+    from data.loaders import decode_path
+    assert decode_path("gpu", tree, CPU) == "gpu"
+    monkeypatch.delattr(torchvision.io, "decode_jpeg")
+    assert decode_path("auto", tree, torch.device("cuda")) == "workers"
+    with pytest.raises(UserError, match="--decode gpu: this torchvision's decode_jpeg does not decode on cpu"):
+        decode_path("gpu", tree, CPU)
 
 
 def test_cut_crops_batches_images_of_any_size_without_reading_the_padding():
