@@ -79,3 +79,17 @@ def test_a_checkpoint_without_a_code_record_has_its_legacy_value(tmp_path):
     resumed = resume("old", now, True)
     assert resumed.changes == {"crop_arithmetic": ["float32", "float64"]}
     assert resumed.history[-1]["changed"] == {"crop_arithmetic": ["float32", "float64"]}
+
+
+def test_processes_and_data_are_named_as_such_not_as_flags():
+    """world_size and native_size are set by torchrun and the dataset's files, not by flags: the refusal names them
+    and says how to match them."""
+    saved = {"batch_size": 256, "world_size": 2, "sync_bn": False, "native_size": 32}
+    now = {"batch_size": 512, "world_size": 1, "sync_bn": False, "native_size": 96}
+    changes = ckpt.option_changes(saved, now)
+    assert changes == {"batch_size": (256, 512), "world_size": (2, 1), "native_size": (32, 96)}
+    text = ckpt._refusal("r.pth", changes, "0123abc")
+    assert text.startswith("r.pth was trained with other options (--batch-size 256 -> 512) and other processes or "
+                           "data (processes 2 -> 1, stored image size 32 -> 96): pass the checkpoint's values and run "
+                           "on as many processes (torchrun --nproc_per_node) with the same dataset files")
+    assert "--world-size" not in text and "--native-size" not in text

@@ -95,20 +95,30 @@ def option_changes(saved: dict, now: dict) -> dict[str, tuple]:
     return changes
 
 
+# Args that no flag sets: the number of processes (torchrun's) and the stored size of the dataset's images.
+DERIVED = {"world_size": "processes", "native_size": "stored image size"}
+
+
 def change_text(key: str, old, new) -> str:
-    """One change as the messages say it: an option as its flag, a record of the code (CODE_RECORDS) as its name."""
-    return f"{key if key in CODE_RECORDS else '--' + key.replace('_', '-')} {old} -> {new}"
+    """One change as the messages say it: an option as its flag, a record of the code (CODE_RECORDS) or an arg
+    that no flag sets (DERIVED) by its name."""
+    name = key if key in CODE_RECORDS else DERIVED.get(key, "--" + key.replace("_", "-"))
+    return f"{name} {old} -> {new}"
 
 
 def _refusal(path: str, changes: dict[str, tuple], commit: str) -> str:
-    """Why a resume is refused: the options that differ as command-line flags, then the records of the code
-    (``CODE_RECORDS``: only the code that wrote the checkpoint continues it exactly)."""
-    options = [change_text(k, *v) for k, v in changes.items() if k not in CODE_RECORDS]
+    """Why a resume is refused: the options that differ as command-line flags, the processes or data that differ,
+    then the records of the code (``CODE_RECORDS``: only the code that wrote the checkpoint continues it exactly)."""
+    options = [change_text(k, *v) for k, v in changes.items() if k not in CODE_RECORDS and k not in DERIVED]
+    setting = [change_text(k, *v) for k, v in changes.items() if k in DERIVED]
     code = [change_text(k, *v) for k, v in changes.items() if k in CODE_RECORDS]
     said, fix = [], []
     if options:
         said.append(f"other options ({', '.join(options)})")
         fix.append("pass the checkpoint's values")
+    if setting:
+        said.append(f"other processes or data ({', '.join(setting)})")
+        fix.append("run on as many processes (torchrun --nproc_per_node) with the same dataset files")
     if code:
         said.append(f"another version of the code ({', '.join(code)})")
         fix.append(f"run the code that wrote it (commit {commit})")
