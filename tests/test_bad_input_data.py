@@ -207,6 +207,6 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path, how):
     assert not (tmp_path / "pwned").exists(), "the checkpoint ran code"
     assert snapshot(str(tmp_path)) == before
     with open(path, "wb") as f:  # a damaged file is told apart from a crafted one
-        f.write(b"\x80\x04 not a pickle")
+        f.write(b"not a checkpoint at all")
     with pytest.raises(UserError, match="corrupt or not a checkpoint"):
         load_checkpoint(path)
