@@ -220,7 +220,7 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
         for epoch in range(start_epoch, cfg.num_epochs):
             sampler.set_epoch(epoch, skip=step - starts[epoch] if epoch == start_epoch else 0)  # mid-epoch resume
             try:
-                step, stopped = run_epoch(cfg, dist_info, run, batches, lr_at, epoch, step, log, stop, result)
+                step, stopped, mean_loss = run_epoch(cfg, dist_info, run, batches, lr_at, epoch, step, log, stop)
             except BatchError as e:  # e.g. an unreadable image: the steps done are kept
                 step = e.step
                 if dist_info.is_main:
@@ -232,10 +232,12 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
             done = epoch + (step == starts[epoch + 1])  # a stop after an epoch's last step completes it
             if dist_info.is_main:  # saved before the kNN monitor, so that a bad test image costs no epoch
                 saver(done, force=stopped)
-            if not stopped and monitor_epoch(cfg, dist_info, epoch, step, lr_at, log, result, monitor, model):
-                stopped = any_rank(stop.requested, dist_info)  # a signal during the kNN monitor
-                if stopped and dist_info.is_main:
-                    saver(epoch + 1, force=True)
+            if done > epoch:  # the epoch is complete: its line and, when due, its kNN row (after a stop too)
+                result["losses"].append(mean_loss)
+                if monitor_epoch(cfg, dist_info, epoch, step, lr_at, log, result, monitor, model) and not stopped:
+                    stopped = any_rank(stop.requested, dist_info)  # a signal during the kNN monitor
+                    if stopped and dist_info.is_main:
+                        saver(epoch + 1, force=True)
             if stopped:
                 log.close()
                 barrier(dist_info)
@@ -274,8 +276,8 @@ def startup_line(cfg: PretrainConfig, dist_info: DistInfo, run, images: int, ste
             + f"; lr {cfg.lr:.4g} ({cfg.lr_scaling} scaling of {cfg.base_lr}); checkpoint {path}, log {log_path}")
 
 
-def run_epoch(cfg, dist_info, run, batches, lr_at, epoch, step, log, stop, result) -> tuple[int, bool]:
-    """One epoch (training/loop.py); returns the step and whether a stop was asked for."""
+def run_epoch(cfg, dist_info, run, batches, lr_at, epoch, step, log, stop) -> tuple[int, bool, float]:
+    """One epoch (training/loop.py); returns the step, whether a stop was asked for, and the mean loss."""
     try:
         step, mean_loss, stopped = train_one_epoch(
             run, batches, lr_at, epoch, step, device=dist_info.device, images_per_step=cfg.batch_size, log=log,
@@ -285,9 +287,7 @@ def run_epoch(cfg, dist_info, run, batches, lr_at, epoch, step, log, stop, resul
         raise UserError(f"{e} (epoch {epoch + 1}); stopped without saving, the last good checkpoint "
                         f"{checkpoint_path(cfg.filename)} is untouched (try a lower --base-lr or --precision fp32)"
                         ) from None
-    if not stopped:
-        result["losses"].append(mean_loss)
-    return step, stopped
+    return step, stopped, mean_loss
 
 
 def monitor_epoch(cfg, dist_info, epoch, step, lr_at, log, result, monitor, model) -> bool:

@@ -125,6 +125,25 @@ def test_a_longer_run_and_a_stop_mid_epoch_resume_exactly(tiny, monkeypatch):
     assert losses[0] == losses[1]  # step, lr, loss of every row (the 1-epoch run's step 6 is in its epoch 1)
 
 
+def test_a_stop_that_completes_an_epoch_keeps_its_knn_row(tiny, monkeypatch):
+    """A stop at an epoch's last step completes the epoch: its line and kNN row are written before the run exits
+    (after the checkpoint), so the resumed run's log has every epoch's kNN top-1, equal to the straight run's."""
+    root, paths = tiny
+    full, part = os.path.join(root, "full.pth"), os.path.join(root, "part.pth")
+    common = TINY + PX8 + ["--dataset-paths", paths, "--test-freq", "1", "--knn-k", "3", "--batch-size", "8",
+                           "--seed", "1", "--num-epochs", "2"]
+    result = run(common + ["--filename", full])
+    monkeypatch.setattr(simclr, "StopRequest", StopAfter)
+    monkeypatch.setattr(StopAfter, "n", 2)  # asked after steps 1, 2, 3: epoch 1 (20 // 8 + 1 steps) ends at step 3
+    with pytest.raises(SystemExit) as stopped:
+        run(common + ["--filename", part])
+    assert stopped.value.code == 143 and load_checkpoint(part)["step"] == 3
+    monkeypatch.undo()
+    run(common + ["--filename", part, "--resume"])
+    knn = [[line.split(",")[:6] for line in log_lines(f)[1:] if line.split(",")[5]] for f in (full, part)]
+    assert knn[0] == knn[1] and [row[0] for row in knn[1]] == ["1", "2"] and len(result["knn"]) == 2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 def test_a_resume_on_cuda_follows_the_straight_run(tiny):
     """On CUDA a resume is exact up to cuDNN, whose algorithms (cudnn.benchmark: the fastest by timing) need not
