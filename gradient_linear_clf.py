@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from data.datasets import dataset_arg, load_train_test
-from evaluation.config import print_filled, resolve_sgd, with_dataset, with_linear_recipe
+from evaluation.config import capped_batch, print_filled, resolve_sgd, with_dataset, with_linear_recipe
 from evaluation.harness import (add_precision_option, check_outputs, default_output, eval_loader, eval_transform_for,
                                 frozen_backbone, place, random_init_baseline, save_result, seeded_train_loader, setup,
                                 test_split)
@@ -27,7 +27,7 @@ from models.resnet import ARCHS, STEMS
 from optim.groups import build_optimizer
 from optim.schedules import lr_schedule
 from utils.cli import Parser, nonneg_float, nonneg_int, number, positive_float, positive_int
-from utils.errors import UserError, run_cli
+from utils.errors import run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -77,9 +77,7 @@ def main(args: argparse.Namespace) -> dict:
     backbone = random_init_baseline(backbone, cfg, target)
     reference = {k: v.clone() for k, v in backbone.state_dict().items()}
     train, test = load_train_test(target.dataset, cfg.dataset_paths, test_fraction=cfg.test_fraction)
-    if cfg.batch_size > len(train):
-        raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train)} images): "
-                        f"use --batch-size {len(train)} or less")
+    cfg = capped_batch(cfg, len(train))
     train_loader = seeded_train_loader(train, target, cfg.batch_size, cfg.seed, cfg.num_workers, device)
     test_loader = eval_loader(test, eval_transform_for(target, train), min(cfg.batch_size, 1024), cfg.num_workers)
 

@@ -223,6 +223,18 @@ def with_linear_recipe(cfg: SGDConfig) -> SGDConfig:
     return _derived(cfg, f"from the linear-evaluation recipe of {cfg.dataset}", **filled)
 
 
+def capped_batch(cfg: SGDConfig, num_train: int) -> SGDConfig:
+    """``cfg`` with a batch of at most the ``num_train`` training images: a recipe's larger batch is capped (and
+    said), a given one refused."""
+    if cfg.batch_size <= num_train:
+        return cfg
+    if cfg.sources.get("batch_size") == "given":
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({num_train} images): "
+                        f"use --batch-size {num_train} or less")
+    print(f"batch_size={num_train}: the recipe's {cfg.batch_size} is more than the {num_train} training images")
+    return _derived(cfg, "capped at the training set's size", batch_size=num_train)
+
+
 def finetune_epochs(fraction: float) -> int:
     """Fine-tuning epochs: 60 at 1% of the labels or less, else 30 (the paper's 1% and 10% settings)."""
     return 60 if fraction <= 0.01 else 30

@@ -99,6 +99,22 @@ def test_an_existing_output_needs_overwrite(script, tiny, tmp_path, capsys):
     refused(script, ["--output", str(out)], "pass --overwrite", tiny, tmp_path, capsys)
 
 
+def test_sgd_batch_larger_than_the_training_set(tiny, tmp_path, capsys):
+    """A given --batch-size above the training set's size is refused; the recipe's (512 for cifar10) is capped at
+    it, and said."""
+    ckpt, paths = tiny
+    refused("sgd", ["--batch-size", "100", "--output", str(tmp_path / "r.json")],
+            "--batch-size 100 is larger than the training set (24 images): use --batch-size 24 or less", tiny,
+            tmp_path, capsys)
+    argv = ["--load-from", ckpt, "--dataset-paths", paths, "--num-workers", "0", "--precision", "fp32",
+            "--num-epochs", "1", "--output", str(tmp_path / "capped.json")]
+    capsys.readouterr()
+    gradient_linear_clf.main(gradient_linear_clf.get_args_parser().parse_args(argv))
+    assert "batch_size=24: the recipe's 512 is more than the 24 training images" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "capped.json").read_text())
+    assert saved["batch_size"] == 24 and saved["lr"] == pytest.approx(0.1 * 24 / 256)
+
+
 def test_subsets_output_replaces_nothing_unasked(tiny, tmp_path, capsys):
     """python -m data.subsets: an existing --output, or --output naming the dataset-paths file, is refused with
     every file as it was; --overwrite replaces the file with the subset."""
