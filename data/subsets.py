@@ -174,7 +174,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict:
     from data.datasets import load_split
     refuse_same({"--output": args.output}, {"--dataset-paths": args.dataset_paths})
-    check_output(args.output, "--output")
+    check_output(args.output, "--output", example="subset.json")
     refuse_existing(args.output, args.overwrite)
     train = load_split(args.dataset, "train", args.dataset_paths)
     indices = balanced_subset(train.labels, args.label_fraction, args.seed)

@@ -20,7 +20,7 @@ def prepare_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None
     for i, (what, path) in enumerate(named):
         refuse_same({what: path}, dict(named[i + 1:]))
     for what, path in named:
-        check_output(path, what)
+        check_output(path, what, example=None)  # outputs of several kinds: .json, .npz, .png, .pth
     for what, path in named:
         if what not in replaceable:
             refuse_existing(path, overwrite, what, (hints or {}).get(what))

@@ -105,12 +105,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def check_output(path: str, what: str, need_bytes: int = 0) -> None:
+def check_output(path: str, what: str, need_bytes: int = 0, example: str | None = "run.pth") -> None:
     """A UserError now, before any compute, if ``path`` cannot be written: it is a folder (or ends in a
-    separator), its folder cannot be created or written (a probe file is written and removed), or the disk
-    has less than ``need_bytes`` free."""
+    separator; ``example``: the file name the message suggests in it, if any), its folder cannot be created or
+    written (a probe file is written and removed), or the disk has less than ``need_bytes`` free."""
     if path.endswith(("/", os.sep)) or os.path.isdir(path):
-        raise UserError(f"{what} {path} is a folder: give a file name, e.g. {os.path.join(path, 'run.pth')}")
+        raise UserError(f"{what} {path} is a folder: give a file name" +
+                        (f", e.g. {os.path.join(path, example)}" if example else " (in it, if you like)"))
     folder = os.path.dirname(os.path.abspath(path))
     above = folder
     while not os.path.exists(above) and os.path.dirname(above) != above:
