@@ -214,12 +214,13 @@ def pil_resize(frame: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: to
     vertical = pil_vertical_first(h, w, size)
     for first in vertical.unique().tolist():
         k = (vertical == first).nonzero()[:, 0]
-        x = (frame if len(k) == len(frame) else frame[k.to(frame.device)]).float().div_(255.0)      # (g, 3, H, W)
+        on_device = k.to(frame.device)
+        x = (frame if len(k) == len(frame) else frame[on_device]).float().div_(255.0)                # (g, 3, H, W)
         if first:   # the vertical pass first: resized_crop's first pass runs along the last axis
             y = resized_crop(x.transpose(2, 3), left[k], top[k], w[k], h[k], size, pil_rows).transpose(2, 3)
         else:
             y = resized_crop(x, top[k], left[k], h[k], w[k], size, pil_rows)
-        out[k.to(frame.device)] = y.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        out[on_device] = y.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
     return out
 
 

@@ -108,23 +108,19 @@ def barrier(dist_info: DistInfo) -> None:
         dist.barrier()
 
 
-def any_rank(flag: bool, dist_info: DistInfo) -> bool:
-    """Whether ``flag`` is true on any rank (one all-reduce of a CPU tensor under DDP, over gloo), so that every
-    rank acts alike; cheap enough to ask at every step."""
-    if not dist_info.distributed:
-        return flag
-    t = torch.tensor([float(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_CONTROL.get("group"))
-    return bool(t.item())
-
-
 def failing_rank(failed: bool, dist_info: DistInfo) -> int | None:
-    """The highest rank on which ``failed`` is true, or None (one all-reduce of a CPU tensor, as ``any_rank``)."""
+    """The highest rank on which ``failed`` is true, or None: one all-reduce of a CPU tensor under DDP, over gloo
+    (no GPU synchronisation), cheap enough to ask at every step."""
     if not dist_info.distributed:
         return dist_info.rank if failed else None
     t = torch.tensor([float(dist_info.rank + 1) if failed else 0.0])
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_CONTROL.get("group"))
     return int(t.item()) - 1 if t.item() else None
+
+
+def any_rank(flag: bool, dist_info: DistInfo) -> bool:
+    """Whether ``flag`` is true on any rank (``failing_rank``), so that every rank acts alike."""
+    return failing_rank(flag, dist_info) is not None
 
 
 def wrap_model(net: nn.Module, dist_info: DistInfo, compiled: bool = False,
