@@ -223,27 +223,19 @@ def fit(cfg: PretrainConfig, dist_info: DistInfo, path: str, log_path: str) -> d
                 step, stopped, mean_loss = run_epoch(cfg, dist_info, run, batches, lr_at, epoch, step, log, stop)
             except BatchError as e:  # e.g. an unreadable image: the steps done are kept
                 step = e.step
-                if dist_info.is_main:
-                    saver(epoch, force=True)
-                barrier(dist_info)  # under torchrun: no rank exits (and gets the others killed) before the save
-                raise UserError(f"{e}; the {step} steps done are saved in {path}: replace the file, then resume "
-                                f"with --resume") from None
+                leave_unread(e, saver, epoch, dist_info, path)
             stopped = any_rank(stopped or stop.requested, dist_info)
             done = epoch + (step == starts[epoch + 1])  # a stop after an epoch's last step completes it
             if dist_info.is_main:  # saved before the kNN monitor, so that a bad test image costs no epoch
                 saver(done, force=stopped)
             if done > epoch:  # the epoch is complete: its line and, when due, its kNN row (after a stop too)
-                result["losses"].append(mean_loss)
-                if monitor_epoch(cfg, dist_info, epoch, step, lr_at, log, result, monitor, model) and not stopped:
+                due = end_epoch(cfg, dist_info, epoch, step, lr_at, log, result, mean_loss, monitor, model)
+                if due and not stopped:
                     stopped = any_rank(stop.requested, dist_info)  # a signal during the kNN monitor
                     if stopped and dist_info.is_main:
                         saver(epoch + 1, force=True)
             if stopped:
-                log.close()
-                barrier(dist_info)
-                print0(f"stopped by {stop.signal_name or 'a signal'} after step {step} (epoch {epoch + 1}); "
-                       f"checkpoint {path} written. Resume with the same command plus --resume", flush=True)
-                raise SystemExit(130 if stop.signal_name == "SIGINT" else 143)
+                leave_stopped(stop, log, dist_info, step, epoch, path)
     log.close()
     barrier(dist_info)  # no rank leaves before rank 0 has written the last checkpoint
     return result
@@ -290,10 +282,31 @@ def run_epoch(cfg, dist_info, run, batches, lr_at, epoch, step, log, stop) -> tu
     return step, stopped, mean_loss
 
 
-def monitor_epoch(cfg, dist_info, epoch, step, lr_at, log, result, monitor, model) -> bool:
-    """The epoch's line, with the kNN top-1 when due (rank 0 alone; the others wait); whether it was due."""
+def leave_unread(e: BatchError, saver, epoch: int, dist_info, path: str) -> None:
+    """After a batch that could not be read: the steps done saved by rank 0, every rank out with the error."""
+    if dist_info.is_main:
+        saver(epoch, force=True)
+    barrier(dist_info)  # under torchrun: no rank exits (and gets the others killed) before the save
+    raise UserError(f"{e}; the {e.step} steps done are saved in {path}: replace the file, then resume with "
+                    f"--resume") from None
+
+
+def leave_stopped(stop, log, dist_info, step: int, epoch: int, path: str) -> None:
+    """After a stop's checkpoint: the log closed, every rank out together, the exit code of the signal."""
+    log.close()
+    barrier(dist_info)
+    if dist_info.is_main:
+        print(f"stopped by {stop.signal_name or 'a signal'} after step {step} (epoch {epoch + 1}); checkpoint "
+              f"{path} written. Resume with the same command plus --resume", flush=True)
+    raise SystemExit(130 if stop.signal_name == "SIGINT" else 143)
+
+
+def end_epoch(cfg, dist_info, epoch, step, lr_at, log, result, mean_loss, monitor, model) -> bool:
+    """A completed epoch's mean loss in ``result``, its line, with the kNN top-1 when due (rank 0 alone; the
+    others wait); whether the kNN monitor was due."""
     done = epoch + 1
-    message = f"epoch {done}/{cfg.num_epochs}: loss {result['losses'][-1]:.4f}, lr {lr_at(step):.4g}"
+    result["losses"].append(mean_loss)
+    message = f"epoch {done}/{cfg.num_epochs}: loss {mean_loss:.4f}, lr {lr_at(step):.4g}"
     due = cfg.test_freq > 0 and (done % cfg.test_freq == 0 or done == cfg.num_epochs)
     if due:
         if dist_info.is_main:
